@@ -1,0 +1,1 @@
+"""Vigil streaming spine: Kafka in, localised alerts out."""
