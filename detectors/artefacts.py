@@ -1,0 +1,77 @@
+"""Saving and loading detectors: safetensors for arrays, JSON for everything else.
+
+Loading reads data only: the JSON names a class from the fixed ``MODELS`` table, never code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from .base import Detector
+from .pca import PCADetector
+
+FORMAT = 1
+MODELS: dict[str, type[Detector]] = {"pca": PCADetector}
+
+
+def create(name: str, channels: list[str], **config) -> Detector:
+    """A new, unfitted detector by name."""
+    try:
+        cls = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+    return cls(channels, **config)
+
+
+def save(detector: Detector, path: str | os.PathLike) -> Path:
+    """Write ``model.json`` and ``model.safetensors`` into directory ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tensors = {k: np.ascontiguousarray(v) for k, v in detector.tensors().items()}
+    tensors["train_scores"] = np.ascontiguousarray(detector.train_scores, dtype=np.float32)
+    save_file(tensors, str(tmp / "model.safetensors"))
+    meta = {"format": FORMAT, "name": detector.info.name, "version": detector.info.version,
+            "channels": detector.channels, "config": detector.info.config, "created": time.time(),
+            "train_score_stats": _stats(detector.train_scores)}
+    (tmp / "model.json").write_text(json.dumps(meta, indent=2))
+    if path.exists():
+        old = path.with_name(f".{path.name}.old.{os.getpid()}")
+        path.rename(old)
+        tmp.rename(path)
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    else:
+        tmp.rename(path)
+    return path
+
+
+def load(path: str | os.PathLike) -> Detector:
+    path = Path(path)
+    try:
+        meta = json.loads((path / "model.json").read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is not a Vigil model artefact (no model.json)") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: artefact format {meta.get('format')} is not {FORMAT}")
+    detector = create(meta["name"], meta["channels"], **meta["config"])
+    detector.info.version = str(meta["version"])
+    tensors = load_file(str(path / "model.safetensors"))
+    detector.train_scores = tensors.pop("train_scores")
+    detector.load_tensors(tensors)
+    return detector
+
+
+def _stats(scores: np.ndarray) -> dict:
+    if len(scores) == 0:
+        return {}
+    q = np.quantile(scores, [0.5, 0.9, 0.99, 0.999])
+    return {"count": int(len(scores)), "mean": float(np.mean(scores)), "p50": float(q[0]),
+            "p90": float(q[1]), "p99": float(q[2]), "p999": float(q[3]), "max": float(np.max(scores))}

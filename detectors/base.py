@@ -1,0 +1,99 @@
+"""The one interface every detector follows.
+
+A detector is fitted on normal history ``[T, C]`` and scores batches of sliding windows ``[B, W, C]``.
+Scores are already normalised so that about 1.0 is a typical training value for every channel, which
+is what lets the stream fuse, threshold and rank channels the same way whatever the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Scores:
+    """What a detector says about a batch of windows.
+
+    reconstruction: [B, W] per-point reconstruction (or prediction) error, normalised on training data.
+    channel:        [B, W, C] per-channel contribution, normalised per channel on training data.
+    divergence:     [B, W] a second, model-specific signal (association discrepancy, discriminator...),
+                    or None where the model has none.
+    """
+
+    reconstruction: np.ndarray
+    channel: np.ndarray
+    divergence: np.ndarray | None = None
+
+
+@dataclass
+class ModelInfo:
+    """Metadata that travels with an artefact (JSON)."""
+
+    name: str
+    version: str = "1"
+    channels: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+
+class Detector:
+    """Base class: subclasses set ``name`` and implement fit/score/tensors/from_tensors."""
+
+    name: str = "base"
+
+    def __init__(self, channels: list[str], **config):
+        self.info = ModelInfo(name=self.name, channels=list(channels), config=dict(config))
+        # Fused training scores, kept for calibrating thresholds of the served model.
+        self.train_scores = np.zeros(0, dtype=np.float32)
+
+    @property
+    def channels(self) -> list[str]:
+        return self.info.channels
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.info.name}@{self.info.version}"
+
+    device: str = "cpu"
+
+    def to(self, device: str) -> "Detector":
+        """Run inference on ``device`` (``auto``: cuda when present)."""
+        self.device = resolve_device(device)
+        return self
+
+    def fit(self, train: np.ndarray, progress: bool = True) -> "Detector":
+        raise NotImplementedError
+
+    def score(self, windows: np.ndarray) -> Scores:
+        raise NotImplementedError
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Learned state as named arrays (saved with safetensors)."""
+        raise NotImplementedError
+
+    def load_tensors(self, tensors: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+
+def check_windows(windows: np.ndarray, channels: int) -> np.ndarray:
+    """Validate a window batch shape and return it as float32."""
+    windows = np.asarray(windows, dtype=np.float32)
+    if windows.ndim != 3 or windows.shape[2] != channels:
+        raise ValueError(f"expected windows [B, W, {channels}], got {windows.shape}")
+    return windows
+
+
+def sliding_windows(series: np.ndarray, window: int, hop: int) -> np.ndarray:
+    """[T, C] -> [N, window, C] views (no copy) with the given hop; T must be >= window."""
+    series = np.ascontiguousarray(series, dtype=np.float32)
+    view = np.lib.stride_tricks.sliding_window_view(series, window, axis=0)  # [T-W+1, C, W]
+    return view[::hop].transpose(0, 2, 1)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` means cuda when a GPU is present, else cpu."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

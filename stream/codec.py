@@ -1,0 +1,183 @@
+"""Bytes -> readings, or a rejection reason.
+
+Two message forms on ``vigil.readings`` (see docs/contract.md):
+single  ``{"entity": "pump-7", "ts": 1700000000.0, "values": {"temp": 61.2, ...} | [61.2, ...]}``
+batch   ``{"entity": "pump-7", "ts": [t0, t1, ...], "values": [[...], [...], ...]}``, with an optional
+        ``"channels": ["temp", ...]`` naming the columns of the rows
+
+The codec checks only what a message says by itself (syntax, types, finiteness, size). What needs the
+entity's history (channel count, timestamp order) is checked by the entity stage in ``stream.entities``.
+A null value, or a channel left out of a dict, becomes NaN: it is imputed later, not rejected.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_ROWS = 100_000
+MAX_CHANNELS = 4096
+
+
+@dataclass
+class Readings:
+    entity: str
+    ts: np.ndarray  # float64 [n]
+    values: np.ndarray  # float64 [n, k], NaN where missing
+    names: list[str] | None  # channel names for the dict form, None for lists
+    missing: int  # count of null values (dict channels absent for the entity are counted later)
+
+
+@dataclass
+class Rejection:
+    reason: str  # "code: detail"; the code is the first word, stable for metrics
+
+    @property
+    def code(self) -> str:
+        return self.reason.split(":", 1)[0]
+
+
+def _number(v) -> bool:
+    return (type(v) is float or type(v) is int) and math.isfinite(v)
+
+
+def _row(values, names_ref: list, rowno: int) -> list | Rejection:
+    """One row of values to a list of floats (NaN for null); dict rows fix the channel order."""
+    if isinstance(values, dict):
+        if not values:
+            return Rejection(f"bad_values: row {rowno} is empty")
+        if len(values) > MAX_CHANNELS:
+            return Rejection(f"too_many_values: {len(values)} channels > {MAX_CHANNELS}")
+        if not names_ref:
+            names_ref.extend(values.keys())
+        elif list(values.keys()) != names_ref:
+            # Same channels in another order, or a subset: map by name.
+            unknown = [k for k in values if k not in names_ref]
+            if unknown:
+                return Rejection(f"too_many_values: channel {unknown[0]!r} not in the first row")
+            values = {k: values.get(k) for k in names_ref}
+        items = values.values()
+    elif isinstance(values, list):
+        if not values:
+            return Rejection(f"bad_values: row {rowno} is empty")
+        if len(values) > MAX_CHANNELS:
+            return Rejection(f"too_many_values: {len(values)} values > {MAX_CHANNELS}")
+        items = values
+    else:
+        return Rejection(f"bad_type: values of row {rowno} must be an object or a list")
+    out = []
+    for v in items:
+        if v is None:
+            out.append(math.nan)
+        elif _number(v):
+            out.append(float(v))
+        elif type(v) is float:
+            return Rejection(f"non_finite: row {rowno} has {v}")
+        else:
+            return Rejection(f"bad_type: row {rowno} has a {type(v).__name__} value")
+    return out
+
+
+def decode(raw: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Readings | Rejection:
+    """Parse one message; never raises on bad input."""
+    if raw is None:
+        return Rejection("malformed: empty message")
+    if len(raw) > max_bytes:
+        return Rejection(f"oversized: {len(raw)} bytes > {max_bytes}")
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        code = "non_finite" if "infinity" in str(exc) else "malformed"
+        return Rejection(f"{code}: {exc}")
+    if not isinstance(msg, dict):
+        return Rejection("malformed: message is not a JSON object")
+    for field in ("entity", "ts", "values"):
+        if field not in msg:
+            return Rejection(f"missing_field: {field}")
+    entity, ts, values = msg["entity"], msg["ts"], msg["values"]
+    if not isinstance(entity, str) or not entity or len(entity) > 256:
+        return Rejection("bad_type: entity must be a non-empty string of at most 256 characters")
+    columns = msg.get("channels")
+    if columns is not None:
+        if (not isinstance(ts, list) or not isinstance(columns, list) or not columns
+                or not all(isinstance(c, str) for c in columns) or len(set(columns)) != len(columns)):
+            return Rejection("bad_type: channels must be a list of distinct names, in the batch form only")
+    if isinstance(ts, list) and isinstance(values, list) and b"true" not in raw and b"false" not in raw:
+        fast = _fast_batch(entity, ts, values)
+        if fast is not None:
+            if columns is not None:
+                if len(columns) != fast.values.shape[1]:
+                    return Rejection(f"bad_values: {len(columns)} channels named, rows have {fast.values.shape[1]}")
+                fast.names = list(columns)
+            return fast
+    names: list[str] = []
+    if isinstance(ts, list):  # batch form
+        if not isinstance(values, list) or len(values) != len(ts):
+            return Rejection("bad_values: batch form needs a list of rows as long as ts")
+        if not ts:
+            return Rejection("bad_values: batch has no rows")
+        if len(ts) > MAX_ROWS:
+            return Rejection(f"too_many_values: {len(ts)} rows > {MAX_ROWS}")
+        rows_in = values
+        ts_in = ts
+    else:
+        rows_in = [values]
+        ts_in = [ts]
+    for t in ts_in:
+        if not _number(t):
+            if type(t) is float:
+                return Rejection(f"non_finite: ts {t}")
+            return Rejection("bad_type: ts must be a number of seconds")
+    rows = []
+    for i, r in enumerate(rows_in):
+        row = _row(r, names, i)
+        if isinstance(row, Rejection):
+            return row
+        rows.append(row)
+    width = len(rows[0])
+    if any(len(r) != width for r in rows):
+        return Rejection("bad_values: rows have different lengths")
+    if columns is not None:
+        if names:
+            return Rejection("bad_values: channels given twice (a channels list and object rows)")
+        if len(columns) != width:
+            return Rejection(f"bad_values: {len(columns)} channels named, rows have {width}")
+        names = list(columns)
+    arr = np.array(rows, dtype=np.float64)
+    return Readings(entity=entity, ts=np.array(ts_in, dtype=np.float64), values=arr,
+                    names=names or None, missing=int(np.isnan(arr).sum()))
+
+
+def _fast_batch(entity: str, ts: list, values: list) -> Readings | None:
+    """The batch form's fast path: numeric lists convert in one numpy call.
+
+    Anything unusual (nulls, strings, ragged rows; booleans are excluded by the caller) falls back to
+    the row-by-row path, which imputes or gives the precise reason. orjson has already refused NaN and
+    infinity, so numeric arrays are finite.
+    """
+    try:
+        t = np.array(ts)
+        arr = np.array(values)
+    except ValueError:
+        return None
+    if (t.ndim != 1 or arr.ndim != 2 or t.dtype.kind not in "fi" or arr.dtype.kind not in "fi"
+            or len(t) != len(arr) or not 0 < len(t) <= MAX_ROWS or not 0 < arr.shape[1] <= MAX_CHANNELS):
+        return None
+    return Readings(entity=entity, ts=t.astype(np.float64), values=arr.astype(np.float64),
+                    names=None, missing=0)
+
+
+def encode_readings(entity: str, ts, values, names: list[str] | None = None) -> bytes:
+    """Encode readings for producers: one row (scalar ts) or a batch (list ts)."""
+    if np.ndim(ts) == 0:
+        row = [float(v) for v in np.asarray(values).ravel()]
+        vals = dict(zip(names, row)) if names else row
+        return orjson.dumps({"entity": entity, "ts": float(ts), "values": vals})
+    msg = {"entity": entity, "ts": np.asarray(ts, dtype=np.float64),
+           "values": np.asarray(values, dtype=np.float64)}
+    if names:
+        msg["channels"] = list(names)
+    return orjson.dumps(msg, option=orjson.OPT_SERIALIZE_NUMPY)

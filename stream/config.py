@@ -1,0 +1,59 @@
+"""Worker settings: one dataclass, filled from the command line and ``VIGIL_*`` environment variables."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_BROKER = "127.0.0.1:9092"
+
+
+def broker_from_env(value: str | None = None) -> str:
+    return value or os.environ.get("VIGIL_BROKER") or DEFAULT_BROKER
+
+
+@dataclass
+class Topics:
+    readings: str = "vigil.readings"
+    scores: str = "vigil.scores"
+    alerts: str = "vigil.alerts"
+    dlq: str = "vigil.dlq"
+    state: str = "vigil.state"  # worker checkpoints: entity state + per-partition offsets
+
+    def outputs(self) -> list[str]:
+        return [self.scores, self.alerts, self.dlq, self.state]
+
+    def all(self) -> list[str]:
+        return [self.readings, *self.outputs()]
+
+
+@dataclass
+class Settings:
+    broker: str = DEFAULT_BROKER
+    topics: Topics = field(default_factory=Topics)
+    partitions: int = 4  # created on first start when missing; outputs get the readings' count
+    group: str = "vigil-worker"
+    # windows and micro-batches
+    window: int = 32
+    hop: int = 16
+    batch_size: int = 1000  # messages per micro-batch
+    batch_wait: float = 0.1  # seconds a micro-batch waits for more messages
+    checkpoint_interval: float = 1.0
+    # models: entity -> artefact directory; "*" is the default for entities with matching channels
+    models: dict[str, str] = field(default_factory=dict)
+    device: str = "auto"
+    # scoring
+    fusion: str = "sum"
+    fusion_weight: float = 1.0
+    threshold: str = "spot"
+    threshold_params: dict = field(default_factory=dict)
+    calibration: str = "train"  # "train": the model's training scores; "first": an entity's first points
+    calibration_points: int = 300
+    # incidents
+    top_k: int = 3
+    close_after: int = 10
+    update_every: int = 30
+    # input limits
+    max_message_bytes: int = 1 << 20
+    # group membership (short values suit the embedded broker; Kafka defaults are longer)
+    session_timeout: float = 10.0
+    rebalance_timeout: float = 5.0

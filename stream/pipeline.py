@@ -1,0 +1,349 @@
+"""The path of a micro-batch of readings, with no Kafka in it.
+
+``Pipeline.process`` takes raw messages (partition, offset, key, bytes) and returns the messages to
+publish on ``vigil.scores``, ``vigil.alerts`` and ``vigil.dlq``. The Faust agent (``stream.agents``)
+only moves bytes in and out, so every step here is testable on its own.
+
+Order inside a batch: decode and validate every message, push rows into entity windows, score all
+windows of one detector in a single call (off the event loop), then per entity, in arrival order:
+fuse, threshold, track incidents. Everything an entity's outputs depend on is in its own state, so
+a replay of the same messages after a restart gives the same scores and alert ids.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+from collections import Counter, defaultdict
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import orjson
+
+from detectors.base import Detector, Scores
+from detectors.coldstart import ColdStartDetector
+
+from .codec import Readings, Rejection, decode
+from .config import Settings
+from .fusion import fuse
+from .incidents import IncidentTracker
+from .thresholds import make_threshold, threshold_from_state
+from .windows import EntityWindow
+
+META_KEY = b"__partition__"
+
+
+class Message(NamedTuple):
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class Record(NamedTuple):
+    partition: int
+    key: bytes
+    value: bytes
+
+
+@dataclass
+class Outputs:
+    scores: list[Record] = field(default_factory=list)
+    alerts: list[Record] = field(default_factory=list)
+    dlq: list[Record] = field(default_factory=list)
+
+
+@dataclass
+class PartitionState:
+    """What a partition's checkpoint records, and what recovery learned from the output topics."""
+
+    input_offset: int = -1  # last readings offset applied to entity state
+    out_offsets: dict = field(default_factory=dict)  # topic kind -> last offset known delivered
+    dirty: set = field(default_factory=set)  # entities changed since the last checkpoint
+    dlq_suppress_offset: int = -1  # DLQ records up to this source offset were already published
+
+
+class EntityState:
+    """Everything that one entity's scoring depends on."""
+
+    def __init__(self, entity: str, partition: int, names: list[str], detector: Detector | None,
+                 settings: Settings):
+        self.entity, self.partition, self.names = entity, partition, names
+        self.detector = detector
+        self.model = detector.model_id if detector else ColdStartDetector.model_id
+        fill = getattr(detector, "mean", None)
+        self.window = EntityWindow(settings.window, settings.hop, len(names), fill=fill)
+        self.coldstart = None if detector else ColdStartDetector(len(names))
+        self.last_ts = -math.inf
+        self.threshold = None
+        self.calib: list[float] = []
+        if detector is not None and settings.calibration == "train" and len(detector.train_scores):
+            self.threshold = make_threshold(settings.threshold, **settings.threshold_params)
+            self.threshold.calibrate(np.asarray(detector.train_scores, np.float64))
+        self.incidents = IncidentTracker(entity, settings.close_after, settings.update_every, settings.top_k)
+        self.counts = Counter()
+        self.index = {n: i for i, n in enumerate(names)}
+        # Set by recovery: outputs at or before these timestamps were already published.
+        self.suppress_scores_ts = -math.inf
+        self.suppress_alerts_ts = -math.inf
+
+    def to_state(self) -> dict:
+        return {"entity": self.entity, "names": self.names, "model": self.model, "last_ts": self.last_ts,
+                "window": self.window.to_state(),
+                "threshold": self.threshold.to_state() if self.threshold else None,
+                "calib": self.calib, "coldstart": self.coldstart.to_state() if self.coldstart else None,
+                "incident": self.incidents.to_state(), "counts": dict(self.counts)}
+
+    def load_state(self, state: dict) -> None:
+        self.last_ts = state["last_ts"]
+        self.window.load_state(state["window"])
+        self.incidents.load_state(state["incident"])
+        self.counts = Counter(state["counts"])
+        if state["model"] == self.model:  # a new model version recalibrates from scratch
+            if state["threshold"] is not None:
+                self.threshold = threshold_from_state(state["threshold"])
+            self.calib = list(state["calib"])
+            if self.coldstart is not None and state["coldstart"] is not None:
+                self.coldstart.load_state(state["coldstart"])
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, models: dict[str, Detector] | None = None,
+                 executor: Executor | None = None):
+        """``models`` maps entity ids to detectors; key ``"*"`` serves every entity whose channels match."""
+        self.settings = settings
+        self.models = dict(models or {})
+        self.executor = executor
+        self.entities: dict[str, EntityState] = {}
+        self.partitions: dict[int, PartitionState] = defaultdict(PartitionState)
+        self.metrics = Counter()
+        self._suppress: dict[str, tuple[float, float]] = {}  # recovery's findings for entities not yet seen
+
+    # ---- entity stage -------------------------------------------------------------------------
+    def _entity(self, readings: Readings, partition: int) -> EntityState:
+        ent = self.entities.get(readings.entity)
+        if ent is None:
+            det = self.models.get(readings.entity)
+            default = self.models.get("*")
+            width = readings.values.shape[1]
+            if det is None and default is not None and (
+                    readings.names is not None and set(readings.names) <= set(default.channels)
+                    or readings.names is None and width == len(default.channels)):
+                det = default
+            if det is not None:
+                names = list(det.channels)
+            else:
+                names = list(readings.names) if readings.names else [f"ch{i}" for i in range(width)]
+            ent = self.entities[readings.entity] = EntityState(readings.entity, partition, names, det,
+                                                               self.settings)
+            ent.suppress_scores_ts, ent.suppress_alerts_ts = self._suppress.pop(
+                readings.entity, (-math.inf, -math.inf))
+            self.metrics["entities"] += 1
+        ent.partition = partition
+        return ent
+
+    def _align(self, ent: EntityState, readings: Readings) -> np.ndarray | str:
+        """The readings' values in the entity's channel order, NaN where missing; or a reason."""
+        vals = readings.values
+        c = len(ent.names)
+        if readings.names is None:
+            if vals.shape[1] > c:
+                return f"too_many_values: {vals.shape[1]} values, entity {ent.entity!r} has {c} channels"
+            if vals.shape[1] < c:
+                vals = np.concatenate([vals, np.full((len(vals), c - vals.shape[1]), np.nan)], axis=1)
+            return vals
+        unknown = [n for n in readings.names if n not in ent.index]
+        if unknown:
+            return f"too_many_values: channel {unknown[0]!r} is not one of entity {ent.entity!r}'s channels"
+        out = np.full((len(vals), c), np.nan)
+        out[:, [ent.index[n] for n in readings.names]] = vals
+        return out
+
+    # ---- the batch ------------------------------------------------------------------------------
+    async def process(self, messages: list[Message]) -> Outputs:
+        out = Outputs()
+        pending: dict[str, list] = {}  # entity -> [(ts, chunks | coldstart scores)]
+        groups: dict[int, list] = defaultdict(list)  # id(detector) -> [(entity, chunk list index)]
+        for msg in messages:
+            part = self.partitions[msg.partition]
+            if msg.offset <= part.input_offset:
+                self.metrics["replayed_skipped"] += 1
+                continue
+            part.input_offset = msg.offset
+            self.metrics["messages"] += 1
+            readings = decode(msg.value, self.settings.max_message_bytes)
+            if isinstance(readings, Rejection):
+                self._reject(out, msg, readings.reason)
+                continue
+            ent = self._entity(readings, msg.partition)
+            values = self._align(ent, readings)
+            if isinstance(values, str):
+                self._reject(out, msg, values, ent)
+                continue
+            ts = readings.ts
+            keep = np.empty(len(ts), bool)
+            last = ent.last_ts
+            for i, t in enumerate(ts):  # strictly increasing per entity
+                keep[i] = t > last
+                if keep[i]:
+                    last = t
+            if not keep.all():
+                bad = np.flatnonzero(~keep)
+                dup = any(t == ent.last_ts or t in ts[:i] for i, t in zip(bad, ts[bad]))
+                code = "duplicate_ts" if dup else "out_of_order"
+                self._reject(out, msg, f"{code}: {len(bad)} of {len(ts)} rows are not after the entity's "
+                             f"last timestamp", ent, rows=bad.tolist() if len(bad) < len(ts) else None)
+                if not keep.any():
+                    continue
+                ts, values = ts[keep], values[keep]
+            ent.last_ts = float(ts[-1])
+            missing = int(np.isnan(values).sum())
+            ent.counts["imputed"] += missing
+            self.metrics["imputed"] += missing
+            rows = ent.window.impute(values)
+            self.metrics["points"] += len(ts)
+            part.dirty.add(ent.entity)
+            item = pending.setdefault(ent.entity, [])
+            if ent.detector is None:
+                point, channel = ent.coldstart.score_learn(rows)
+                ent.window.push(rows)
+                item.append((ts, Scores(point, channel)))
+            else:
+                chunks = ent.window.push(rows)
+                item.append((ts, chunks))
+                groups[id(ent.detector)].append((ent.detector, chunks))
+        scored = await self._score_groups(groups)
+        for entity, items in pending.items():
+            self._finish(self.entities[entity], items, scored, out)
+        return out
+
+    async def _score_groups(self, groups) -> dict[int, Scores]:
+        """One detector call per model over all its windows; returns results keyed by chunk id."""
+        results: dict[int, tuple] = {}
+        loop = asyncio.get_running_loop()
+        for entries in groups.values():
+            det = entries[0][0]
+            chunks = [c for _, cs in entries for c in cs]
+            windows = np.stack([c.window for c in chunks])
+            scores = await loop.run_in_executor(self.executor, det.score, windows)
+            self.metrics["windows"] += len(chunks)
+            self.metrics["batches"] += 1
+            for b, c in enumerate(chunks):
+                n = c.count
+                div = None if scores.divergence is None else scores.divergence[b, -n:]
+                results[id(c)] = (scores.reconstruction[b, -n:], scores.channel[b, -n:], div)
+        return results
+
+    def _finish(self, ent: EntityState, items: list, scored: dict, out: Outputs) -> None:
+        ts = np.concatenate([t for t, _ in items])
+        recon, channel, div = [], [], []
+        for _, got in items:
+            if isinstance(got, Scores):
+                recon.append(got.reconstruction)
+                channel.append(got.channel)
+            else:
+                for c in got:
+                    r, ch, d = scored[id(c)]
+                    recon.append(r)
+                    channel.append(ch)
+                    if d is not None:
+                        div.append(d)
+        recon, channel = np.concatenate(recon), np.concatenate(channel)
+        divergence = np.concatenate(div) if div else None
+        score = fuse(Scores(recon, channel, divergence), self.settings.fusion, self.settings.fusion_weight)
+        threshold, alarm = self._threshold(ent, score)
+        ent.counts["scored"] += len(ts)
+        alerts = ent.incidents.observe(ts, score, threshold, alarm, channel, recon, divergence,
+                                       ent.names, ent.model)
+        key = ent.entity.encode()
+        fresh = ts > ent.suppress_scores_ts
+        if fresh.any():
+            msg = {"entity": ent.entity, "ts": ts[fresh], "score": score[fresh],
+                   "threshold": threshold[fresh], "model": ent.model}
+            out.scores.append(Record(ent.partition, key, orjson.dumps(msg, option=orjson.OPT_SERIALIZE_NUMPY)))
+        for a in alerts:
+            if a["ts"] > ent.suppress_alerts_ts:
+                out.alerts.append(Record(ent.partition, key, orjson.dumps(a)))
+                self.metrics[f"alerts_{a['state']}"] += 1
+
+    def _threshold(self, ent: EntityState, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Threshold and alarm per point; NaN threshold and no alarm while calibrating."""
+        thr = np.full(len(score), np.nan)
+        alarm = np.zeros(len(score), bool)
+        start = 0
+        if ent.threshold is None:
+            need = self.settings.calibration_points - len(ent.calib)
+            ent.calib.extend(float(s) for s in score[:need])
+            start = min(need, len(score))
+            if len(ent.calib) >= self.settings.calibration_points:
+                ent.threshold = make_threshold(self.settings.threshold, **self.settings.threshold_params)
+                ent.threshold.calibrate(np.asarray(ent.calib))
+                ent.calib = []
+        if ent.threshold is not None and start < len(score):
+            thr[start:], alarm[start:] = ent.threshold.step(score[start:].astype(np.float64))
+        return thr, alarm
+
+    def _reject(self, out: Outputs, msg: Message, reason: str, ent: EntityState | None = None,
+                rows: list | None = None) -> None:
+        code = reason.split(":", 1)[0]
+        self.metrics[f"dlq_{code}"] += 1
+        self.metrics["dlq"] += 1
+        if ent is not None:
+            ent.counts["dlq"] += 1
+        if msg.offset <= self.partitions[msg.partition].dlq_suppress_offset:
+            return
+        record = {"reason": reason, "code": code, "topic": self.settings.topics.readings,
+                  "partition": msg.partition, "offset": msg.offset,
+                  "key": None if msg.key is None else base64.b64encode(msg.key).decode(),
+                  "value": None if msg.value is None else base64.b64encode(msg.value).decode()}
+        if rows is not None:
+            record["rows"] = rows
+        out.dlq.append(Record(msg.partition, msg.key or b"", orjson.dumps(record)))
+
+    # ---- checkpoints and recovery ---------------------------------------------------------------
+    def checkpoint(self, partition: int) -> list[tuple[bytes, bytes]]:
+        """State records for a partition's changed entities, then its offsets; clears the dirty set."""
+        part = self.partitions[partition]
+        records = [(e.encode(), orjson.dumps(self.entities[e].to_state(), option=orjson.OPT_SERIALIZE_NUMPY))
+                   for e in sorted(part.dirty) if e in self.entities]
+        part.dirty.clear()
+        meta = {"input_offset": part.input_offset, "out": part.out_offsets}
+        records.append((META_KEY, orjson.dumps(meta)))
+        return records
+
+    def restore(self, partition: int, states: dict[bytes, bytes]) -> None:
+        """Load a partition's last checkpoint (key -> latest value)."""
+        part = self.partitions[partition] = PartitionState()
+        meta = states.pop(META_KEY, None)
+        if meta is not None:
+            m = orjson.loads(meta)
+            part.input_offset, part.out_offsets = m["input_offset"], dict(m["out"])
+        for key, raw in states.items():
+            state = orjson.loads(raw)
+            det = self.models.get(state["entity"])
+            default = self.models.get("*")
+            if det is None and default is not None and list(default.channels) == state["names"]:
+                det = default
+            ent = EntityState(state["entity"], partition, state["names"], det, self.settings)
+            ent.load_state(state)
+            self.entities[ent.entity] = ent
+        self.metrics["restored_entities"] += len(states)
+
+    def suppress(self, partition: int, scores_ts: dict[str, float], alerts_ts: dict[str, float],
+                 dlq_offset: int) -> None:
+        """Outputs found published after the checkpoint: a replay must not publish them again."""
+        for entity in set(scores_ts) | set(alerts_ts):
+            found = (scores_ts.get(entity, -math.inf), alerts_ts.get(entity, -math.inf))
+            if entity in self.entities:
+                self.entities[entity].suppress_scores_ts, self.entities[entity].suppress_alerts_ts = found
+            else:
+                self._suppress[entity] = found
+        self.partitions[partition].dlq_suppress_offset = dlq_offset
+
+    def drop(self, partition: int) -> None:
+        """Forget a partition's state after it was revoked (its new owner restores it)."""
+        self.partitions.pop(partition, None)
+        for name in [e for e, s in self.entities.items() if s.partition == partition]:
+            del self.entities[name]

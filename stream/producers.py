@@ -1,0 +1,104 @@
+"""Producers and consumers for people and tests: simulated plants, dataset replay, alert printing."""
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from .codec import encode_readings
+from .kafka import producer
+
+
+async def produce_series(broker: str, topic: str, series: list, rate: float = 0.0, batch: int = 1,
+                         progress: bool = False) -> int:
+    """Send each entity's rows as readings, interleaving entities step by step.
+
+    ``series`` items need ``entity``, ``channels``, ``ts`` and ``values``. ``rate`` is points per second
+    per entity in wall-clock time (0: as fast as possible); ``batch`` rows go in one message (the batch
+    form) when above 1. Returns the number of messages sent.
+    """
+    prod = producer(broker)
+    await prod.start()
+    sent = 0
+    try:
+        longest = max(len(s.ts) for s in series)
+        t0 = time.monotonic()
+        for start in range(0, longest, batch):
+            if rate > 0:
+                due = t0 + (start + batch) / rate if batch > 1 else t0 + start / rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            for s in series:
+                if start >= len(s.ts):
+                    continue
+                end = min(start + batch, len(s.ts))
+                if batch == 1:
+                    value = encode_readings(s.entity, s.ts[start], s.values[start], s.channels)
+                else:
+                    value = encode_readings(s.entity, s.ts[start:end], s.values[start:end], s.channels)
+                await prod.send(topic, value, key=s.entity.encode())
+                sent += 1
+            if progress and start % (batch * max(1, 1000 // batch)) == 0:
+                print(f"\rsent {start + batch}/{longest} points per entity", end="", file=sys.stderr)
+        await prod.flush()
+        if progress:
+            print(file=sys.stderr)
+    finally:
+        await prod.stop()
+    return sent
+
+
+def write_labels(path: str, anomalies: Iterable) -> None:
+    with open(path, "wb") as f:
+        for a in anomalies:
+            f.write(orjson.dumps(a.to_json()) + b"\n")
+
+
+class Series:
+    """A named block of rows (what replay and the simulator hand to ``produce_series``)."""
+
+    def __init__(self, entity: str, channels: list[str], ts: np.ndarray, values: np.ndarray):
+        self.entity, self.channels, self.ts, self.values = entity, channels, ts, values
+
+
+def dataset_series(path: str, entity: str | None = None, split: str = "test", start: float | None = None) -> Series:
+    """One split of a shared ``.npz`` dataset as readings, one point a second from ``start`` (default now)."""
+    data = np.load(path)
+    if split not in data:
+        raise SystemExit(f"vigil: {path} has no {split!r} array (has {', '.join(data.files)})")
+    values = np.asarray(data[split], dtype=np.float64)
+    names = [f"ch{i}" for i in range(values.shape[1])]
+    t0 = float(start if start is not None else int(time.time()))
+    return Series(entity or Path(path).stem, names, t0 + np.arange(len(values), dtype=np.float64), values)
+
+
+async def consume(broker: str, topic: str, follow: bool, from_beginning: bool = True, idle: float = 2.0):
+    """Yield decoded JSON messages of a topic; without ``follow``, stop when it has been idle for ``idle`` s."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest" if from_beginning else "latest")
+    await consumer.start()
+    try:
+        last = time.monotonic()
+        while True:
+            batch = await consumer.getmany(timeout_ms=200, max_records=1000)
+            got = False
+            for records in batch.values():
+                for rec in records:
+                    got = True
+                    try:
+                        yield orjson.loads(rec.value)
+                    except orjson.JSONDecodeError:
+                        continue
+            if got:
+                last = time.monotonic()
+            elif not follow and time.monotonic() - last > idle:
+                return
+    finally:
+        await consumer.stop()

@@ -1,0 +1,48 @@
+"""``vigil worker``: check the broker, create topics, load models, run the Faust worker."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from .config import Settings
+from .kafka import check_broker, ensure_topics
+
+log = logging.getLogger("vigil.worker")
+
+
+def load_models(settings: Settings) -> dict:
+    from detectors import artefacts
+
+    models = {}
+    for entity, path in settings.models.items():
+        det = artefacts.load(path)
+        det.to(settings.device)
+        models[entity] = det
+    return models
+
+
+def run_worker(settings: Settings, loglevel: str = "warn") -> int:
+    check_broker(settings.broker)
+    counts = asyncio.run(ensure_topics(settings.broker, settings.topics.all(), settings.partitions))
+    readings = counts[settings.topics.readings]
+    short = [t for t in settings.topics.outputs() if counts[t] < readings]
+    if short:
+        print(f"vigil: topics {', '.join(short)} have fewer partitions than {settings.topics.readings} "
+              f"({readings}); outputs go to the reading's partition, so recreate them with {readings}",
+              file=sys.stderr)
+        return 2
+    settings.partitions = readings
+    models = load_models(settings)
+
+    from faust.worker import Worker
+
+    from .app import create_app
+
+    app, runner = create_app(settings, models)
+    print(f"vigil: worker on {settings.broker}, {readings} partitions, "
+          f"models: {', '.join(f'{e}={m.model_id}' for e, m in models.items()) or 'cold-start only'}",
+          file=sys.stderr, flush=True)
+    worker = Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0
