@@ -1,0 +1,47 @@
+import numpy as np
+
+from stream.incidents import IncidentTracker, alert_id
+
+
+def run(tracker, alarm, channel=None):
+    n = len(alarm)
+    ts = np.arange(n, dtype=float) + 100
+    score = np.where(alarm, 5.0, 0.5)
+    channel = channel if channel is not None else np.tile([0.1, 3.0, 0.2], (n, 1))
+    return tracker.observe(ts, score, np.ones(n), np.asarray(alarm, bool), channel, score, None, ["a", "b", "c"], "pca@1")
+
+
+def test_one_lifecycle_per_incident():
+    t = IncidentTracker("e", close_after=3, update_every=100)
+    alerts = run(t, [0, 1, 1, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0])
+    states = [a["state"] for a in alerts]
+    assert states == ["open", "close", "open", "close"]
+    first, close = alerts[0], alerts[1]
+    assert first["alert_id"] == close["alert_id"] == alert_id("e", 101.0)
+    assert close["start"] == 101 and close["end"] == 104  # the gap of one point did not split it
+    assert first["channels"][0]["channel"] == "b"
+    assert alerts[2]["alert_id"] != first["alert_id"]
+
+
+def test_same_input_same_ids_and_state_round_trip():
+    alarm = [0, 1, 1, 1, 0, 0]
+    a = IncidentTracker("e", close_after=5)
+    out_a = run(a, alarm)
+    b = IncidentTracker("e", close_after=5).load_state(a.to_state())
+    assert b.open is not None and b.open["alert_id"] == out_a[0]["alert_id"]
+    assert run(IncidentTracker("e", close_after=5), alarm) == out_a
+
+
+def test_update_when_ranking_changes():
+    t = IncidentTracker("e", close_after=50, update_every=2, top_k=1)
+    n = 10
+    channel = np.tile([0.1, 3.0, 0.2], (n, 1))
+    channel[3:, 0] = 50.0  # channel a takes over
+    alerts = run(t, [1] * n, channel)
+    assert [a["state"] for a in alerts][:2] == ["open", "update"]
+    assert alerts[1]["channels"][0]["channel"] == "a"
+
+
+def test_quiet_stream_costs_nothing():
+    t = IncidentTracker("e")
+    assert run(t, [0] * 50) == [] and t.open is None
