@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+import pytest
+
+from detectors import artefacts
+from detectors.base import sliding_windows
+from detectors.coldstart import ColdStartDetector
+from detectors.pca import PCADetector
+
+
+def correlated(n, c=6, seed=0):
+    """Two latent factors mixed into c channels (fixed mixing), plus noise drawn from ``seed``."""
+    mixing = np.random.default_rng(42).normal(size=(2, c))
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, 2)) @ mixing + 0.1 * rng.normal(size=(n, c))).astype(np.float32)
+
+
+def test_pca_scores_shapes_normalisation_and_localisation():
+    train = correlated(3000)
+    det = PCADetector([f"c{i}" for i in range(6)]).fit(train)
+    assert det.components.shape[1] < 6
+    assert abs(float(det.train_scores.mean()) - 1.0) < 0.05  # normalised: ~1 on training data
+    test = correlated(200, seed=1)
+    test[100:110, 4] += 3.0  # breaks the correlation on channel 4
+    s = det.score(sliding_windows(test, 10, 10))
+    assert s.reconstruction.shape == (20, 10) and s.channel.shape == (20, 10, 6) and s.divergence is None
+    flat = s.reconstruction.reshape(-1)
+    assert flat[100:110].min() > np.quantile(flat[:100], 0.99)
+    assert (s.channel.reshape(-1, 6)[100:110].argmax(1) == 4).mean() >= 0.8
+
+
+def test_pca_score_of_a_point_is_independent_of_its_window():
+    det = PCADetector([f"c{i}" for i in range(6)]).fit(correlated(1000))
+    x = correlated(64, seed=3)
+    a = det.score(sliding_windows(x, 8, 8)).reconstruction.reshape(-1)
+    b = det.score(sliding_windows(x, 16, 16)).reconstruction.reshape(-1)
+    assert np.allclose(a, b, atol=1e-5)
+
+
+def test_artefact_round_trip_gives_identical_scores(tmp_path):
+    det = PCADetector([f"c{i}" for i in range(6)]).fit(correlated(1000))
+    path = artefacts.save(det, tmp_path / "m")
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["name"] == "pca" and meta["channels"][0] == "c0" and meta["train_score_stats"]["count"] == 1000
+    loaded = artefacts.load(path)
+    w = sliding_windows(correlated(50, seed=4), 10, 5)
+    assert np.array_equal(det.score(w).channel, loaded.score(w).channel)
+    assert np.array_equal(det.train_scores, loaded.train_scores)
+    artefacts.save(det, path)  # overwriting is atomic and leaves no temporary directories
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_unknown_model_and_bad_input():
+    with pytest.raises(ValueError, match="unknown model"):
+        artefacts.create("nope", ["a"])
+    with pytest.raises(ValueError):
+        PCADetector(["a", "b"]).fit(np.array([[1.0, np.nan]]))
+    with pytest.raises(FileNotFoundError):
+        artefacts.load("/nonexistent")
+
+
+def test_coldstart_flags_a_jump_on_the_right_channel_and_restores_exactly():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 3))
+    x[500, 1] += 8.0
+    det = ColdStartDetector(3)
+    point, channel = det.score_learn(x[:550])
+    assert point[500] > np.quantile(point[100:500], 0.999)
+    assert channel[500].argmax() == 1
+    restored = ColdStartDetector(3).load_state(json.loads(json.dumps(det.to_state())))
+    a = det.score_learn(x[550:])
+    b = restored.score_learn(x[550:])
+    assert np.array_equal(a[1], b[1])
