@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-points", type=int, default=d.calibration_points)
     p.add_argument("--fusion", choices=["sum", "product"], default=d.fusion)
     p.add_argument("--top-k", type=int, default=d.top_k)
-    p.add_argument("--close-after", type=int, default=d.close_after)
+    p.add_argument("--open-after", type=int, default=d.open_after,
+                   help="alarms within --open-window points that open an incident")
+    p.add_argument("--open-window", type=int, default=d.open_window)
+    p.add_argument("--close-after", type=int, default=d.close_after,
+                   help="points without an alarm that close an incident")
     p.add_argument("--checkpoint-interval", type=float, default=d.checkpoint_interval)
     p.add_argument("--session-timeout", type=float, default=d.session_timeout)
     p.add_argument("--rebalance-timeout", type=float, default=d.rebalance_timeout)
@@ -105,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args) -> Settings:
     s = Settings(broker=broker_from_env(args.broker))
     for name in ("partitions", "group", "window", "hop", "batch_size", "batch_wait", "threshold",
-                 "calibration", "calibration_points", "fusion", "top_k", "close_after",
+                 "calibration", "calibration_points", "fusion", "top_k", "open_after", "open_window", "close_after",
                  "checkpoint_interval", "session_timeout", "rebalance_timeout", "device"):
         setattr(s, name, getattr(args, name))
     s.threshold_params = dict(args.threshold_param)

@@ -50,6 +50,8 @@ class Settings:
     calibration_points: int = 300
     # incidents
     top_k: int = 3
+    open_after: int = 2  # alarms within open_window points that open an incident
+    open_window: int = 10
     close_after: int = 10
     update_every: int = 30
     # input limits

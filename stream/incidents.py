@@ -1,8 +1,12 @@
-"""Incident lifecycle: open on the first alarm, update while it lasts, close after a quiet spell.
+"""Incident lifecycle: open on the first alarms, update while it lasts, close after a quiet spell.
 
-An incident's ``alert_id`` is a hash of the entity and the incident's first timestamp, so processing
-the same readings twice gives the same id. Channels are ranked by their scores summed over the
-incident's alarm points: a sustained fault outranks a channel that flickered once.
+An incident opens when ``open_after`` alarms fall within ``open_window`` points: the default, 2 in 10,
+ignores a lone exceedance (the commonest false alarm) at the cost of opening one alarm later. Its
+``start`` is the first of those alarms. It closes after ``close_after`` points without an alarm.
+
+An incident's ``alert_id`` is a hash of the entity and its start, so processing the same readings
+twice gives the same id. Channels are ranked by their scores summed over the incident's alarm points:
+a sustained fault outranks a channel that flickered once.
 """
 from __future__ import annotations
 
@@ -18,25 +22,29 @@ def alert_id(entity: str, start: float) -> str:
 
 
 class IncidentTracker:
-    def __init__(self, entity: str, close_after: int = 10, update_every: int = 30, top_k: int = 3):
+    def __init__(self, entity: str, close_after: int = 10, update_every: int = 30, top_k: int = 3,
+                 open_after: int = 2, open_window: int = 10):
         self.entity = entity
         self.close_after, self.update_every, self.top_k = close_after, update_every, top_k
+        self.open_after, self.open_window = open_after, open_window
         self.open: dict | None = None
+        self.seen = 0  # points observed so far, to age candidate alarms
+        self.candidates: list[list] = []  # recent alarms while no incident is open: [point no, ts, channels]
 
     def observe(self, ts, score, threshold, alarm, channel, recon, divergence, names, model) -> list[dict]:
         """Feed points in order; return the alert messages they cause."""
-        if self.open is None and not alarm.any():
+        first = self.seen
+        self.seen += len(ts)
+        if self.open is None and not self.candidates and not alarm.any():
             return []
         out = []
         for i in range(len(ts)):
             inc = self.open
-            if alarm[i]:
+            if alarm[i] and inc is None:
+                inc = self._candidate(first + i, float(ts[i]), channel[i])
                 if inc is None:
-                    inc = self.open = {
-                        "alert_id": alert_id(self.entity, float(ts[i])), "start": float(ts[i]),
-                        "end": float(ts[i]), "peak": -np.inf, "threshold": None, "recon": None,
-                        "div": None, "channel_sum": np.zeros(channel.shape[1]), "quiet": 0,
-                        "since_update": 0, "top": []}
+                    continue
+            if alarm[i]:
                 inc["end"] = float(ts[i])
                 inc["channel_sum"] = inc["channel_sum"] + channel[i]
                 inc["quiet"] = 0
@@ -59,6 +67,21 @@ class IncidentTracker:
                     self.open = None
         return out
 
+    def _candidate(self, now: int, ts: float, channels: np.ndarray) -> dict | None:
+        """Record an alarm while nothing is open; open an incident once enough are recent."""
+        self.candidates = [c for c in self.candidates if now - c[0] < self.open_window]
+        if len(self.candidates) + 1 < self.open_after:
+            self.candidates.append([now, ts, channels.tolist()])
+            return None
+        earlier = self.candidates
+        start = earlier[0][1] if earlier else ts
+        channel_sum = np.sum([c[2] for c in earlier], axis=0) if earlier else np.zeros(len(channels))
+        self.candidates = []
+        self.open = {"alert_id": alert_id(self.entity, start), "start": start, "end": ts, "peak": -np.inf,
+                     "threshold": None, "recon": None, "div": None, "channel_sum": channel_sum,
+                     "quiet": 0, "since_update": 0, "top": []}
+        return self.open
+
     def _message(self, inc: dict, state: str, ts, names, model) -> dict:
         channels = top_channels(inc["channel_sum"], names, self.top_k)
         inc["top"] = [c["channel"] for c in channels]
@@ -68,11 +91,12 @@ class IncidentTracker:
                 "threshold": round(inc["threshold"], 6), "channels": channels, "model": model,
                 "detail": {"reconstruction": inc["recon"], "divergence": inc["div"]}}
 
-    def to_state(self) -> dict | None:
-        if self.open is None:
-            return None
-        return {**self.open, "channel_sum": self.open["channel_sum"].tolist()}
+    def to_state(self) -> dict:
+        inc = None if self.open is None else {**self.open, "channel_sum": self.open["channel_sum"].tolist()}
+        return {"open": inc, "seen": self.seen, "candidates": self.candidates}
 
-    def load_state(self, state: dict | None) -> "IncidentTracker":
-        self.open = None if state is None else {**state, "channel_sum": np.asarray(state["channel_sum"])}
+    def load_state(self, state: dict) -> "IncidentTracker":
+        inc = state["open"]
+        self.open = None if inc is None else {**inc, "channel_sum": np.asarray(inc["channel_sum"])}
+        self.seen, self.candidates = state["seen"], state["candidates"]
         return self

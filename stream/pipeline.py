@@ -82,7 +82,8 @@ class EntityState:
         if detector is not None and settings.calibration == "train" and len(detector.train_scores):
             self.threshold = make_threshold(settings.threshold, **settings.threshold_params)
             self.threshold.calibrate(np.asarray(detector.train_scores, np.float64))
-        self.incidents = IncidentTracker(entity, settings.close_after, settings.update_every, settings.top_k)
+        self.incidents = IncidentTracker(entity, settings.close_after, settings.update_every, settings.top_k,
+                                         settings.open_after, settings.open_window)
         self.counts = Counter()
         self.index = {n: i for i, n in enumerate(names)}
         # Set by recovery: outputs at or before these timestamps were already published.

@@ -18,6 +18,7 @@ ENTITIES, CHANNELS, POINTS, SEED, START = 3, 8, 2600, 7, 1_700_000_000.0
 def bad_messages(entity, channels, ts_prev, ts_prev2):
     """One message of every kind that cannot be used, with the reason code it must get."""
     row = [1.0] * channels
+    ts_prev, ts_prev2 = float(ts_prev), float(ts_prev2)
     return [
         (b'{"entity": "' + entity.encode() + b'", "ts": ', "malformed"),
         (orjson.dumps({"entity": entity, "values": row}), "missing_field"),
@@ -42,7 +43,7 @@ def test_alerts_localise_injected_anomalies_and_bad_input_is_dead_lettered(broke
         named = dict(zip(first.channels, values))
         if i == 1000:
             named[first.channels[2]] = None
-        messages.append((first.entity.encode(), orjson.dumps({"entity": first.entity, "ts": first.ts[i],
+        messages.append((first.entity.encode(), orjson.dumps({"entity": first.entity, "ts": float(first.ts[i]),
                                                                "values": named})))
         if i == 1500:
             for raw, code in bad_messages(first.entity, CHANNELS, first.ts[i], first.ts[i - 1]):

@@ -12,7 +12,7 @@ def run(tracker, alarm, channel=None):
 
 
 def test_one_lifecycle_per_incident():
-    t = IncidentTracker("e", close_after=3, update_every=100)
+    t = IncidentTracker("e", close_after=3, update_every=100, open_after=1)
     alerts = run(t, [0, 1, 1, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0])
     states = [a["state"] for a in alerts]
     assert states == ["open", "close", "open", "close"]
@@ -28,12 +28,12 @@ def test_same_input_same_ids_and_state_round_trip():
     a = IncidentTracker("e", close_after=5)
     out_a = run(a, alarm)
     b = IncidentTracker("e", close_after=5).load_state(a.to_state())
-    assert b.open is not None and b.open["alert_id"] == out_a[0]["alert_id"]
+    assert b.open is not None and b.open["alert_id"] == out_a[0]["alert_id"] == alert_id("e", 101.0)
     assert run(IncidentTracker("e", close_after=5), alarm) == out_a
 
 
 def test_update_when_ranking_changes():
-    t = IncidentTracker("e", close_after=50, update_every=2, top_k=1)
+    t = IncidentTracker("e", close_after=50, update_every=2, top_k=1, open_after=1)
     n = 10
     channel = np.tile([0.1, 3.0, 0.2], (n, 1))
     channel[3:, 0] = 50.0  # channel a takes over
@@ -45,3 +45,25 @@ def test_update_when_ranking_changes():
 def test_quiet_stream_costs_nothing():
     t = IncidentTracker("e")
     assert run(t, [0] * 50) == [] and t.open is None
+
+
+def test_a_lone_alarm_opens_nothing_but_two_close_together_do():
+    t = IncidentTracker("e", close_after=3, open_after=2, open_window=5)
+    alerts = run(t, [0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0])
+    assert [a["state"] for a in alerts] == ["open", "close"]
+    assert alerts[0]["start"] == 107 and alerts[0]["ts"] == 110  # starts at the first of the two alarms
+
+
+def test_candidates_survive_a_restart_between_messages():
+    alarm = [0, 1, 0, 1, 0, 0, 0, 0]
+    whole = run(IncidentTracker("e", close_after=3), alarm)
+    a = IncidentTracker("e", close_after=3)
+    n = 2
+    ts = np.arange(len(alarm), dtype=float) + 100
+    sc = np.where(alarm, 5.0, 0.5)
+    ch = np.tile([0.1, 3.0, 0.2], (len(alarm), 1))
+    al = np.asarray(alarm, bool)
+    first = a.observe(ts[:n], sc[:n], np.ones(n), al[:n], ch[:n], sc[:n], None, ["a", "b", "c"], "pca@1")
+    b = IncidentTracker("e", close_after=3).load_state(a.to_state())
+    rest = b.observe(ts[n:], sc[n:], np.ones(len(ts) - n), al[n:], ch[n:], sc[n:], None, ["a", "b", "c"], "pca@1")
+    assert first + rest == whole and [x["state"] for x in whole] == ["open", "close"]

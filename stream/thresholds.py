@@ -1,0 +1,590 @@
+"""Per-entity online thresholds on a stream of anomaly scores (higher = more anomalous).
+
+Three kinds behind one small interface (``calibrate``, ``step``, ``to_state``):
+
+- ``spot``: SPOT, Siffer et al. KDD 2017. A generalised Pareto tail is fitted by maximum likelihood
+  (Grimshaw's trick) to the excesses over a high empirical quantile ``t``; the alarm threshold is the
+  ``1 - q`` quantile it implies. The tail is a bounded ring of the most recent ``max_excess`` peaks,
+  as in the author's libspot v2, so a refit costs O(max_excess) however long the stream runs.
+- ``dspot``: SPOT on ``x - M``, with ``M`` the mean of the last ``depth`` non-alarm scores, so a
+  slow drift of the score level is followed instead of alarmed on.
+- ``percentile``: the ``q`` quantile of the last ``window`` non-alarm scores (river's exact
+  ``RollingQuantile``, linear interpolation, same as ``numpy.quantile``).
+
+Every kind judges a score against the threshold in force *before* it, then learns from it only if
+it was not an alarm. ``step`` is strictly sequential and deterministic, and the state round-trips
+through JSON (plain floats, ints, lists, str) so that a restored object continues bit-for-bit.
+
+Non-finite scores in ``step``: ``+inf`` is an alarm; ``NaN`` and ``-inf`` are never alarms and are
+not learnt from (a NaN would otherwise poison the tail, window or moving mean).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from river.stats import RollingQuantile
+
+__all__ = ["Threshold", "SpotThreshold", "DSpotThreshold", "PercentileThreshold",
+           "make_threshold", "threshold_from_state", "fit_gpd", "KINDS"]
+
+_STATE_VERSION = 1
+
+# ---------------------------------------------------------------------------------------------
+# GPD fit (Grimshaw's trick)
+# ---------------------------------------------------------------------------------------------
+
+MIN_PEAKS = 5
+"""Below this many peaks the GPD fit is noise: use an exponential tail with sigma = mean peak."""
+
+# Search grids for the roots of w(x) on peaks scaled to mean 1 (scale-free, see fit_gpd).
+# Left interval (-1/ymax, 0): x = -s / ymax, dense near both ends (gamma near 0, gamma << 0).
+_LEFT_S = np.concatenate([np.geomspace(1e-4, 0.5, 8), 1.0 - np.geomspace(0.5, 1e-8, 11)[1:]])
+# Right interval (0, 2(1 - ymin)/ymin^2): log-spaced from 1e-4 (below that gamma ~ 0: exponential).
+_RIGHT_U = np.linspace(0.0, 1.0, 12)
+_X_MIN = 1e-4
+_X_MAX = 1e12
+_NEWTON_ITERS = 60
+_NEWTON_RTOL = 1e-10
+
+
+def _w_and_slope(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Grimshaw's w(x) = u(x) v(x) - 1 and dw/dx for each x, on peaks y.
+
+    Written as w = B - A - A*B with A = 1 - u = mean(xy/(1+xy)), B = v - 1 = mean(log1p(xy)):
+    both terms keep full relative precision for small |x|, where u*v - 1 cancels badly.
+    """
+    k = 1.0 / y.size
+    xy = np.multiply.outer(x, y)
+    inv = 1.0 / (1.0 + xy)
+    a = np.add.reduce(xy * inv, axis=-1) * k
+    b = np.add.reduce(np.log1p(xy), axis=-1) * k
+    y_inv = y * inv
+    db = np.add.reduce(y_inv, axis=-1) * k
+    da = np.add.reduce(y_inv * inv, axis=-1) * k
+    return b - a - a * b, db - da - da * b - a * db
+
+
+def _w(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    k = 1.0 / y.size
+    xy = np.multiply.outer(x, y)
+    a = np.add.reduce(xy / (1.0 + xy), axis=-1) * k
+    b = np.add.reduce(np.log1p(xy), axis=-1) * k
+    return b - a - a * b
+
+
+def _refine_roots(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, w_lo: np.ndarray,
+                  w_hi: np.ndarray) -> np.ndarray:
+    """Roots of w inside sign-changing brackets [lo, hi], all brackets at once.
+
+    Starts from the secant point, then Newton steps, falling back to bisection whenever a step
+    would leave the bracket, so it cannot diverge: a few vectorised iterations instead of one
+    brentq call per root.
+    """
+    x = lo - w_lo * (hi - lo) / (w_hi - w_lo)
+    x = np.where((x - lo) * (x - hi) < 0.0, x, 0.5 * (lo + hi))
+    for _ in range(_NEWTON_ITERS):
+        w, dw = _w_and_slope(x, y)
+        same = np.signbit(w) == np.signbit(w_lo)
+        lo, w_lo, hi = np.where(same, x, lo), np.where(same, w, w_lo), np.where(same, hi, x)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_new = x - w / dw
+        x_new = np.where((x_new - lo) * (x_new - hi) < 0.0, x_new, 0.5 * (lo + hi))
+        step = np.max(np.abs(x_new - x) / np.abs(x))
+        x = x_new
+        if step <= _NEWTON_RTOL:
+            break
+    return x
+
+
+def fit_gpd(peaks: np.ndarray) -> tuple[float, float]:
+    """Maximum-likelihood GPD (gamma, sigma) of positive excesses, by Grimshaw's trick.
+
+    The candidates are every root of w found on both of Grimshaw's intervals, the exponential case
+    (gamma = 0, sigma = mean) and the method-of-moments estimate (as libspot v2 does); the one with
+    the highest log-likelihood wins. Roots are located by the sign changes of w on a fixed grid
+    (vectorised), then refined by safeguarded Newton. The peaks are scaled to mean 1 first, which
+    makes the search scale-free (raw scores of 300-1000 are a known trap for ports of spot.py).
+    Degenerate input (fewer than MIN_PEAKS peaks, all peaks equal) gives the exponential fit.
+    """
+    y = np.asarray(peaks, dtype=np.float64)
+    if y.size == 0:
+        raise ValueError("fit_gpd needs at least one peak")
+    mean = float(np.mean(y))
+    if not (mean > 0.0 and math.isfinite(mean)):
+        raise ValueError("peaks must be positive and finite")
+    y = y / mean
+    y_min, y_max = float(y.min()), float(y.max())
+    if y.size < MIN_PEAKS or y_max - y_min <= 1e-9 * y_max:
+        return 0.0, mean
+
+    # Candidate roots: sign changes of w on each interval, refined together.
+    right_max = min(2.0 * (1.0 - y_min) / max(y_min, 1e-300) ** 2, _X_MAX)
+    grids = [-_LEFT_S / y_max]
+    if right_max > _X_MIN:
+        grids.append(_X_MIN * (right_max / _X_MIN) ** _RIGHT_U)
+    lo, hi, w_lo, w_hi = [], [], [], []
+    for grid in grids:
+        w = _w(grid, y)
+        idx = np.flatnonzero(np.signbit(w[:-1]) != np.signbit(w[1:]))
+        lo.append(grid[idx]), hi.append(grid[idx + 1]), w_lo.append(w[idx]), w_hi.append(w[idx + 1])
+    lo, hi, w_lo, w_hi = (np.concatenate(v) for v in (lo, hi, w_lo, w_hi))
+
+    # Exponential case, profile log-likelihood per peak: -log(sigma) - 1 with sigma = 1.
+    best_ll, best_gamma, best_sigma = -1.0, 0.0, 1.0
+    if lo.size:
+        roots = _refine_roots(y, lo, hi, w_lo, w_hi)
+        gammas = np.add.reduce(np.log1p(np.multiply.outer(roots, y)), axis=-1) / y.size
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sigmas = gammas / roots
+            # At a root, sum(log1p(x y)) = N gamma, so loglik/N = -log(sigma) - (1 + gamma).
+            lls = -np.log(sigmas) - 1.0 - gammas
+        for g, s, ll in zip(gammas.tolist(), sigmas.tolist(), lls.tolist()):
+            if s > 0.0 and g != 0.0 and math.isfinite(ll) and ll > best_ll:
+                best_ll, best_gamma, best_sigma = ll, g, s
+
+    # Method of moments: gamma = (1 - m^2/v)/2, sigma = m (1 + m^2/v)/2 with m = 1 here.
+    var = float(np.var(y))
+    if var > 0.0:
+        r = 1.0 / var
+        g, s = 0.5 * (1.0 - r), 0.5 * (1.0 + r)
+        if g != 0.0 and (g > 0.0 or y_max < -s / g):
+            ll = -math.log(s) - (1.0 + 1.0 / g) * float(np.mean(np.log1p((g / s) * y)))
+            if math.isfinite(ll) and ll > best_ll:
+                best_ll, best_gamma, best_sigma = ll, g, s
+    return best_gamma, best_sigma * mean
+
+
+def _tail_quantile(t: float, gamma: float, sigma: float, q: float, n: int, nt: int,
+                   fallback_sigma: float) -> float:
+    """z_q = t + (sigma/gamma)((q n/Nt)^-gamma - 1), or t - sigma log(q n/Nt) for gamma = 0.
+
+    Never below t (the model says nothing below t; a z_q under t would alarm on ordinary values)
+    and never non-finite: an overflowing GPD quantile falls back to the exponential one.
+    """
+    log_r = math.log(q * n / max(nt, 1))
+    d = math.nan
+    if gamma != 0.0 and abs(gamma * log_r) < 700.0:
+        d = sigma * math.expm1(-gamma * log_r) / gamma  # expm1: exact as gamma -> 0
+    elif gamma == 0.0:
+        d = -sigma * log_r
+    if not math.isfinite(d):
+        d = -fallback_sigma * log_r
+    z = t + max(d, 0.0)
+    return z if math.isfinite(z) else t
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+def _prob(name: str, value, low: float = 0.0, high: float = 1.0) -> float:
+    """A float strictly inside (low, high)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not low < value < high:
+        raise ValueError(f"{name} must be in ({low:g}, {high:g}), got {value!r}")
+    return value
+
+
+def _count(name: str, value, minimum: int = 1) -> int:
+    """A whole number >= minimum; integral floats are accepted (CLI params arrive as floats)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _calibration_scores(scores, minimum: int = 1) -> np.ndarray:
+    x = np.atleast_1d(np.asarray(scores, dtype=np.float64))
+    if x.ndim != 1:
+        raise ValueError(f"calibration scores must be 1-D, got shape {x.shape}")
+    if x.size < minimum:
+        raise ValueError(f"need at least {minimum} calibration score(s), got {x.size}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("calibration scores must be finite")
+    return x
+
+
+def _check_kind(state: dict, kind: str) -> None:
+    if state.get("kind") != kind:
+        raise ValueError(f"state is for kind {state.get('kind')!r}, not {kind!r}")
+    if state.get("version") != _STATE_VERSION:
+        raise ValueError(f"unsupported threshold state version {state.get('version')!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Interface
+# ---------------------------------------------------------------------------------------------
+
+class Threshold:
+    """An online threshold on one entity's score stream."""
+
+    kind: str = ""
+
+    @property
+    def ready(self) -> bool:
+        """True once calibrated."""
+        raise NotImplementedError
+
+    @property
+    def params(self) -> dict:
+        """Constructor parameters, enough to rebuild an uncalibrated twin."""
+        raise NotImplementedError
+
+    @property
+    def threshold(self) -> float | None:
+        """The threshold the next score will be judged against (None until calibrated)."""
+        raise NotImplementedError
+
+    def calibrate(self, scores: np.ndarray) -> None:
+        """Initial fit on 1-D calibration scores (training scores or an entity's first points).
+
+        Resets any previous state.
+        """
+        raise NotImplementedError
+
+    def step(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Judge scores in order, learning from each non-alarm as it is seen.
+
+        Returns (thresholds float64 [n], the threshold in force when each score was judged;
+        alarms bool [n], score > threshold). Raises RuntimeError if not calibrated.
+        """
+        x = np.atleast_1d(np.asarray(scores, dtype=np.float64))
+        if x.ndim != 1:
+            raise ValueError(f"scores must be 1-D, got shape {x.shape}")
+        if not self.ready:
+            raise RuntimeError(f"{self.kind} threshold is not calibrated; call calibrate() first")
+        thresholds = np.empty(x.size, dtype=np.float64)
+        alarms = np.zeros(x.size, dtype=bool)
+        self._run(x.tolist(), thresholds, alarms)
+        return thresholds, alarms
+
+    def _run(self, xs: list[float], thresholds: np.ndarray, alarms: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def to_state(self) -> dict:
+        """JSON-serialisable state: kind, version, params and everything step() depends on."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Threshold":
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args}, ready={self.ready})"
+
+
+# ---------------------------------------------------------------------------------------------
+# SPOT
+# ---------------------------------------------------------------------------------------------
+
+class SpotThreshold(Threshold):
+    """SPOT (streaming peaks-over-threshold), the author's update rule with a bounded tail.
+
+    ``q``: alarm probability targeted per point; ``level``: quantile of the calibration scores that
+    sets the excess threshold ``t``; ``max_excess``: peaks kept (most recent first out is the
+    oldest); ``refit_every``: redo the GPD fit only every k new peaks (1 = faithful; z_q is still
+    recomputed with the new counts at every peak).
+    """
+
+    kind = "spot"
+
+    def __init__(self, q: float = 1e-3, level: float = 0.98, max_excess: int = 1000,
+                 refit_every: int = 1):
+        self.level = _prob("level", level)
+        self.q = _prob("q", q, 0.0, 1.0 - self.level)
+        self.max_excess = _count("max_excess", max_excess)
+        self.refit_every = _count("refit_every", refit_every)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._t: float | None = None   # excess (initial) threshold
+        self._z: float | None = None   # alarm threshold z_q
+        self._gamma = 0.0
+        self._sigma = 0.0
+        self._n = 0                    # non-alarm points seen (calibration included)
+        self._nt = 0                   # excesses seen, including those dropped from the ring
+        self._peaks: list[float] = []  # ring of the last max_excess excesses (physical order)
+        self._head = 0                 # next ring slot to overwrite once full
+        self._pending = 0              # peaks added since the last fit
+        self._scale = 0.0              # calibration std: tail scale while there are no peaks
+
+    @property
+    def ready(self) -> bool:
+        return self._z is not None
+
+    @property
+    def params(self) -> dict:
+        return {"q": self.q, "level": self.level, "max_excess": self.max_excess,
+                "refit_every": self.refit_every}
+
+    @property
+    def threshold(self) -> float | None:
+        return self._z
+
+    def calibrate(self, scores: np.ndarray) -> None:
+        """t = the ``level`` empirical quantile (sorted[int(level n)], as spot.py); fit the tail."""
+        x = _calibration_scores(scores)
+        self._reset()
+        self._t = float(np.sort(x)[int(self.level * x.size)])
+        self._n = int(x.size)
+        self._scale = float(np.std(x))
+        for excess in (x[x > self._t] - self._t).tolist():  # arrival order: the ring keeps the newest
+            self._push(excess)
+        self._fit()
+
+    def _push(self, excess: float) -> None:
+        self._nt += 1
+        self._pending += 1
+        if len(self._peaks) < self.max_excess:
+            self._peaks.append(excess)
+        else:
+            self._peaks[self._head] = excess
+            self._head = (self._head + 1) % self.max_excess
+
+    def _fit(self) -> None:
+        if len(self._peaks) < MIN_PEAKS:
+            self._gamma = 0.0
+            self._sigma = sum(self._peaks) / len(self._peaks) if self._peaks else self._scale
+        else:
+            self._gamma, self._sigma = fit_gpd(np.array(self._peaks))
+        self._pending = 0
+        self._update_z()
+
+    def _update_z(self) -> None:
+        fallback = sum(self._peaks) / len(self._peaks) if self._peaks else self._scale
+        self._z = _tail_quantile(self._t, self._gamma, self._sigma, self.q, self._n, self._nt, fallback)
+
+    def _observe(self, x: float) -> None:
+        """Learn from a finite non-alarm value: count it, and if it is a peak, refit."""
+        self._n += 1
+        if x > self._t:
+            self._push(x - self._t)
+            if self._pending >= self.refit_every or len(self._peaks) <= MIN_PEAKS:
+                self._fit()
+            else:
+                self._update_z()
+
+    def _run(self, xs, thresholds, alarms) -> None:
+        observe = self._observe
+        for i, x in enumerate(xs):
+            z = self._z
+            thresholds[i] = z
+            if x > z:
+                alarms[i] = True           # not learnt from, n not incremented (discard anomalies)
+            elif math.isfinite(x):
+                observe(x)
+
+    def to_state(self) -> dict:
+        return {"kind": self.kind, "version": _STATE_VERSION, "params": self.params,
+                "t": self._t, "z": self._z, "gamma": self._gamma, "sigma": self._sigma,
+                "n": self._n, "nt": self._nt, "peaks": list(self._peaks), "head": self._head,
+                "pending": self._pending, "scale": self._scale}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "SpotThreshold":
+        _check_kind(state, cls.kind)
+        obj = cls(**state["params"])
+        obj._load(state)
+        return obj
+
+    def _load(self, state: dict) -> None:
+        self._t = None if state["t"] is None else float(state["t"])
+        self._z = None if state["z"] is None else float(state["z"])
+        self._gamma, self._sigma = float(state["gamma"]), float(state["sigma"])
+        self._n, self._nt = int(state["n"]), int(state["nt"])
+        self._peaks = [float(v) for v in state["peaks"]]
+        self._head, self._pending = int(state["head"]), int(state["pending"])
+        self._scale = float(state["scale"])
+        if len(self._peaks) > self.max_excess:
+            raise ValueError("state holds more peaks than max_excess")
+
+
+# ---------------------------------------------------------------------------------------------
+# DSPOT
+# ---------------------------------------------------------------------------------------------
+
+def _back_mean_residuals(x: np.ndarray, depth: int) -> np.ndarray:
+    """Each score minus the mean of the ``depth`` scores before it (spot.py's backMean).
+
+    With ``depth`` or fewer scores, the mean of all the scores before it instead, so that short
+    calibration sets still give residuals.
+    """
+    if x.size > depth:
+        return x[depth:] - sliding_window_view(x, depth)[:-1].mean(axis=1)
+    return x[1:] - np.cumsum(x)[:-1] / np.arange(1, x.size)
+
+
+class DSpotThreshold(Threshold):
+    """Drift-aware SPOT: SPOT on x - M, M = mean of the last ``depth`` non-alarm scores.
+
+    The reported threshold is z_q + M. The window is seeded with the last ``depth`` calibration
+    scores and advances only on non-alarm points, as in spot.py's dSPOT.
+    """
+
+    kind = "dspot"
+
+    def __init__(self, q: float = 1e-3, level: float = 0.98, max_excess: int = 1000,
+                 refit_every: int = 1, depth: int = 100):
+        self._spot = SpotThreshold(q=q, level=level, max_excess=max_excess, refit_every=refit_every)
+        self.depth = _count("depth", depth)
+        self._window: deque[float] = deque(maxlen=self.depth)
+
+    @property
+    def ready(self) -> bool:
+        return self._spot.ready
+
+    @property
+    def params(self) -> dict:
+        return {**self._spot.params, "depth": self.depth}
+
+    def _mean(self) -> float:
+        # fsum: exactly rounded, so the mean does not depend on summation order or history.
+        return math.fsum(self._window) / len(self._window)
+
+    @property
+    def threshold(self) -> float | None:
+        return self._spot.threshold + self._mean() if self.ready else None
+
+    def calibrate(self, scores: np.ndarray) -> None:
+        """Calibrate SPOT on the residuals to the moving mean; seed the window. Needs >= 2 scores."""
+        x = _calibration_scores(scores, minimum=2)
+        self._spot.calibrate(_back_mean_residuals(x, self.depth))
+        self._window = deque(x[-self.depth:].tolist(), maxlen=self.depth)
+
+    def _run(self, xs, thresholds, alarms) -> None:
+        spot, window = self._spot, self._window
+        for i, x in enumerate(xs):
+            m = self._mean()
+            z = spot._z + m
+            thresholds[i] = z
+            if x > z:
+                alarms[i] = True
+            elif math.isfinite(x):
+                spot._observe(x - m)
+                window.append(x)
+
+    def to_state(self) -> dict:
+        return {"kind": self.kind, "version": _STATE_VERSION, "params": self.params,
+                "window": list(self._window), "spot": self._spot.to_state()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "DSpotThreshold":
+        _check_kind(state, cls.kind)
+        obj = cls(**state["params"])
+        _check_kind(state["spot"], SpotThreshold.kind)
+        obj._spot._load(state["spot"])
+        obj._window = deque((float(v) for v in state["window"]), maxlen=obj.depth)
+        return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Percentile
+# ---------------------------------------------------------------------------------------------
+
+class PercentileThreshold(Threshold):
+    """Threshold = the ``q`` quantile of the last ``window`` non-alarm scores.
+
+    Built on river's ``RollingQuantile`` (exact, sorted window, linear interpolation like
+    ``numpy.quantile``). river does not expose its window, so a deque mirrors it for to_state;
+    restoring re-feeds that deque in order, which rebuilds the identical river state.
+    """
+
+    kind = "percentile"
+
+    def __init__(self, q: float = 0.995, window: int = 5000):
+        self.q = _prob("q", q)
+        self.window = _count("window", window)
+        self._load([])
+
+    def _load(self, values: list[float]) -> None:
+        self._quantile = RollingQuantile(q=self.q, window_size=self.window)
+        self._values: deque[float] = deque(maxlen=self.window)
+        for v in values:
+            self._quantile.update(v)
+            self._values.append(v)
+
+    @property
+    def ready(self) -> bool:
+        return len(self._values) > 0
+
+    @property
+    def params(self) -> dict:
+        return {"q": self.q, "window": self.window}
+
+    @property
+    def threshold(self) -> float | None:
+        return self._quantile.get() if self.ready else None
+
+    def calibrate(self, scores: np.ndarray) -> None:
+        """Fill the window with the last ``window`` calibration scores."""
+        x = _calibration_scores(scores)
+        self._load(x[-self.window:].tolist())
+
+    def _run(self, xs, thresholds, alarms) -> None:
+        quantile, values = self._quantile, self._values
+        for i, x in enumerate(xs):
+            z = quantile.get()
+            thresholds[i] = z
+            if x > z:
+                alarms[i] = True
+            elif math.isfinite(x):
+                quantile.update(x)
+                values.append(x)
+
+    def to_state(self) -> dict:
+        return {"kind": self.kind, "version": _STATE_VERSION, "params": self.params,
+                "values": list(self._values)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "PercentileThreshold":
+        _check_kind(state, cls.kind)
+        obj = cls(**state["params"])
+        obj._load([float(v) for v in state["values"]][-obj.window:])
+        return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Factory
+# ---------------------------------------------------------------------------------------------
+
+KINDS: dict[str, type[Threshold]] = {
+    "spot": SpotThreshold,
+    "dspot": DSpotThreshold,
+    "percentile": PercentileThreshold,
+}
+
+_PARAMS = {
+    "spot": ("q", "level", "max_excess", "refit_every"),
+    "dspot": ("q", "level", "max_excess", "refit_every", "depth"),
+    "percentile": ("q", "window"),
+}
+
+
+def make_threshold(kind: str, **params) -> Threshold:
+    """A new, uncalibrated threshold of ``kind``; bad kinds or parameters raise ValueError."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown threshold kind {kind!r}; expected one of {sorted(KINDS)}")
+    unknown = sorted(set(params) - set(_PARAMS[kind]))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for {kind!r}; "
+                         f"accepted: {list(_PARAMS[kind])}")
+    return KINDS[kind](**params)
+
+
+def threshold_from_state(state: dict) -> Threshold:
+    """Exact restore from ``to_state()`` (after a JSON round trip): same next outputs."""
+    kind = state.get("kind") if isinstance(state, dict) else None
+    if kind not in KINDS:
+        raise ValueError(f"unknown threshold kind {kind!r} in state; expected one of {sorted(KINDS)}")
+    return KINDS[kind].from_state(state)
