@@ -136,7 +136,7 @@ class Runner:
             dlq_offset = max(dlq_offset, orjson.loads(rec.value)["offset"])
         self.pipeline.suppress(partition, scores_ts, alerts_ts, dlq_offset)
         self.recovered.add(partition)
-        log.info("partition %d recovered in %.2fs: %d entities, input offset %d, %d entities with "
+        log.warning("partition %d recovered in %.2fs: %d entities, input offset %d, %d entities with "
                  "outputs after the checkpoint", partition, time.perf_counter() - t0,
                  len(states) - (META_KEY in states), self.pipeline.partitions[partition].input_offset,
                  len(scores_ts))

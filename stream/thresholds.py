@@ -51,52 +51,50 @@ _NEWTON_ITERS = 60
 _NEWTON_RTOL = 1e-10
 
 
-def _w_and_slope(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Grimshaw's w(x) = u(x) v(x) - 1 and dw/dx for each x, on peaks y.
-
-    Written as w = B - A - A*B with A = 1 - u = mean(xy/(1+xy)), B = v - 1 = mean(log1p(xy)):
-    both terms keep full relative precision for small |x|, where u*v - 1 cancels badly.
-    """
-    k = 1.0 / y.size
-    xy = np.multiply.outer(x, y)
-    inv = 1.0 / (1.0 + xy)
-    a = np.add.reduce(xy * inv, axis=-1) * k
-    b = np.add.reduce(np.log1p(xy), axis=-1) * k
-    y_inv = y * inv
-    db = np.add.reduce(y_inv, axis=-1) * k
-    da = np.add.reduce(y_inv * inv, axis=-1) * k
-    return b - a - a * b, db - da - da * b - a * db
-
-
 def _w(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    k = 1.0 / y.size
+    """Grimshaw's w(x) = u(x) v(x) - 1 for each x of a 1-D grid, on peaks y.
+
+    Written as w = B - A - A*B with A = 1 - u = mean(xy/(1+xy)) and B = v - 1 = mean(log(1+xy)),
+    which avoids the 1 - 1 cancellation of u*v - 1 for small |x|.
+    """
     xy = np.multiply.outer(x, y)
-    a = np.add.reduce(xy / (1.0 + xy), axis=-1) * k
-    b = np.add.reduce(np.log1p(xy), axis=-1) * k
+    d = 1.0 + xy
+    a = np.add.reduce(xy / d, axis=1) / y.size
+    b = np.add.reduce(np.log(d), axis=1) / y.size
     return b - a - a * b
 
 
-def _refine_roots(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, w_lo: np.ndarray,
-                  w_hi: np.ndarray) -> np.ndarray:
-    """Roots of w inside sign-changing brackets [lo, hi], all brackets at once.
+def _refine_root(y: np.ndarray, lo: float, hi: float, w_lo: float, w_hi: float) -> float:
+    """The root of w in a sign-changing bracket [lo, hi] (either order).
 
-    Starts from the secant point, then Newton steps, falling back to bisection whenever a step
-    would leave the bracket, so it cannot diverge: a few vectorised iterations instead of one
-    brentq call per root.
+    Newton steps (dw/dx is cheap once w is computed), falling back to the Illinois-weighted secant
+    point of the bracket whenever a step would leave it: converges in a few steps, cannot diverge.
     """
+    k = 1.0 / y.size
     x = lo - w_lo * (hi - lo) / (w_hi - w_lo)
-    x = np.where((x - lo) * (x - hi) < 0.0, x, 0.5 * (lo + hi))
     for _ in range(_NEWTON_ITERS):
-        w, dw = _w_and_slope(x, y)
-        same = np.signbit(w) == np.signbit(w_lo)
-        lo, w_lo, hi = np.where(same, x, lo), np.where(same, w, w_lo), np.where(same, hi, x)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x_new = x - w / dw
-        x_new = np.where((x_new - lo) * (x_new - hi) < 0.0, x_new, 0.5 * (lo + hi))
-        step = np.max(np.abs(x_new - x) / np.abs(x))
+        d = 1.0 + x * y
+        y_inv = y / d
+        db = float(np.add.reduce(y_inv)) * k              # B' = mean(y/(1+xy)), and A = x B'
+        a = x * db
+        b = float(np.add.reduce(np.log(d))) * k
+        da = db - x * float(np.add.reduce(y_inv * y_inv)) * k
+        w = b - a - a * b
+        dw = db - da - da * b - a * db
+        if w == 0.0:
+            return x
+        if (w < 0.0) == (w_lo < 0.0):
+            lo, w_lo, w_hi = x, w, w_hi * 0.5   # Illinois: the kept end loses weight
+        else:
+            hi, w_hi = x, w
+        x_new = x - w / dw if dw != 0.0 else math.nan
+        if not (x_new - lo) * (x_new - hi) < 0.0:
+            x_new = lo - w_lo * (hi - lo) / (w_hi - w_lo)
+            if not (x_new - lo) * (x_new - hi) < 0.0:
+                x_new = 0.5 * (lo + hi)
+        if abs(x_new - x) <= _NEWTON_RTOL * abs(x):
+            return x_new
         x = x_new
-        if step <= _NEWTON_RTOL:
-            break
     return x
 
 
@@ -121,30 +119,24 @@ def fit_gpd(peaks: np.ndarray) -> tuple[float, float]:
     if y.size < MIN_PEAKS or y_max - y_min <= 1e-9 * y_max:
         return 0.0, mean
 
-    # Candidate roots: sign changes of w on each interval, refined together.
+    # Candidate roots: sign changes of w on a grid over each of Grimshaw's intervals.
     right_max = min(2.0 * (1.0 - y_min) / max(y_min, 1e-300) ** 2, _X_MAX)
     grids = [-_LEFT_S / y_max]
     if right_max > _X_MIN:
         grids.append(_X_MIN * (right_max / _X_MIN) ** _RIGHT_U)
-    lo, hi, w_lo, w_hi = [], [], [], []
-    for grid in grids:
-        w = _w(grid, y)
-        idx = np.flatnonzero(np.signbit(w[:-1]) != np.signbit(w[1:]))
-        lo.append(grid[idx]), hi.append(grid[idx + 1]), w_lo.append(w[idx]), w_hi.append(w[idx + 1])
-    lo, hi, w_lo, w_hi = (np.concatenate(v) for v in (lo, hi, w_lo, w_hi))
-
     # Exponential case, profile log-likelihood per peak: -log(sigma) - 1 with sigma = 1.
     best_ll, best_gamma, best_sigma = -1.0, 0.0, 1.0
-    if lo.size:
-        roots = _refine_roots(y, lo, hi, w_lo, w_hi)
-        gammas = np.add.reduce(np.log1p(np.multiply.outer(roots, y)), axis=-1) / y.size
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sigmas = gammas / roots
-            # At a root, sum(log1p(x y)) = N gamma, so loglik/N = -log(sigma) - (1 + gamma).
-            lls = -np.log(sigmas) - 1.0 - gammas
-        for g, s, ll in zip(gammas.tolist(), sigmas.tolist(), lls.tolist()):
-            if s > 0.0 and g != 0.0 and math.isfinite(ll) and ll > best_ll:
-                best_ll, best_gamma, best_sigma = ll, g, s
+    for grid in grids:
+        w = _w(grid, y)
+        for i in np.flatnonzero(np.signbit(w[:-1]) != np.signbit(w[1:])).tolist():
+            x = _refine_root(y, float(grid[i]), float(grid[i + 1]), float(w[i]), float(w[i + 1]))
+            g = float(np.add.reduce(np.log1p(x * y))) / y.size
+            s = g / x
+            if s > 0.0 and g != 0.0:
+                # sum(log1p(x y)) = N gamma, so loglik/N = -log(sigma) - (1 + 1/gamma) gamma.
+                ll = -math.log(s) - 1.0 - g
+                if ll > best_ll:
+                    best_ll, best_gamma, best_sigma = ll, g, s
 
     # Method of moments: gamma = (1 - m^2/v)/2, sigma = m (1 + m^2/v)/2 with m = 1 here.
     var = float(np.var(y))
