@@ -122,18 +122,21 @@ class Runner:
             states[rec.key] = rec.value
         meta = orjson.loads(states[META_KEY]) if META_KEY in states else {"out": {}}
         self.pipeline.restore(partition, states)
+        after = lambda kind: meta["out"].get(kind, -1) + 1  # noqa: E731 - first offset not covered
+        scores, alerts, dlq = await asyncio.gather(
+            read_partition(broker, topics.scores, partition, after("scores")),
+            read_partition(broker, topics.alerts, partition, after("alerts")),
+            read_partition(broker, topics.dlq, partition, after("dlq")))
         scores_ts: dict[str, float] = {}
         alerts_ts: dict[str, float] = {}
-        for rec in await read_partition(broker, topics.scores, partition, meta["out"].get("scores", -1) + 1):
+        for rec in scores:
             msg = orjson.loads(rec.value)
             last = msg["ts"][-1] if isinstance(msg["ts"], list) else msg["ts"]
             scores_ts[msg["entity"]] = max(scores_ts.get(msg["entity"], -math.inf), last)
-        for rec in await read_partition(broker, topics.alerts, partition, meta["out"].get("alerts", -1) + 1):
+        for rec in alerts:
             msg = orjson.loads(rec.value)
             alerts_ts[msg["entity"]] = max(alerts_ts.get(msg["entity"], -math.inf), msg["ts"])
-        dlq_offset = -1
-        for rec in await read_partition(broker, topics.dlq, partition, meta["out"].get("dlq", -1) + 1):
-            dlq_offset = max(dlq_offset, orjson.loads(rec.value)["offset"])
+        dlq_offset = max((orjson.loads(rec.value)["offset"] for rec in dlq), default=-1)
         self.pipeline.suppress(partition, scores_ts, alerts_ts, dlq_offset)
         self.recovered.add(partition)
         log.warning("partition %d recovered in %.2fs: %d entities, input offset %d, %d entities with "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 import time
 
@@ -157,6 +158,8 @@ def cmd_alerts(args) -> int:
 
     broker = broker_from_env(args.broker)
     check_broker(broker)
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `vigil alerts | head` ends quietly
 
     async def run():
         async for msg in consume(broker, args.topic, args.follow):

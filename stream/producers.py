@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 from typing import Iterable
@@ -23,11 +22,14 @@ async def produce_series(broker: str, topic: str, series: list, rate: float = 0.
     per entity in wall-clock time (0: as fast as possible); ``batch`` rows go in one message (the batch
     form) when above 1. Returns the number of messages sent.
     """
+    from tqdm import tqdm
+
     prod = producer(broker)
     await prod.start()
     sent = 0
+    longest = max(len(s.ts) for s in series)
+    bar = tqdm(total=longest, unit="point", desc="points per entity", disable=not progress, mininterval=1.0)
     try:
-        longest = max(len(s.ts) for s in series)
         t0 = time.monotonic()
         for start in range(0, longest, batch):
             if rate > 0:
@@ -45,12 +47,10 @@ async def produce_series(broker: str, topic: str, series: list, rate: float = 0.
                     value = encode_readings(s.entity, s.ts[start:end], s.values[start:end], s.channels)
                 await prod.send(topic, value, key=s.entity.encode())
                 sent += 1
-            if progress and start % (batch * max(1, 1000 // batch)) == 0:
-                print(f"\rsent {start + batch}/{longest} points per entity", end="", file=sys.stderr)
+            bar.update(min(batch, longest - start))
         await prod.flush()
-        if progress:
-            print(file=sys.stderr)
     finally:
+        bar.close()
         await prod.stop()
     return sent
 
