@@ -58,8 +58,12 @@ class Runner:
                 if assigned is not None and tp not in assigned:
                     continue  # buffered before a rebalance took the partition away
                 fresh.append(e)
-            for p in sorted({e.message.partition for e in fresh} - self.recovered):
-                await self.recover(p)
+            mine = {e.message.partition for e in fresh}
+            if assigned is not None:  # recover every assigned partition at once, not one per batch
+                mine |= {tp.partition for tp in assigned if tp.topic == topic}
+            todo = sorted(mine - self.recovered)
+            if todo:
+                await asyncio.gather(*(self.recover(p) for p in todo))
             t0 = time.perf_counter()
             msgs = [Message(e.message.partition, e.message.offset, e.message.key, e.message.value)
                     for e in fresh if e.message.topic == topic]

@@ -113,7 +113,8 @@ def settings_from_args(args) -> Settings:
                  "calibration", "calibration_points", "fusion", "top_k", "open_after", "open_window", "close_after",
                  "checkpoint_interval", "session_timeout", "rebalance_timeout", "device"):
         setattr(s, name, getattr(args, name))
-    s.threshold_params = dict(args.threshold_param)
+    s.threshold_params = {k: int(v) if k in ("refit_every", "max_excess", "depth", "window") else v
+                          for k, v in args.threshold_param}
     for spec in args.model:
         entity, sep, path = spec.partition("=")
         s.models[entity if sep else "*"] = path if sep else entity

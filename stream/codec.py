@@ -44,8 +44,19 @@ def _number(v) -> bool:
     return (type(v) is float or type(v) is int) and math.isfinite(v)
 
 
-def _row(values, names_ref: list, rowno: int) -> list | Rejection:
-    """One row of values to a list of floats (NaN for null); dict rows fix the channel order."""
+_NUMERIC = {float, int}
+
+
+def _row(values, names_ref: list, rowno: int, nulls: list) -> list | Rejection:
+    """One row of values to a list of numbers (NaN for null, counted in ``nulls[0]``); dict rows fix
+    the channel order."""
+    if type(values) is dict and not names_ref and 0 < len(values) <= MAX_CHANNELS:
+        items = list(values.values())
+        if set(map(type, items)) <= _NUMERIC:  # the common case: plain numbers (orjson refused inf/NaN)
+            names_ref.extend(values.keys())
+            return items
+    elif type(values) is list and 0 < len(values) <= MAX_CHANNELS and set(map(type, values)) <= _NUMERIC:
+        return values
     if isinstance(values, dict):
         if not values:
             return Rejection(f"bad_values: row {rowno} is empty")
@@ -71,6 +82,7 @@ def _row(values, names_ref: list, rowno: int) -> list | Rejection:
     out = []
     for v in items:
         if v is None:
+            nulls[0] += 1
             out.append(math.nan)
         elif _number(v):
             out.append(float(v))
@@ -131,9 +143,9 @@ def decode(raw: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Readings | 
             if type(t) is float:
                 return Rejection(f"non_finite: ts {t}")
             return Rejection("bad_type: ts must be a number of seconds")
-    rows = []
+    rows, nulls = [], [0]
     for i, r in enumerate(rows_in):
-        row = _row(r, names, i)
+        row = _row(r, names, i, nulls)
         if isinstance(row, Rejection):
             return row
         rows.append(row)
@@ -148,7 +160,7 @@ def decode(raw: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Readings | 
         names = list(columns)
     arr = np.array(rows, dtype=np.float64)
     return Readings(entity=entity, ts=np.array(ts_in, dtype=np.float64), values=arr,
-                    names=names or None, missing=int(np.isnan(arr).sum()))
+                    names=names or None, missing=nulls[0])
 
 
 def _fast_batch(entity: str, ts: list, values: list) -> Readings | None:

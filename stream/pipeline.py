@@ -56,6 +56,17 @@ class Outputs:
 
 
 @dataclass
+class Block:
+    """One entity's share of a micro-batch on its way through scoring."""
+
+    entity: "EntityState"
+    ts: np.ndarray  # [n] timestamps of the rows to score
+    windows: np.ndarray  # [B, W, C] windows covering them
+    counts: np.ndarray  # [B] new rows per window (its last rows)
+    scores: Scores | None = None  # per row, once scored
+
+
+@dataclass
 class PartitionState:
     """What a partition's checkpoint records, and what recovery learned from the output topics."""
 
@@ -80,12 +91,13 @@ class EntityState:
         self.threshold = None
         self.calib: list[float] = []
         if detector is not None and settings.calibration == "train" and len(detector.train_scores):
-            self.threshold = make_threshold(settings.threshold, **settings.threshold_params)
+            self.threshold = make_threshold(settings.threshold, **settings.threshold_config())
             self.threshold.calibrate(np.asarray(detector.train_scores, np.float64))
         self.incidents = IncidentTracker(entity, settings.close_after, settings.update_every, settings.top_k,
                                          settings.open_after, settings.open_window)
         self.counts = Counter()
         self.index = {n: i for i, n in enumerate(names)}
+        self.layouts: dict[tuple, np.ndarray | slice] = {}  # message channel order -> column indices
         # Set by recovery: outputs at or before these timestamps were already published.
         self.suppress_scores_ts = -math.inf
         self.suppress_alerts_ts = -math.inf
@@ -155,18 +167,25 @@ class Pipeline:
             if vals.shape[1] < c:
                 vals = np.concatenate([vals, np.full((len(vals), c - vals.shape[1]), np.nan)], axis=1)
             return vals
-        unknown = [n for n in readings.names if n not in ent.index]
-        if unknown:
-            return f"too_many_values: channel {unknown[0]!r} is not one of entity {ent.entity!r}'s channels"
+        layout = ent.layouts.get(tuple(readings.names))
+        if layout is None:
+            unknown = [n for n in readings.names if n not in ent.index]
+            if unknown:
+                return (f"too_many_values: channel {unknown[0]!r} is not one of entity {ent.entity!r}'s "
+                        f"channels")
+            layout = ent.layouts[tuple(readings.names)] = np.array([ent.index[n] for n in readings.names])
+            if len(layout) == c and (layout == np.arange(c)).all():
+                layout = ent.layouts[tuple(readings.names)] = slice(None)
+        if isinstance(layout, slice):
+            return vals
         out = np.full((len(vals), c), np.nan)
-        out[:, [ent.index[n] for n in readings.names]] = vals
+        out[:, layout] = vals
         return out
 
     # ---- the batch ------------------------------------------------------------------------------
     async def process(self, messages: list[Message]) -> Outputs:
         out = Outputs()
-        pending: dict[str, list] = {}  # entity -> [(ts, chunks | coldstart scores)]
-        groups: dict[int, list] = defaultdict(list)  # id(detector) -> [(entity, chunk list index)]
+        by_entity: dict[str, list] = {}  # entity -> [(message, readings)] in arrival order
         for msg in messages:
             part = self.partitions[msg.partition]
             if msg.offset <= part.input_offset:
@@ -177,86 +196,89 @@ class Pipeline:
             readings = decode(msg.value, self.settings.max_message_bytes)
             if isinstance(readings, Rejection):
                 self._reject(out, msg, readings.reason)
-                continue
-            ent = self._entity(readings, msg.partition)
+            else:
+                by_entity.setdefault(readings.entity, []).append((msg, readings))
+        blocks = [b for b in (self._block(items, out) for items in by_entity.values()) if b is not None]
+        await self._score(blocks)
+        for block in blocks:
+            self._finish(block, out)
+        return out
+
+    def _block(self, items: list, out: Outputs) -> "Block | None":
+        """One entity's rows of this micro-batch: aligned, validated, imputed and cut into windows."""
+        ent = self._entity(items[0][1], items[0][0].partition)
+        kept, ts, rows = [], [], []
+        for msg, readings in items:
             values = self._align(ent, readings)
             if isinstance(values, str):
                 self._reject(out, msg, values, ent)
-                continue
-            ts = readings.ts
-            keep = np.empty(len(ts), bool)
-            last = ent.last_ts
-            for i, t in enumerate(ts):  # strictly increasing per entity
-                keep[i] = t > last
-                if keep[i]:
-                    last = t
-            if not keep.all():
-                bad = np.flatnonzero(~keep)
-                dup = any(t == ent.last_ts or t in ts[:i] for i, t in zip(bad, ts[bad]))
-                code = "duplicate_ts" if dup else "out_of_order"
-                self._reject(out, msg, f"{code}: {len(bad)} of {len(ts)} rows are not after the entity's "
-                             f"last timestamp", ent, rows=bad.tolist() if len(bad) < len(ts) else None)
-                if not keep.any():
-                    continue
-                ts, values = ts[keep], values[keep]
-            ent.last_ts = float(ts[-1])
-            missing = int(np.isnan(values).sum())
-            ent.counts["imputed"] += missing
-            self.metrics["imputed"] += missing
-            rows = ent.window.impute(values)
-            self.metrics["points"] += len(ts)
-            part.dirty.add(ent.entity)
-            item = pending.setdefault(ent.entity, [])
-            if ent.detector is None:
-                point, channel = ent.coldstart.score_learn(rows)
-                ent.window.push(rows)
-                item.append((ts, Scores(point, channel)))
             else:
-                chunks = ent.window.push(rows)
-                item.append((ts, chunks))
-                groups[id(ent.detector)].append((ent.detector, chunks))
-        scored = await self._score_groups(groups)
-        for entity, items in pending.items():
-            self._finish(self.entities[entity], items, scored, out)
-        return out
+                kept.append(msg)
+                ts.append(readings.ts)
+                rows.append(values)
+        if not kept:
+            return None
+        lengths = np.array([len(t) for t in ts])
+        ts, values = np.concatenate(ts), np.concatenate(rows)
+        # strictly increasing per entity: a row must be after every row before it
+        before = np.maximum.accumulate(np.concatenate([[ent.last_ts], ts[:-1]]))
+        keep = ts > before
+        if not keep.all():
+            owner = np.repeat(np.arange(len(kept)), lengths)
+            first_row = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            for j in np.unique(owner[~keep]):
+                bad = np.flatnonzero(~keep & (owner == j))
+                code = "duplicate_ts" if (ts[bad] == before[bad]).any() else "out_of_order"
+                self._reject(out, kept[j], f"{code}: {len(bad)} of {lengths[j]} rows are not after the "
+                             f"entity's last timestamp", ent,
+                             rows=(bad - first_row[j]).tolist() if len(bad) < lengths[j] else None)
+            lengths = np.bincount(owner[keep], minlength=len(kept))
+            lengths = lengths[lengths > 0]
+            ts, values = ts[keep], values[keep]
+            if not len(ts):
+                return None
+        ent.last_ts = float(ts[-1])
+        missing = int(np.isnan(values).sum())
+        ent.counts["imputed"] += missing
+        self.metrics["imputed"] += missing
+        self.metrics["points"] += len(ts)
+        self.partitions[ent.partition].dirty.add(ent.entity)
+        rows = ent.window.impute(values)
+        windows, counts = ent.window.push(rows, lengths)
+        block = Block(ent, ts, windows, counts)
+        if ent.detector is None:
+            point, channel = ent.coldstart.score_learn(rows)
+            block.scores = Scores(point, channel)
+        return block
 
-    async def _score_groups(self, groups) -> dict[int, Scores]:
-        """One detector call per model over all its windows; returns results keyed by chunk id."""
-        results: dict[int, tuple] = {}
+    async def _score(self, blocks: list["Block"]) -> None:
+        """One detector call per model over the windows of all its entities, off the event loop."""
+        groups: dict[int, list[Block]] = defaultdict(list)
+        for b in blocks:
+            if b.scores is None:
+                groups[id(b.entity.detector)].append(b)
         loop = asyncio.get_running_loop()
-        for entries in groups.values():
-            det = entries[0][0]
-            chunks = [c for _, cs in entries for c in cs]
-            windows = np.stack([c.window for c in chunks])
+        for members in groups.values():
+            det = members[0].entity.detector
+            windows = np.concatenate([b.windows for b in members])
             scores = await loop.run_in_executor(self.executor, det.score, windows)
-            self.metrics["windows"] += len(chunks)
+            self.metrics["windows"] += len(windows)
             self.metrics["batches"] += 1
-            for b, c in enumerate(chunks):
-                n = c.count
-                div = None if scores.divergence is None else scores.divergence[b, -n:]
-                results[id(c)] = (scores.reconstruction[b, -n:], scores.channel[b, -n:], div)
-        return results
+            start = 0
+            for b in members:
+                sl = slice(start, start + len(b.windows))
+                start = sl.stop
+                # the new rows of each window are its last ``count`` rows
+                mask = np.arange(windows.shape[1]) >= windows.shape[1] - b.counts[:, None]
+                div = None if scores.divergence is None else scores.divergence[sl][mask]
+                b.scores = Scores(scores.reconstruction[sl][mask], scores.channel[sl][mask], div)
 
-    def _finish(self, ent: EntityState, items: list, scored: dict, out: Outputs) -> None:
-        ts = np.concatenate([t for t, _ in items])
-        recon, channel, div = [], [], []
-        for _, got in items:
-            if isinstance(got, Scores):
-                recon.append(got.reconstruction)
-                channel.append(got.channel)
-            else:
-                for c in got:
-                    r, ch, d = scored[id(c)]
-                    recon.append(r)
-                    channel.append(ch)
-                    if d is not None:
-                        div.append(d)
-        recon, channel = np.concatenate(recon), np.concatenate(channel)
-        divergence = np.concatenate(div) if div else None
-        score = fuse(Scores(recon, channel, divergence), self.settings.fusion, self.settings.fusion_weight)
+    def _finish(self, block: "Block", out: Outputs) -> None:
+        ent, ts, s = block.entity, block.ts, block.scores
+        score = fuse(s, self.settings.fusion, self.settings.fusion_weight)
         threshold, alarm = self._threshold(ent, score)
         ent.counts["scored"] += len(ts)
-        alerts = ent.incidents.observe(ts, score, threshold, alarm, channel, recon, divergence,
+        alerts = ent.incidents.observe(ts, score, threshold, alarm, s.channel, s.reconstruction, s.divergence,
                                        ent.names, ent.model)
         key = ent.entity.encode()
         fresh = ts > ent.suppress_scores_ts
@@ -279,7 +301,7 @@ class Pipeline:
             ent.calib.extend(float(s) for s in score[:need])
             start = min(need, len(score))
             if len(ent.calib) >= self.settings.calibration_points:
-                ent.threshold = make_threshold(self.settings.threshold, **self.settings.threshold_params)
+                ent.threshold = make_threshold(self.settings.threshold, **self.settings.threshold_config())
                 ent.threshold.calibrate(np.asarray(ent.calib))
                 ent.calib = []
         if ent.threshold is not None and start < len(score):

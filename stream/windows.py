@@ -10,15 +10,7 @@ Missing values (NaN) are imputed with the channel's last seen value (or ``fill``
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-
-
-@dataclass
-class Chunk:
-    window: np.ndarray  # [W, C] float32
-    count: int  # the last ``count`` rows of the window are new and get scored
 
 
 class EntityWindow:
@@ -33,33 +25,44 @@ class EntityWindow:
         """Forward-fill NaN per channel from the last seen value; returns a new float64 array."""
         rows = np.array(rows, dtype=np.float64)
         if np.isnan(rows).any():
-            prev = self.last
-            for i in range(len(rows)):
-                miss = np.isnan(rows[i])
-                rows[i, miss] = prev[miss]
-                prev = rows[i]
+            ext = np.vstack([self.last[None], rows])
+            idx = np.where(np.isnan(ext), 0, np.arange(len(ext))[:, None])
+            np.maximum.accumulate(idx, axis=0, out=idx)
+            rows = ext[idx, np.arange(ext.shape[1])][1:]
             rows[np.isnan(rows)] = 0.0  # a channel never seen and without a fill value
         self.last = rows[-1].copy()
         return rows
 
-    def push(self, rows: np.ndarray) -> list[Chunk]:
-        """Append imputed rows ``[n, C]`` and return the windows that score them, oldest first."""
+    def push(self, rows: np.ndarray, lengths=None) -> tuple[np.ndarray, np.ndarray]:
+        """Append imputed rows ``[n, C]``; return the windows ``[B, W, C]`` that score them and the
+        number of new rows at the end of each window ``[B]``.
+
+        ``lengths`` are the row counts of the messages the rows came from (default: one message);
+        chunks never straddle two messages.
+        """
         rows = np.asarray(rows, np.float32)
         n = len(rows)
-        if n == 0:
-            return []
+        lengths = np.array([n] if lengths is None else lengths, dtype=np.int64)
         ctx = np.concatenate([self.history, rows])
         pad = self.window - 1 - len(self.history)
         if pad > 0:
             ctx = np.concatenate([np.repeat(ctx[:1], pad, axis=0), ctx])
-        offset = self.window - 1  # index in ctx of the first new row
-        chunks = []
-        for start in range(0, n, self.hop):
-            end = min(start + self.hop, n)  # exclusive, in new-row coordinates
-            last = offset + end - 1
-            chunks.append(Chunk(ctx[last - self.window + 1:last + 1], end - start))
+        if (lengths <= self.hop).all():
+            ends, counts = np.cumsum(lengths) - 1, lengths
+        else:
+            ends, counts, first = [], [], 0
+            for m in lengths.tolist():
+                for start in range(0, m, self.hop):
+                    stop = min(start + self.hop, m)
+                    ends.append(first + stop - 1)
+                    counts.append(stop - start)
+                first += m
+            ends, counts = np.array(ends), np.array(counts)
+        # ctx index of new row i is i + window - 1, so the window ending at it starts at i
+        view = np.lib.stride_tricks.sliding_window_view(ctx, self.window, axis=0)  # [N, C, W]
+        windows = view[ends].transpose(0, 2, 1)
         self.history = ctx[-(self.window - 1):] if self.window > 1 else ctx[:0]
-        return chunks
+        return np.ascontiguousarray(windows), counts
 
     def to_state(self) -> dict:
         return {"history": self.history.tolist(), "last": [None if np.isnan(v) else float(v) for v in self.last]}

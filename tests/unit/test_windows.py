@@ -6,30 +6,44 @@ from stream.windows import EntityWindow
 
 def test_chunks_follow_hop_and_cover_every_row_once():
     w = EntityWindow(window=4, hop=2, channels=1)
-    rows = np.arange(5, dtype=float)[:, None]
-    chunks = w.push(rows)
-    assert [c.count for c in chunks] == [2, 2, 1]
-    # each chunk's new rows are the last rows of its window, in order
-    got = np.concatenate([c.window[-c.count:, 0] for c in chunks])
+    windows, counts = w.push(np.arange(5, dtype=float)[:, None])
+    assert counts.tolist() == [2, 2, 1]
+    # each window's new rows are its last rows, in order
+    got = np.concatenate([win[-c:, 0] for win, c in zip(windows, counts)])
     assert got.tolist() == [0, 1, 2, 3, 4]
     # left padding with the first row until there is history
-    assert chunks[0].window[:, 0].tolist() == [0, 0, 0, 1]
-    more = w.push(np.array([[5.0]]))
-    assert more[0].window[:, 0].tolist() == [2, 3, 4, 5]
+    assert windows[0][:, 0].tolist() == [0, 0, 0, 1]
+    more, _ = w.push(np.array([[5.0]]))
+    assert more[0][:, 0].tolist() == [2, 3, 4, 5]
 
 
-def test_windows_do_not_depend_on_message_split_for_hop_one():
-    a, b = EntityWindow(6, 1, 2), EntityWindow(6, 1, 2)
+def test_chunks_never_straddle_messages():
+    w = EntityWindow(window=4, hop=3, channels=1)
+    windows, counts = w.push(np.arange(7, dtype=float)[:, None], lengths=[2, 5])
+    assert counts.tolist() == [2, 3, 2]
+    assert [win[-1, 0] for win in windows] == [1, 4, 6]
+
+
+def test_windows_do_not_depend_on_how_messages_are_batched():
     rows = np.random.default_rng(0).random((20, 2))
-    wa = [c.window for c in a.push(rows)]
-    wb = [c.window for part in np.array_split(rows, 7) for c in b.push(part)]
-    assert all(np.array_equal(x, y) for x, y in zip(wa, wb))
+    lengths = [3, 1, 4, 2, 6, 4]
+    a, b = EntityWindow(6, 2, 2), EntityWindow(6, 2, 2)
+    wa, ca = a.push(rows, lengths)
+    parts, start, wb, cb = [[0, 1], [2, 3, 4], [5]], 0, [], []
+    for group in parts:
+        ls = [lengths[i] for i in group]
+        w, c = b.push(rows[start:start + sum(ls)], ls)
+        start += sum(ls)
+        wb.append(w)
+        cb.append(c)
+    assert np.array_equal(wa, np.concatenate(wb)) and np.array_equal(ca, np.concatenate(cb))
 
 
 def test_impute_forward_fills_and_uses_fill_before_any_value():
     w = EntityWindow(3, 1, 2, fill=np.array([7.0, np.nan]))
-    out = w.impute(np.array([[np.nan, np.nan], [1.0, 2.0], [np.nan, 3.0]]))
-    assert out.tolist() == [[7.0, 0.0], [1.0, 2.0], [1.0, 3.0]]
+    out = w.impute(np.array([[np.nan, np.nan], [1.0, 2.0], [np.nan, 3.0], [np.nan, np.nan]]))
+    assert out.tolist() == [[7.0, 0.0], [1.0, 2.0], [1.0, 3.0], [1.0, 3.0]]
+    assert w.impute(np.array([[np.nan, 5.0]])).tolist() == [[1.0, 5.0]]
 
 
 def test_state_round_trip():
@@ -38,7 +52,7 @@ def test_state_round_trip():
     w.push(np.random.default_rng(1).random((6, 2)))
     r = EntityWindow(4, 2, 2).load_state(w.to_state())
     nxt = np.random.default_rng(2).random((3, 2))
-    assert all(np.array_equal(x.window, y.window) for x, y in zip(w.push(nxt), r.push(nxt)))
+    assert np.array_equal(w.push(nxt)[0], r.push(nxt)[0])
 
 
 def test_bad_hop():
