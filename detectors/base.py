@@ -40,6 +40,9 @@ class Detector:
     """Base class: subclasses set ``name`` and implement fit/score/tensors/from_tensors."""
 
     name: str = "base"
+    # Rows of context a model needs to score the last row of a window: None means the whole window.
+    # A point-wise model (PCA) says 1, and the stream then hands it only the rows it scores.
+    context: int | None = None
 
     def __init__(self, channels: list[str], **config):
         self.info = ModelInfo(name=self.name, channels=list(channels), config=dict(config))

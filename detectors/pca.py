@@ -15,6 +15,7 @@ from .base import Detector, Scores, check_windows
 
 class PCADetector(Detector):
     name = "pca"
+    context = 1
 
     def __init__(self, channels: list[str], variance: float = 0.95, max_components: int | None = None):
         super().__init__(channels, variance=variance, max_components=max_components)

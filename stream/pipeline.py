@@ -261,6 +261,9 @@ class Pipeline:
         for members in groups.values():
             det = members[0].entity.detector
             windows = np.concatenate([b.windows for b in members])
+            if det.context is not None:  # a point-wise model needs only the rows it scores
+                need = max(det.context, max(int(b.counts.max()) for b in members))
+                windows = windows[:, -need:]
             scores = await loop.run_in_executor(self.executor, det.score, windows)
             self.metrics["windows"] += len(windows)
             self.metrics["batches"] += 1
