@@ -72,3 +72,13 @@ def test_coldstart_flags_a_jump_on_the_right_channel_and_restores_exactly():
     a = det.score_learn(x[550:])
     b = restored.score_learn(x[550:])
     assert np.array_equal(a[1], b[1])
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_pca_on_cuda_matches_cpu():
+    det = PCADetector([f"c{i}" for i in range(6)]).fit(correlated(2000))
+    w = sliding_windows(correlated(500, seed=5), 16, 4)
+    cpu = det.score(w)
+    gpu = det.to("cuda").score(w)
+    assert det.device == "cuda"
+    assert np.allclose(cpu.channel, gpu.channel, rtol=1e-4, atol=1e-5)
