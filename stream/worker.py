@@ -24,8 +24,10 @@ def load_models(settings: Settings) -> dict:
 
 def run_worker(settings: Settings, loglevel: str = "warn") -> int:
     check_broker(settings.broker)
-    counts = asyncio.run(ensure_topics(settings.broker, settings.topics.all(), settings.partitions))
-    readings = counts[settings.topics.readings]
+    # The readings topic may already exist (producers came first): outputs follow its partition count.
+    readings = asyncio.run(ensure_topics(settings.broker, [settings.topics.readings],
+                                         settings.partitions))[settings.topics.readings]
+    counts = asyncio.run(ensure_topics(settings.broker, settings.topics.outputs(), readings))
     short = [t for t in settings.topics.outputs() if counts[t] < readings]
     if short:
         print(f"vigil: topics {', '.join(short)} have fewer partitions than {settings.topics.readings} "
