@@ -28,6 +28,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -42,11 +51,15 @@ def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
 def start_broker(host: str = "127.0.0.1", port: int | None = None, log=subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
     """Start tansu in the background; returns the process and its HOST:PORT once it accepts connections."""
     port = port or free_port(host)
+    if not port_is_free(host, port):
+        raise OSError(f"{host}:{port} is already in use")
     env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
     proc = subprocess.Popen(broker_command(host, port), stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
     try:
         wait_for_port(host, port)
+        if proc.poll() is not None:
+            raise TimeoutError(f"the broker exited with code {proc.returncode}")
     except TimeoutError:
         proc.kill()
         raise

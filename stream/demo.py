@@ -74,8 +74,16 @@ def _describe(alert: dict, truth: list[dict]) -> str:
     return line
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_demo(args) -> int:
     from .simulate import simulate_plant
+
+    # Ctrl-C and `kill` both stop the demo cleanly, also when a shell started it with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -84,8 +92,9 @@ def run_demo(args) -> int:
     try:
         try:
             broker_proc, broker = start_broker("127.0.0.1", port, log=open(workdir / "broker.log", "wb"))
-        except (TimeoutError, OSError):
+        except (TimeoutError, OSError) as exc:
             port = free_port()
+            print(f"vigil demo: port {args.port} unavailable ({exc}); using {port}")
             broker_proc, broker = start_broker("127.0.0.1", port, log=open(workdir / "broker.log", "wb"))
         procs.append(broker_proc)
         print(f"vigil demo: embedded broker on {broker}")
@@ -144,9 +153,11 @@ async def _print_alerts(broker: str, labels: Path, duration: float | None, worke
                 break
             await asyncio.sleep(0.5)
     finally:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            print(f"vigil demo: reading alerts failed: {task.exception()!r}", file=sys.stderr)
         task.cancel()
         try:
             await task
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - reported above
             pass
     print(f"vigil demo: {opened} incidents opened")
