@@ -135,16 +135,21 @@ class Pipeline:
         self._suppress: dict[str, tuple[float, float]] = {}  # recovery's findings for entities not yet seen
 
     # ---- entity stage -------------------------------------------------------------------------
+    def _model_for(self, entity: str, names: list[str] | None, width: int) -> Detector | None:
+        """The entity's own model, else the default model when the channels fit, else None (cold start)."""
+        det = self.models.get(entity)
+        default = self.models.get("*")
+        if det is None and default is not None and (
+                names is not None and set(names) <= set(default.channels)
+                or names is None and width == len(default.channels)):
+            det = default
+        return det
+
     def _entity(self, readings: Readings, partition: int) -> EntityState:
         ent = self.entities.get(readings.entity)
         if ent is None:
-            det = self.models.get(readings.entity)
-            default = self.models.get("*")
             width = readings.values.shape[1]
-            if det is None and default is not None and (
-                    readings.names is not None and set(readings.names) <= set(default.channels)
-                    or readings.names is None and width == len(default.channels)):
-                det = default
+            det = self._model_for(readings.entity, readings.names, width)
             if det is not None:
                 names = list(det.channels)
             else:
@@ -348,12 +353,13 @@ class Pipeline:
             part.input_offset, part.out_offsets = m["input_offset"], dict(m["out"])
         for key, raw in states.items():
             state = orjson.loads(raw)
-            det = self.models.get(state["entity"])
-            default = self.models.get("*")
-            if det is None and default is not None and list(default.channels) == state["names"]:
-                det = default
-            ent = EntityState(state["entity"], partition, state["names"], det, self.settings)
-            ent.load_state(state)
+            det = self._model_for(state["entity"], state["names"], len(state["names"]))
+            names = list(det.channels) if det is not None else state["names"]
+            ent = EntityState(state["entity"], partition, names, det, self.settings)
+            if names == state["names"]:
+                ent.load_state(state)
+            else:  # the model now serving it has other channels: start over, keeping timestamp order
+                ent.last_ts = state["last_ts"]
             self.entities[ent.entity] = ent
         self.metrics["restored_entities"] += len(states)
 

@@ -130,3 +130,17 @@ def test_missing_values_are_imputed_and_counted_and_unknown_entities_cold_start(
     cold = [m for m in scores if m["entity"] == "other"]
     thr = [t for m in cold for t in m["threshold"]]
     assert thr[:20] == [None] * 20 and all(t is not None for t in thr[20:])
+
+
+def test_restore_under_a_new_model_keeps_timestamp_order_and_switches_model():
+    live, det = setup(200)
+    msgs = messages(live)
+    cold = Pipeline(Settings(calibration_points=50))
+    run(cold, msgs[:100])
+    saved = dict(cold.checkpoint(0))
+    served = Pipeline(Settings(), {"*": det})
+    served.restore(0, saved)
+    scores, _, dlq = collect(run(served, [Message(0, 100, b"k", msgs[50].value)] + msgs[101:]))
+    assert [d["code"] for d in dlq] == ["out_of_order"]  # ordering survived the model change
+    assert {m["model"] for m in scores} == {"pca@1"}
+    assert [t for _, t, _ in points(scores)] == live.ts[101:].tolist()
