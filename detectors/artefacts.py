@@ -4,6 +4,7 @@ Loading reads data only: the JSON names a class from the fixed ``MODELS`` table,
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import tempfile
@@ -14,19 +15,47 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from .base import Detector
-from .pca import PCADetector
 
 FORMAT = 1
-MODELS: dict[str, type[Detector]] = {"pca": PCADetector}
+# name -> "module:class", imported on first use so that a worker serving PCA never imports the rest.
+MODELS: dict[str, str] = {
+    "pca": "detectors.pca:PCADetector",
+    "lstm_ae": "detectors.lstm_ae:LSTMAutoencoder",
+    "post": "detectors.post:POST",
+    "amad": "detectors.amad:AMAD",
+    "mimgan": "detectors.mimgan:MIMGAN",
+    "genias": "detectors.genias:GenIAS",
+}
+
+
+def model_class(name: str) -> type[Detector]:
+    try:
+        module, cls = MODELS[name].split(":")
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        raise ValueError(f"model {name!r} is not implemented yet") from None
+
+
+def available() -> list[str]:
+    """The names whose implementation is present."""
+    out = []
+    for name in MODELS:
+        try:
+            model_class(name)
+            out.append(name)
+        except ValueError:
+            pass
+    return out
 
 
 def create(name: str, channels: list[str], **config) -> Detector:
     """A new, unfitted detector by name."""
-    try:
-        cls = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
-    return cls(channels, **config)
+    return model_class(name)(channels, **config)
 
 
 def save(detector: Detector, path: str | os.PathLike) -> Path:

@@ -1,0 +1,165 @@
+"""The base of every deep detector: standardisation, windowed training with a progress bar, scoring.
+
+A model file subclasses ``TorchDetector`` and writes three things, in the spirit of thuml's
+Time-Series-Library (one file per model, a small common harness):
+
+    build(self) -> nn.Module                       the network, sized from ``self.cfg`` and ``self.n_channels``
+    loss(self, x) -> (loss tensor, logs dict)       one training objective on standardised windows [B, W, C]
+    infer(self, x) -> (err [B, W, C], div [B, W] | None)   per-channel error and optional divergence
+
+Models with several optimisers or alternating steps (adversarial, minimax) override ``train_step``.
+The harness standardises channels on training data, normalises the per-channel error and the
+divergence by their means on the training windows (so about 1.0 is typical, as for every detector),
+and stores everything as safetensors arrays plus JSON configuration.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Detector, Scores, check_windows, sliding_windows
+
+
+class TorchDetector(Detector):
+    defaults: dict = {"window": 32, "stride": 4, "epochs": 5, "batch_size": 64, "lr": 1e-3,
+                      "max_train_windows": 20_000}
+    presets: dict[str, dict] = {"small": {}, "paper": {}}
+
+    def __init__(self, channels: list[str], preset: str = "small", seed: int = 0, **overrides):
+        if preset not in self.presets:
+            raise ValueError(f"unknown preset {preset!r} for {self.name}; known: {', '.join(self.presets)}")
+        config = {**TorchDetector.defaults, **self.defaults, **self.presets[preset], **overrides}
+        super().__init__(channels, preset=preset, seed=seed, **config)
+        c = len(channels)
+        self.mean = np.zeros(c, np.float32)
+        self.std = np.ones(c, np.float32)
+        self.channel_scale = np.ones(c, np.float32)
+        self.div_scale = np.ones(1, np.float32)
+        self.net: nn.Module | None = None
+
+    # ---- what a model file writes -----------------------------------------------------------
+    def build(self) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def optimisers(self) -> list[torch.optim.Optimizer]:
+        return [torch.optim.Adam(self.net.parameters(), lr=self.cfg["lr"])]
+
+    def train_step(self, x: torch.Tensor, optimisers: list[torch.optim.Optimizer]) -> dict:
+        """One update on a batch of standardised windows; returns numbers for the progress bar."""
+        (opt,) = optimisers
+        opt.zero_grad(set_to_none=True)
+        loss, logs = self.loss(x)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{self.name}: loss is {loss.item()}")
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
+        opt.step()
+        return {"loss": float(loss.detach()), **logs}
+
+    # ---- the harness --------------------------------------------------------------------------
+    @property
+    def cfg(self) -> dict:
+        return self.info.config
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    def _standardise(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+    def fit(self, train: np.ndarray, progress: bool = True) -> "TorchDetector":
+        from tqdm import tqdm
+
+        x = np.asarray(train, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.n_channels:
+            raise ValueError(f"expected train [T, {self.n_channels}], got {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError("training data contains NaN or inf")
+        w = self.cfg["window"]
+        if len(x) < w:
+            raise ValueError(f"need at least {w} training points, got {len(x)}")
+        self.mean = x.mean(0).astype(np.float32)
+        std = x.std(0)
+        self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        windows = sliding_windows(self._standardise(x), w, self.cfg["stride"])
+        rng = np.random.default_rng(self.cfg["seed"])
+        if len(windows) > self.cfg["max_train_windows"]:
+            windows = windows[np.sort(rng.choice(len(windows), self.cfg["max_train_windows"], replace=False))]
+        windows = torch.from_numpy(np.ascontiguousarray(windows))
+        torch.manual_seed(self.cfg["seed"])
+        self.net = self.build().to(self.device)
+        self.net.train()
+        optimisers = self.optimisers()
+        bs = self.cfg["batch_size"]
+        steps = self.cfg["epochs"] * math.ceil(len(windows) / bs)
+        bar = tqdm(total=steps, desc=f"training {self.name}", unit="step", disable=not progress)
+        g = torch.Generator().manual_seed(self.cfg["seed"])
+        for _ in range(self.cfg["epochs"]):
+            for idx in torch.randperm(len(windows), generator=g).split(bs):
+                logs = self.train_step(windows[idx].to(self.device), optimisers)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
+                bar.update()
+        bar.close()
+        self.net.eval()
+        err, div = self._raw_scores(windows.numpy())
+        self.channel_scale = np.maximum(err.reshape(-1, self.n_channels).mean(0), 1e-8).astype(np.float32)
+        if div is not None:
+            self.div_scale = np.array([max(float(div.mean()), 1e-8)], np.float32)
+        s = self._normalised(err, div)
+        fused = s.reconstruction if s.divergence is None else s.reconstruction + s.divergence
+        self.train_scores = fused[:, -self.cfg["stride"]:].reshape(-1).astype(np.float32)
+        return self
+
+    def _raw_scores(self, z: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray | None]:
+        errs, divs = [], []
+        with torch.no_grad():
+            for start in range(0, len(z), chunk):
+                xb = torch.from_numpy(np.ascontiguousarray(z[start:start + chunk])).to(self.device)
+                err, div = self.infer(xb)
+                errs.append(err.float().cpu().numpy())
+                if div is not None:
+                    divs.append(div.float().cpu().numpy())
+        return np.concatenate(errs), (np.concatenate(divs) if divs else None)
+
+    def _normalised(self, err: np.ndarray, div: np.ndarray | None) -> Scores:
+        channel = err / self.channel_scale
+        return Scores(reconstruction=channel.mean(2), channel=channel,
+                      divergence=None if div is None else div / self.div_scale[0])
+
+    def score(self, windows: np.ndarray) -> Scores:
+        w = check_windows(windows, self.n_channels)
+        if w.shape[1] != self.cfg["window"]:
+            raise ValueError(f"{self.name} scores windows of {self.cfg['window']} points, got {w.shape[1]}")
+        self.net.eval()
+        err, div = self._raw_scores(self._standardise(w))
+        return self._normalised(err, div)
+
+    def to(self, device: str) -> "TorchDetector":
+        super().to(device)
+        if self.net is not None:
+            self.net.to(self.device)
+        return self
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        out = {"mean": self.mean, "std": self.std, "channel_scale": self.channel_scale,
+               "div_scale": self.div_scale}
+        for k, v in self.net.state_dict().items():
+            out[f"net.{k}"] = v.detach().cpu().numpy()
+        return out
+
+    def load_tensors(self, tensors: dict[str, np.ndarray]) -> None:
+        self.mean, self.std = tensors.pop("mean"), tensors.pop("std")
+        self.channel_scale, self.div_scale = tensors.pop("channel_scale"), tensors.pop("div_scale")
+        self.net = self.build()
+        self.net.load_state_dict({k[4:]: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
+        self.net.to(self.device).eval()
