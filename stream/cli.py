@@ -92,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default="vigil.alerts")
 
     p = sub.add_parser("train", help="train a detector on a dataset's train split and save an artefact")
-    p.add_argument("--model", default="pca")
+    p.add_argument("--model", default="pca", help="pca, lstm_ae, ... (detectors.artefacts.MODELS)")
+    p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--device", default="auto")
     p.add_argument("--data", required=True, help=".npz file with a 'train' array [T, C]")
     p.add_argument("--out", required=True, help="artefact directory to write")
 
@@ -181,7 +184,9 @@ def cmd_train(args) -> int:
 
     data = np.load(args.data)
     train = np.asarray(data["train"], np.float32)
-    det = artefacts.create(args.model, [f"ch{i}" for i in range(train.shape[1])])
+    config = {k: v for k, v in (("preset", args.preset), ("epochs", args.epochs)) if v is not None}
+    det = artefacts.create(args.model, [f"ch{i}" for i in range(train.shape[1])], **config)
+    det.to(args.device)
     det.fit(train)
     path = artefacts.save(det, args.out)
     print(f"vigil: trained {det.model_id} on {train.shape[0]} points x {train.shape[1]} channels -> {path}")

@@ -85,7 +85,9 @@ class EntityState:
         self.detector = detector
         self.model = detector.model_id if detector else ColdStartDetector.model_id
         fill = getattr(detector, "mean", None)
-        self.window = EntityWindow(settings.window, settings.hop, len(names), fill=fill)
+        # A model trained on windows of a fixed length is served windows of that length.
+        length = int(detector.info.config.get("window", settings.window)) if detector else settings.window
+        self.window = EntityWindow(length, min(settings.hop, length), len(names), fill=fill)
         self.coldstart = None if detector else ColdStartDetector(len(names))
         self.last_ts = -math.inf
         self.threshold = None

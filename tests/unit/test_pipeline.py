@@ -144,3 +144,15 @@ def test_restore_under_a_new_model_keeps_timestamp_order_and_switches_model():
     assert [d["code"] for d in dlq] == ["out_of_order"]  # ordering survived the model change
     assert {m["model"] for m in scores} == {"pca@1"}
     assert [t for _, t, _ in points(scores)] == live.ts[101:].tolist()
+
+
+def test_a_model_trained_on_longer_windows_is_served_windows_of_its_length():
+    from detectors.lstm_ae import LSTMAutoencoder
+
+    live = simulate_entity("plant-01", 4, 120, START, 1)
+    hist = normal_history("plant-01", 4, 400, START, 1)
+    det = LSTMAutoencoder(hist.channels, epochs=1, window=20, stride=10).fit(hist.values, progress=False)
+    pipe = Pipeline(Settings(window=32, hop=16, calibration="first", calibration_points=50), {"*": det})
+    scores, _, _ = collect(run(pipe, messages(live, 30)))
+    assert [t for _, t, _ in points(scores)] == live.ts.tolist()
+    assert pipe.entities["plant-01"].window.window == 20
