@@ -49,10 +49,11 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
 
     @app.timer(interval=10.0)
     async def report():
-        m = runner.pipeline.metrics
-        log.warning("points=%d messages=%d windows=%d alerts_open=%d dlq=%d imputed=%d entities=%d",
+        m, t = runner.pipeline.metrics, runner.timings
+        log.warning("points=%d messages=%d windows=%d alerts_open=%d dlq=%d imputed=%d entities=%d "
+                    "seconds: process=%.1f publish=%.1f checkpoint=%.1f",
                     m["points"], m["messages"], m["windows"], m["alerts_open"], m["dlq"], m["imputed"],
-                    len(runner.pipeline.entities))
+                    len(runner.pipeline.entities), t["process"], t["publish"], t["checkpoint"])
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs):
