@@ -61,3 +61,13 @@ def test_beats_chance_on_injected_anomalies(trained):
     n = len(s)
     ap = auc_pr(s, labels[:n])
     assert ap > 3 * labels[:n].mean(), f"AUC-PR {ap:.2f} vs base rate {labels[:n].mean():.2f}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_scores_on_cuda_match_cpu(trained, tmp_path):
+    gpu = artefacts.load(artefacts.save(trained, tmp_path / "m")).to("cuda")
+    w = sliding_windows(correlated(200, seed=6), 16, 4)
+    cpu_s, gpu_s = trained.score(w), gpu.score(w)
+    assert np.allclose(cpu_s.channel, gpu_s.channel, rtol=1e-2, atol=1e-3)
+    if cpu_s.divergence is not None:
+        assert np.allclose(cpu_s.divergence, gpu_s.divergence, rtol=1e-2, atol=1e-3)
