@@ -179,7 +179,8 @@ class MIMGAN(TorchDetector):
         z_init = self.net.z_init
         if w != z_init.shape[0]:
             raise ValueError(f"{self.name} inverts windows of {z_init.shape[0]} points, got {w}")
-        with torch.enable_grad():
+        # cuDNN refuses an LSTM backward pass in eval mode; the native kernels allow it (found on an H100).
+        with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
             z = z_init.unsqueeze(0).expand(b, -1, -1).clone().requires_grad_(True)
             opt = torch.optim.Adam([z], lr=self.cfg["inv_lr"])
             x = x.detach()
