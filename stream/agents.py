@@ -40,11 +40,6 @@ class Runner:
             self.producer = producer(self.settings.broker)
             await self.producer.start()
 
-    async def stop(self) -> None:
-        if self.producer is not None:
-            await self.producer.stop()
-            self.producer = None
-
     # ---- micro-batches --------------------------------------------------------------------------
     async def handle(self, events: list) -> None:
         """Process one micro-batch of Faust events."""
