@@ -220,20 +220,6 @@ class AMAD(TorchDetector):
         self._step = 0
         return [torch.optim.Adam(self.net.parameters(), lr=self.cfg["lr"])]
 
-    def fit(self, train, progress: bool = True):
-        c = self.cfg
-        n = max((len(train) - c["window"]) // c["stride"] + 1, 1)
-        self._steps_per_epoch = math.ceil(min(n, c["max_train_windows"]) / c["batch_size"])
-        # On a small shared CPU, intra-op threads on these small tensors oversubscribe the cores (measured 9x
-        # slower with 2 threads than 1 under load); "threads" caps them for training only, then restores.
-        before = torch.get_num_threads()
-        if c.get("threads"):
-            torch.set_num_threads(int(c["threads"]))
-        try:
-            return super().fit(train, progress)
-        finally:
-            torch.set_num_threads(before)
-
     def _decay(self, opt):
         self._step = getattr(self, "_step", 0) + 1
         epoch = self._step // max(getattr(self, "_steps_per_epoch", 1), 1)

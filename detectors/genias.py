@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import sliding_windows
 from .torch_base import TorchDetector
 
 
@@ -241,27 +240,10 @@ class GenIAS(TorchDetector):
         return err, div.unsqueeze(1).expand(-1, x.shape[1])
 
     # ---- training: generator first, then the detector --------------------------------------------
-    def fit(self, train: np.ndarray, progress: bool = True) -> "GenIAS":
+    def train_network(self, windows: torch.Tensor, progress: bool) -> None:
+        """Two stages, each with its own progress bar: the generator, then the detector on its anomalies."""
         from tqdm import tqdm
 
-        x = np.asarray(train, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.n_channels:
-            raise ValueError(f"expected train [T, {self.n_channels}], got {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError("training data contains NaN or inf")
-        w = self.cfg["window"]
-        if len(x) < w:
-            raise ValueError(f"need at least {w} training points, got {len(x)}")
-        self.mean = x.mean(0).astype(np.float32)
-        std = x.std(0)
-        self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
-        windows = sliding_windows(self._standardise(x), w, self.cfg["stride"])
-        rng = np.random.default_rng(self.cfg["seed"])
-        if len(windows) > self.cfg["max_train_windows"]:
-            windows = windows[np.sort(rng.choice(len(windows), self.cfg["max_train_windows"], replace=False))]
-        windows = torch.from_numpy(np.ascontiguousarray(windows))
-        torch.manual_seed(self.cfg["seed"])
-        self.net = self.build().to(self.device)
         bs = self.cfg["batch_size"]
         g = torch.Generator().manual_seed(self.cfg["seed"])
         det_epochs = self.cfg["det_epochs"] or self.cfg["epochs"]
@@ -270,7 +252,7 @@ class GenIAS(TorchDetector):
         for stage, module, loss_fn, epochs, lr in stages:
             self.net.train()
             opt = torch.optim.Adam(module.parameters(), lr=lr)
-            steps = epochs * math.ceil(len(windows) / bs)
+            steps = epochs * self.steps_per_epoch
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
             bar = tqdm(total=steps, desc=f"training {self.name} {stage}", unit="step", disable=not progress)
             for _ in range(epochs):
@@ -286,14 +268,6 @@ class GenIAS(TorchDetector):
                     bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
                     bar.update()
             bar.close()
-        self.net.eval()
-        err, div = self._raw_scores(windows.numpy())
-        self.channel_scale = np.maximum(err.reshape(-1, self.n_channels).mean(0), 1e-8).astype(np.float32)
-        self.div_scale = np.array([max(float(div.mean()), 1e-8)], np.float32)
-        s = self._normalised(err, div)
-        fused = s.reconstruction + s.divergence
-        self.train_scores = fused[:, -self.cfg["stride"]:].reshape(-1).astype(np.float32)
-        return self
 
     # ---- the generator, for the trainer ------------------------------------------------------------
     def generate(self, windows: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

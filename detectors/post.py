@@ -220,17 +220,9 @@ class POST(TorchDetector):
     }
 
     # ---- network ----------------------------------------------------------------------------
-    def fit(self, train, progress: bool = True):
-        x = np.asarray(train, dtype=np.float64)
-        if x.ndim == 2 and x.shape[1] == self.n_channels and len(x) >= self.cfg["window"] and np.isfinite(x).all():
-            std = x.std(0)
-            z = (x - x.mean(0)) / np.where(std > 1e-8, std, 1.0)
-            self._adj_init = knn_adjacency_logits(z, self.cfg["knn_k"])
-            n = min((len(x) - self.cfg["window"]) // self.cfg["stride"] + 1, self.cfg["max_train_windows"])
-            self._steps_per_epoch = max(1, math.ceil(n / self.cfg["batch_size"]))
+    def on_training_data(self, z: np.ndarray) -> None:
+        self._adj_init = knn_adjacency_logits(z, self.cfg["knn_k"])
         self._step = 0
-        self._need_spatial_stats = True  # filled from the training windows right before calibration
-        return super().fit(train, progress)
 
     def build(self) -> nn.Module:
         c = self.n_channels
@@ -323,7 +315,7 @@ class POST(TorchDetector):
         adam.step()
         step = getattr(self, "_step", 0)
         self._step = step + 1
-        epoch = step // getattr(self, "_steps_per_epoch", 1)
+        epoch = step // getattr(self, "steps_per_epoch", 1)
         if epoch >= self.cfg["graph_start_epoch"] and (step + 1) % self.cfg["graph_every"] == 0:
             logs["g"] = self.graph_step(x, sgd)
         return {"loss": float(loss.detach()), **logs}
@@ -346,18 +338,14 @@ class POST(TorchDetector):
         # (x W). Under the stream's product fusion: score = recon x divergence, the paper's score.
         return comp["err"] * metric_s[:, None, :], comp["metric"]
 
-    def _raw_scores(self, z, chunk: int = 512):
-        if getattr(self, "_need_spatial_stats", False):
-            # First call after training in fit(): z are the training windows. Store the per-channel
-            # mean/std of the spatial statistic (solver_channel's _get_global_spatial_stats).
-            self._need_spatial_stats = False
-            raws = []
-            with torch.no_grad():
-                for start in range(0, len(z), chunk):
-                    xb = torch.from_numpy(np.ascontiguousarray(z[start:start + chunk])).to(self.device)
-                    raws.append(self.components(xb)["raw_s"])
-            raw = torch.cat(raws)
-            self.net.s_mean.copy_(raw.mean(0))
-            self.net.s_std.copy_(raw.std(0, unbiased=False).clamp_min(1e-6) if len(raw) > 1
-                                 else torch.ones_like(raw[0]))
-        return super()._raw_scores(z, chunk)
+    def before_calibration(self, windows: torch.Tensor) -> None:
+        """Per-channel mean/std of the spatial statistic on the training windows
+        (solver_channel's _get_global_spatial_stats)."""
+        raws = []
+        with torch.no_grad():
+            for start in range(0, len(windows), 512):
+                raws.append(self.components(windows[start:start + 512].to(self.device))["raw_s"])
+        raw = torch.cat(raws)
+        self.net.s_mean.copy_(raw.mean(0))
+        self.net.s_std.copy_(raw.std(0, unbiased=False).clamp_min(1e-6) if len(raw) > 1
+                             else torch.ones_like(raw[0]))

@@ -78,8 +78,24 @@ class TorchDetector(Detector):
         return ((x - self.mean) / self.std).astype(np.float32)
 
     def fit(self, train: np.ndarray, progress: bool = True) -> "TorchDetector":
-        from tqdm import tqdm
+        windows = self.prepare(train)
+        # On a small shared CPU, intra-op threads on small tensors oversubscribe the cores (measured
+        # 4-9x slower with 2 threads than 1 under load): config "threads" caps them while training.
+        before = torch.get_num_threads()
+        if self.cfg.get("threads"):
+            torch.set_num_threads(int(self.cfg["threads"]))
+        try:
+            torch.manual_seed(self.cfg["seed"])
+            self.net = self.build().to(self.device)
+            self.train_network(windows, progress)
+            self.net.eval()
+            self.calibrate(windows)
+        finally:
+            torch.set_num_threads(before)
+        return self
 
+    def prepare(self, train: np.ndarray) -> torch.Tensor:
+        """Validate and standardise the training series; return its (capped) windows [N, W, C]."""
         x = np.asarray(train, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.n_channels:
             raise ValueError(f"expected train [T, {self.n_channels}], got {x.shape}")
@@ -91,17 +107,26 @@ class TorchDetector(Detector):
         self.mean = x.mean(0).astype(np.float32)
         std = x.std(0)
         self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
-        windows = sliding_windows(self._standardise(x), w, self.cfg["stride"])
+        z = self._standardise(x)
+        self.on_training_data(z)
+        windows = sliding_windows(z, w, self.cfg["stride"])
         rng = np.random.default_rng(self.cfg["seed"])
         if len(windows) > self.cfg["max_train_windows"]:
             windows = windows[np.sort(rng.choice(len(windows), self.cfg["max_train_windows"], replace=False))]
-        windows = torch.from_numpy(np.ascontiguousarray(windows))
-        torch.manual_seed(self.cfg["seed"])
-        self.net = self.build().to(self.device)
+        self.steps_per_epoch = math.ceil(len(windows) / self.cfg["batch_size"])
+        return torch.from_numpy(np.ascontiguousarray(windows))
+
+    def on_training_data(self, z: np.ndarray) -> None:
+        """Hook: see the standardised training series [T, C] before the network is built."""
+
+    def train_network(self, windows: torch.Tensor, progress: bool) -> None:
+        """Epochs of ``train_step`` over shuffled batches, with a progress bar."""
+        from tqdm import tqdm
+
         self.net.train()
         optimisers = self.optimisers()
         bs = self.cfg["batch_size"]
-        steps = self.cfg["epochs"] * math.ceil(len(windows) / bs)
+        steps = self.cfg["epochs"] * self.steps_per_epoch
         bar = tqdm(total=steps, desc=f"training {self.name}", unit="step", disable=not progress)
         g = torch.Generator().manual_seed(self.cfg["seed"])
         for _ in range(self.cfg["epochs"]):
@@ -110,7 +135,13 @@ class TorchDetector(Detector):
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
                 bar.update()
         bar.close()
-        self.net.eval()
+
+    def before_calibration(self, windows: torch.Tensor) -> None:
+        """Hook: statistics a model needs from its training windows before they are scored."""
+
+    def calibrate(self, windows: torch.Tensor) -> None:
+        """Normalise scores on the training windows and keep their fused scores for thresholds."""
+        self.before_calibration(windows)
         err, div = self._raw_scores(windows.numpy())
         self.channel_scale = np.maximum(err.reshape(-1, self.n_channels).mean(0), 1e-8).astype(np.float32)
         if div is not None:
@@ -118,7 +149,6 @@ class TorchDetector(Detector):
         s = self._normalised(err, div)
         fused = s.reconstruction if s.divergence is None else s.reconstruction + s.divergence
         self.train_scores = fused[:, -self.cfg["stride"]:].reshape(-1).astype(np.float32)
-        return self
 
     def _raw_scores(self, z: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray | None]:
         errs, divs = [], []
