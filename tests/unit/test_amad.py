@@ -12,14 +12,6 @@ TINY = {"epochs": 1, "window": 16, "stride": 4, "batch_size": 32, "d_model": 32,
         "d_ff": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: intra-op threads only add contention on a shared CPU; restored afterwards
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make(**over):
     det = AMAD([f"c{i}" for i in range(6)], **{**TINY, **over})

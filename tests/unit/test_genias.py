@@ -18,13 +18,8 @@ CFG = {"window": W, "stride": 4, "epochs": 5, "batch_size": 32}
 
 @pytest.fixture(scope="module")
 def model():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one thread is much faster than two contended ones
-    try:
-        train = correlated(1600)
-        det = GenIAS([f"c{i}" for i in range(6)], **CFG).fit(train, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    train = correlated(1600)
+    det = GenIAS([f"c{i}" for i in range(6)], **CFG).fit(train, progress=False)
     return det, np.array(sliding_windows(train, W, 4))
 
 

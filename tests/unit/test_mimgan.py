@@ -15,14 +15,6 @@ TINY = {"window": 8, "stride": 4, "epochs": 1, "batch_size": 32, "g_hidden": 16,
         "latent": 5, "inv_steps": 30, "inv_lr": 0.1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: one thread avoids oversubscription stalls on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def built(**overrides) -> MIMGAN:
     det = MIMGAN(CH, **{**TINY, **overrides})

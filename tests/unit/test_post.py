@@ -13,17 +13,9 @@ TINY = {"epochs": 2, "window": 16, "stride": 4, "batch_size": 32, "d_model": 16,
 CH = [f"c{i}" for i in range(6)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: extra threads only spin on a shared 2-core machine (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
-def trained(one_thread):
+def trained():
     torch.manual_seed(0)
     return POST(CH, **{**TINY, "epochs": 4, "graph_start_epoch": 0}).fit(correlated(1500), progress=False)
 
