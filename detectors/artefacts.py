@@ -21,6 +21,7 @@ FORMAT = 1
 MODELS: dict[str, str] = {
     "pca": "detectors.pca:PCADetector",
     "lstm_ae": "detectors.lstm_ae:LSTMAutoencoder",
+    "iforest": "detectors.iforest:IsolationForestDetector",
     "post": "detectors.post:POST",
     "amad": "detectors.amad:AMAD",
     "mimgan": "detectors.mimgan:MIMGAN",
