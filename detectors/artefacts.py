@@ -22,6 +22,7 @@ MODELS: dict[str, str] = {
     "pca": "detectors.pca:PCADetector",
     "lstm_ae": "detectors.lstm_ae:LSTMAutoencoder",
     "iforest": "detectors.iforest:IsolationForestDetector",
+    "hst": "detectors.hst:HalfSpaceTreesDetector",
     "post": "detectors.post:POST",
     "amad": "detectors.amad:AMAD",
     "mimgan": "detectors.mimgan:MIMGAN",
