@@ -1,0 +1,55 @@
+"""Dataset loaders: the shared files, and tiny fixtures of every other layout."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.data import load
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "smd").exists(), reason="needs ../shared/data")
+def test_shared_smd_and_spacecraft_folders():
+    smd = load(SHARED / "smd" / "machine-1-6.npz")
+    assert smd.train.shape[1] == smd.test.shape[1] == 38 and len(smd.label) == len(smd.test)
+    assert smd.interpretation.shape[1] == 3 and len(smd.channels) == 38
+    smap = load(SHARED / "smap_msl" / "smap")
+    files = sorted((SHARED / "smap_msl" / "smap").glob("*.npz"))
+    assert len(smap.test) == sum(len(np.load(f)["test"]) for f in files) and smap.train.shape[1] == 25
+
+
+def test_smd_text_layout(tmp_path):
+    for sub, text in (("train", "1,2\n3,4\n5,6\n"), ("test", "1,2\n9,9\n1,2\n"), ("test_label", "0\n1\n0\n"),
+                      ("interpretation_label", "1-2:2\n")):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "machine-9-9.txt").write_text(text)
+    d = load(tmp_path / "machine-9-9")
+    assert d.train.shape == (3, 2) and d.label.tolist() == [0, 1, 0]
+    assert d.interpretation.tolist() == [[0, 1, 1]]  # 1-based text becomes 0-based, half-open rows
+
+
+def test_telemanom_layout(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    for chan in ("A-1", "B-1"):
+        np.save(tmp_path / "train" / f"{chan}.npy", np.ones((4, 3)))
+        np.save(tmp_path / "test" / f"{chan}.npy", np.zeros((5, 3)))
+    (tmp_path / "labeled_anomalies.csv").write_text(
+        'chan_id,spacecraft,anomaly_sequences,class,num_values\n'
+        'A-1,SMAP,"[[1, 2]]",[point],5\nB-1,MSL,"[[4, 4]]",[point],5\n')
+    d = load(tmp_path)
+    assert d.label.tolist() == [0, 1, 1, 0, 0, 0, 0, 0, 0, 1]  # inclusive ends, channels in name order
+    assert load(tmp_path, spacecraft="msl").label.tolist() == [0, 0, 0, 0, 1]
+
+
+def test_csv_with_label_column(tmp_path):
+    f = tmp_path / "plant.csv"
+    f.write_text("timestamp,a,b,label\n" + "".join(f"{i},{i},{2 * i},{int(i == 7)}\n" for i in range(10)))
+    d = load(f)
+    assert d.channels == ["a", "b"] and d.train.shape == (5, 2) and d.label.tolist() == [0, 0, 1, 0, 0]
+
+
+def test_unknown_layout(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "nothing")

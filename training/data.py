@@ -1,0 +1,121 @@
+"""Datasets -> arrays: one ``Dataset`` whatever the layout on disk.
+
+Layouts read by ``load(path)``:
+- a shared ``.npz`` (keys ``train``, ``test``, ``label``, optional ``interpretation``);
+- a folder of such ``.npz`` files (SMAP or MSL: every channel file of one spacecraft), concatenated
+  in name order as the common benchmark versions do;
+- SMD's original text layout: a folder with ``train/``, ``test/``, ``test_label/`` and optional
+  ``interpretation_label/``, and ``path`` naming the machine, e.g. ``ServerMachineDataset/machine-1-1``;
+- telemanom: a folder with ``train/*.npy``, ``test/*.npy`` and ``labeled_anomalies.csv``;
+- a CSV with a header and a label column (``label``, ``is_anomaly`` or ``anomaly``), split in time
+  (``train_fraction``, default 0.5; the train part's labels are ignored).
+"""
+from __future__ import annotations
+
+import ast
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: np.ndarray  # [T, C] float32
+    test: np.ndarray  # [N, C] float32
+    label: np.ndarray  # [N] int8
+    channels: list[str]
+    interpretation: np.ndarray | None = None  # [K, 3] rows (start, end, channel), half-open, 0-based
+
+
+def _names(c: int) -> list[str]:
+    return [f"ch{i}" for i in range(c)]
+
+
+def load_npz(path: Path) -> Dataset:
+    d = np.load(path)
+    train, test = d["train"].astype(np.float32), d["test"].astype(np.float32)
+    return Dataset(path.stem, train, test, d["label"].astype(np.int8), _names(train.shape[1]),
+                   d["interpretation"] if "interpretation" in d.files else None)
+
+
+def load_npz_folder(path: Path) -> Dataset:
+    parts = [load_npz(f) for f in sorted(path.glob("*.npz"))]
+    if not parts:
+        raise FileNotFoundError(f"{path}: no .npz files")
+    widths = {p.train.shape[1] for p in parts}
+    if len(widths) != 1:
+        raise ValueError(f"{path}: files have different channel counts {sorted(widths)}")
+    return Dataset(path.name, np.concatenate([p.train for p in parts]), np.concatenate([p.test for p in parts]),
+                   np.concatenate([p.label for p in parts]), parts[0].channels)
+
+
+def load_smd_text(root: Path, machine: str) -> Dataset:
+    """SMD as published by OmniAnomaly: comma-separated text; interpretation lines 'start-end:d1,d2',
+    all 1-based, read as rows [start-1, end-1) as TranAD's preprocessing does."""
+    read = lambda sub: np.loadtxt(root / sub / f"{machine}.txt", delimiter=",", dtype=np.float32, ndmin=2)  # noqa: E731
+    train, test = read("train"), read("test")
+    label = np.loadtxt(root / "test_label" / f"{machine}.txt", delimiter=",", dtype=np.int8, ndmin=1)
+    rows = []
+    interp = root / "interpretation_label" / f"{machine}.txt"
+    if interp.exists():
+        for line in interp.read_text().split():
+            span, dims = line.split(":")
+            start, end = (int(v) for v in span.split("-"))
+            rows += [(start - 1, end - 1, int(d) - 1) for d in dims.split(",") if d]
+    return Dataset(machine, train, test, label, _names(train.shape[1]),
+                   np.array(rows, np.int64).reshape(-1, 3) if rows else None)
+
+
+def load_telemanom(root: Path, spacecraft: str | None = None) -> Dataset:
+    """telemanom: per-channel .npy arrays and labeled_anomalies.csv (inclusive [start, end] sequences)."""
+    table = list(csv.DictReader(open(root / "labeled_anomalies.csv")))
+    if spacecraft:
+        table = [r for r in table if r["spacecraft"].upper() == spacecraft.upper()]
+    table.sort(key=lambda r: r["chan_id"])
+    trains, tests, labels = [], [], []
+    for row in table:
+        test = np.load(root / "test" / f"{row['chan_id']}.npy").astype(np.float32)
+        label = np.zeros(len(test), np.int8)
+        for start, end in ast.literal_eval(row["anomaly_sequences"]):
+            label[start:end + 1] = 1
+        trains.append(np.load(root / "train" / f"{row['chan_id']}.npy").astype(np.float32))
+        tests.append(test)
+        labels.append(label)
+    if not tests:
+        raise FileNotFoundError(f"{root}: no channels{' for ' + spacecraft if spacecraft else ''}")
+    train = np.concatenate(trains)
+    return Dataset(spacecraft or root.name, train, np.concatenate(tests), np.concatenate(labels),
+                   _names(train.shape[1]))
+
+
+def load_csv(path: Path, train_fraction: float = 0.5) -> Dataset:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    label_col = next((i for i, h in enumerate(header) if h.strip().lower() in ("label", "is_anomaly", "anomaly")), None)
+    if label_col is None:
+        raise ValueError(f"{path}: no label column (label, is_anomaly or anomaly)")
+    keep = [i for i, h in enumerate(header) if i != label_col and h.strip().lower() not in ("timestamp", "time", "ts")]
+    values = np.array([[float(r[i]) for i in keep] for r in body], np.float32)
+    label = np.array([int(float(r[label_col])) for r in body], np.int8)
+    cut = int(len(values) * train_fraction)
+    return Dataset(path.stem, values[:cut], values[cut:], label[cut:], [header[i] for i in keep])
+
+
+def load(path: str | Path, **kw) -> Dataset:
+    """Any supported layout, by what is on disk."""
+    p = Path(path)
+    if p.suffix == ".npz":
+        return load_npz(p)
+    if p.suffix == ".csv":
+        return load_csv(p, **kw)
+    if p.is_dir() and (p / "labeled_anomalies.csv").exists():
+        return load_telemanom(p, **kw)
+    if p.is_dir() and any(p.glob("*.npz")):
+        return load_npz_folder(p)
+    if (p.parent / "train" / f"{p.name}.txt").exists():
+        return load_smd_text(p.parent, p.name)
+    raise FileNotFoundError(f"{path}: not a dataset Vigil can read (see training/data.py)")
