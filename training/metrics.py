@@ -82,37 +82,29 @@ def _k(p: float, n_true: int) -> int:
     return max(1, int(round(p / 100.0 * n_true)))
 
 
-def hit_rate(channel_scores: np.ndarray, channel_labels: np.ndarray, p: float = 100.0) -> float:
-    """HitRate@P% (TranAD's diagnosis code): over time steps with at least one labelled channel, the
-    share of labelled channels among the top round(P% x |labelled|) channels, averaged."""
+def _per_labelled_step(channel_scores, channel_labels, p: float, metric) -> float:
+    """Average ``metric(relevance of the top k channels, relevance [C], k)`` over the time steps with
+    at least one labelled channel, k = round(P% x |labelled|) (TranAD's diagnosis code)."""
     cs, cl = np.asarray(channel_scores, np.float64), np.asarray(channel_labels, bool)
-    rows = np.flatnonzero(cl.any(1))
-    if not len(rows):
-        return float("nan")
     out = []
-    for t in rows:
-        truth = np.flatnonzero(cl[t])
-        top = np.argsort(-cs[t], kind="stable")[:_k(p, len(truth))]
-        out.append(len(set(top.tolist()) & set(truth.tolist())) / len(truth))
-    return float(np.mean(out))
+    for t in np.flatnonzero(cl.any(1)):
+        k = min(_k(p, int(cl[t].sum())), cl.shape[1])
+        ranked = cl[t][np.argsort(-cs[t], kind="stable")[:k]].astype(float)
+        out.append(metric(ranked, cl[t].astype(float), k))
+    return float(np.mean(out)) if out else float("nan")
+
+
+def hit_rate(channel_scores: np.ndarray, channel_labels: np.ndarray, p: float = 100.0) -> float:
+    """HitRate@P%: the share of labelled channels among the top k, averaged over labelled steps."""
+    return _per_labelled_step(channel_scores, channel_labels, p, lambda top, rel, k: top.sum() / rel.sum())
 
 
 def ndcg(channel_scores: np.ndarray, channel_labels: np.ndarray, p: float = 100.0) -> float:
-    """NDCG@P% (TranAD): DCG of the top round(P% x |labelled|) channels over the ideal DCG, with
-    binary relevance and discount 1/log2(rank + 1), averaged over labelled time steps."""
-    cs, cl = np.asarray(channel_scores, np.float64), np.asarray(channel_labels, bool)
-    rows = np.flatnonzero(cl.any(1))
-    if not len(rows):
-        return float("nan")
-    out = []
-    for t in rows:
-        k = _k(p, int(cl[t].sum()))
-        k = min(k, cl.shape[1])
+    """NDCG@P%: DCG of the top k over the ideal DCG, binary relevance, discount 1/log2(rank + 1)."""
+    def one(top, rel, k):
         discount = 1.0 / np.log2(np.arange(2, k + 2))
-        gains = cl[t][np.argsort(-cs[t], kind="stable")[:k]].astype(float)
-        ideal = np.sort(cl[t].astype(float))[::-1][:k]
-        out.append(float((gains * discount).sum() / (ideal * discount).sum()))
-    return float(np.mean(out))
+        return (top * discount).sum() / (np.sort(rel)[::-1][:k] * discount).sum()
+    return _per_labelled_step(channel_scores, channel_labels, p, one)
 
 
 def channel_label_matrix(n: int, channels: int, interpretation: np.ndarray) -> np.ndarray:
