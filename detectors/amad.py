@@ -222,7 +222,7 @@ class AMAD(TorchDetector):
 
     def _decay(self, opt):
         self._step = getattr(self, "_step", 0) + 1
-        epoch = self._step // max(getattr(self, "_steps_per_epoch", 1), 1)
+        epoch = self._step // max(self.steps_per_epoch, 1)
         for g in opt.param_groups:
             g["lr"] = self.cfg["lr"] * self.cfg["lr_decay"] ** epoch
 

@@ -162,3 +162,17 @@ def test_variants_fit(over):
     det = AMAD([f"c{i}" for i in range(6)], **{**TINY, **over}).fit(correlated(300), progress=False)
     s = det.score(sliding_windows(correlated(64, seed=1), 16, 16))
     assert np.isfinite(s.channel).all() and np.isfinite(s.divergence).all()
+
+
+def test_learning_rate_decays_once_per_epoch_not_per_step():
+    det = make(lr=1e-3, lr_decay=0.5, epochs=2)
+    det.fit(correlated(400), progress=False)
+    steps = det.steps_per_epoch
+    assert steps > 1 and det._step == 2 * steps
+    (opt,) = det.optimisers()
+    x = torch.from_numpy(np.array(sliding_windows(correlated(64, seed=3), 16, 16)))
+    for _ in range(steps - 1):
+        det.train_step(x, [opt])
+    assert opt.param_groups[0]["lr"] == 1e-3  # still the first epoch
+    det.train_step(x, [opt])
+    assert opt.param_groups[0]["lr"] == 5e-4
