@@ -226,25 +226,11 @@ class AMAD(TorchDetector):
         for g in opt.param_groups:
             g["lr"] = self.cfg["lr"] * self.cfg["lr_decay"] ** epoch
 
-    def _update(self, opt, loss):
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.name}: loss is {loss.item()}")
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
-        opt.step()
-
     def _phase_step(self, x, opt, objective, frozen: list[nn.Parameter]) -> dict:
         """Backward ``objective`` and step, leaving ``frozen`` untouched (Adam skips params whose grad is None)."""
         opt.zero_grad(set_to_none=True)
         p = self.phase_losses(x)
-        loss = objective(p)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.name}: loss is {loss.item()}")
-        loss.backward()
-        for q in frozen:
-            q.grad = None
-        nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
-        opt.step()
+        self.update(opt, objective(p), self.net.parameters(), frozen=frozen)
         return p
 
     def min_step(self, x, opt) -> dict:
@@ -262,7 +248,7 @@ class AMAD(TorchDetector):
             # Option A: L_min + L_con and L_max on one forward pass; the stop-gradients set the CAD directions
             opt.zero_grad(set_to_none=True)
             loss, logs = self.loss(x)
-            self._update(opt, loss)
+            self.update(opt, loss, self.net.parameters())
         elif mode == "alternate":
             # Option B (literal): the Min step does not move self-attention's W_Q/W_K, the Max step does not
             # move AutoMask's omega; the shared rest follows reconstruction in both.

@@ -259,11 +259,7 @@ class GenIAS(TorchDetector):
                 for idx in torch.randperm(len(windows), generator=g).split(bs):
                     opt.zero_grad(set_to_none=True)
                     loss, logs = loss_fn(windows[idx].to(self.device))
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"{self.name} {stage}: loss is {loss.item()}")
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(module.parameters(), 5.0)
-                    opt.step()
+                    self.update(opt, loss, module.parameters(), f"{stage} loss")
                     sched.step()
                     bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
                     bar.update()

@@ -136,23 +136,15 @@ class MIMGAN(TorchDetector):
                 fake = G(z)
             d_real, d_fake = D(x), D(fake)
             loss_d = mim_d_loss(d_real, d_fake)
-            if not torch.isfinite(loss_d):
-                raise FloatingPointError(f"{self.name}: D loss is {loss_d.item()}")
             opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            nn.utils.clip_grad_norm_(D.parameters(), 5.0)
-            opt_d.step()
+            self.update(opt_d, loss_d, D.parameters(), "D loss")
         D.requires_grad_(False)
         try:
             for _ in range(self.cfg["g_steps"]):  # G: fresh noise each round
                 d_gen = D(G(self.noise(b, w)))
                 loss_g = mim_g_loss(d_gen, self.cfg["g_sign"])
-                if not torch.isfinite(loss_g):
-                    raise FloatingPointError(f"{self.name}: G loss is {loss_g.item()}")
                 opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                nn.utils.clip_grad_norm_(G.parameters(), 5.0)
-                opt_g.step()
+                self.update(opt_g, loss_g, G.parameters(), "G loss")
         finally:
             D.requires_grad_(True)
         return {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()),

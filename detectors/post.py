@@ -308,11 +308,7 @@ class POST(TorchDetector):
         adam, sgd = optimisers
         self.net.zero_grad(set_to_none=True)
         loss, logs = self.loss(x)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.name}: loss is {loss.item()}")
-        loss.backward()
-        nn.utils.clip_grad_norm_(adam.param_groups[0]["params"], 5.0)
-        adam.step()
+        self.update(adam, loss, adam.param_groups[0]["params"])
         step = getattr(self, "_step", 0)
         self._step = step + 1
         epoch = step // getattr(self, "steps_per_epoch", 1)

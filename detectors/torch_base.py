@@ -58,12 +58,21 @@ class TorchDetector(Detector):
         (opt,) = optimisers
         opt.zero_grad(set_to_none=True)
         loss, logs = self.loss(x)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.name}: loss is {loss.item()}")
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
-        opt.step()
+        self.update(opt, loss, self.net.parameters())
         return {"loss": float(loss.detach()), **logs}
+
+    def update(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params, what: str = "loss",
+               frozen=()) -> None:
+        """Every model's optimiser step: refuse a non-finite loss, backpropagate, drop the gradients of
+        ``frozen`` parameters (the optimiser then skips them), clip to norm 5, step. Callers zero the
+        gradients before computing ``loss``."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{self.name}: {what} is {loss.item()}")
+        loss.backward()
+        for p in frozen:
+            p.grad = None
+        nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
 
     # ---- the harness --------------------------------------------------------------------------
     @property
