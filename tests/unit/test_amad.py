@@ -88,26 +88,23 @@ def test_max_min_phases_move_cad_in_their_directions():
             _, As, Ss = det.net(x)
             return float(cad(As, Ss).mean())
 
+    def after_five_steps(objective):
+        det = make()
+        opt = torch.optim.SGD(det.net.parameters(), lr=0.5)
+        before = cad_now(det)
+        for _ in range(5):
+            opt.zero_grad()
+            _, As, Ss = det.net(x)
+            objective(As, Ss).backward()
+            opt.step()
+        return before, cad_now(det)
+
     # Min phase (CAD term only, lam*CAD(A, sg S)) lowers the divergence
-    det = make()
-    opt = torch.optim.SGD(det.net.parameters(), lr=0.5)
-    before = cad_now(det)
-    for _ in range(5):
-        opt.zero_grad()
-        _, As, Ss = det.net(x)
-        cad(As, Ss, detach="S").mean().backward()
-        opt.step()
-    assert cad_now(det) < before
+    before, after = after_five_steps(lambda As, Ss: cad(As, Ss, detach="S").mean())
+    assert after < before
     # Max phase (-lam*CAD(sg A, S)) raises it
-    det = make()
-    opt = torch.optim.SGD(det.net.parameters(), lr=0.5)
-    before = cad_now(det)
-    for _ in range(5):
-        opt.zero_grad()
-        _, As, Ss = det.net(x)
-        (-cad(As, Ss, detach="A").mean()).backward()
-        opt.step()
-    assert cad_now(det) > before
+    before, after = after_five_steps(lambda As, Ss: -cad(As, Ss, detach="A").mean())
+    assert after > before
 
 
 def test_alternate_phases_update_only_their_attention():
