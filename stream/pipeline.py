@@ -61,8 +61,8 @@ class Block:
 
     entity: "EntityState"
     ts: np.ndarray  # [n] timestamps of the rows to score
-    windows: np.ndarray  # [B, W, C] windows covering them
-    counts: np.ndarray  # [B] new rows per window (its last rows)
+    windows: np.ndarray | None = None  # [B, W, C] windows covering them (None: scored row by row)
+    counts: np.ndarray | None = None  # [B] new rows per window (its last rows)
     scores: Scores | None = None  # per row, once scored
 
 
@@ -251,12 +251,11 @@ class Pipeline:
         self.metrics["points"] += len(ts)
         self.partitions[ent.partition].dirty.add(ent.entity)
         rows = ent.window.impute(values)
+        if ent.detector is None:  # scored row by row: the window only keeps its history
+            ent.window.extend(rows)
+            return Block(ent, ts, scores=Scores(*ent.coldstart.score_learn(rows)))
         windows, counts = ent.window.push(rows, lengths)
-        block = Block(ent, ts, windows, counts)
-        if ent.detector is None:
-            point, channel = ent.coldstart.score_learn(rows)
-            block.scores = Scores(point, channel)
-        return block
+        return Block(ent, ts, windows, counts)
 
     async def _score(self, blocks: list["Block"]) -> None:
         """One detector call per model over the windows of all its entities, off the event loop."""

@@ -61,8 +61,15 @@ class EntityWindow:
         # ctx index of new row i is i + window - 1, so the window ending at it starts at i
         view = np.lib.stride_tricks.sliding_window_view(ctx, self.window, axis=0)  # [N, C, W]
         windows = view[ends].transpose(0, 2, 1)
-        self.history = ctx[-(self.window - 1):] if self.window > 1 else ctx[:0]
+        self._keep_tail(ctx)
         return np.ascontiguousarray(windows), counts
+
+    def extend(self, rows: np.ndarray) -> None:
+        """Append rows without building windows (entities scored row by row, like the cold start's)."""
+        self._keep_tail(np.concatenate([self.history, np.asarray(rows, np.float32)]))
+
+    def _keep_tail(self, ctx: np.ndarray) -> None:
+        self.history = ctx[-(self.window - 1):] if self.window > 1 else ctx[:0]
 
     def to_state(self) -> dict:
         return {"history": self.history.tolist(), "last": [None if np.isnan(v) else float(v) for v in self.last]}

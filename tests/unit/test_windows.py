@@ -58,3 +58,12 @@ def test_state_round_trip():
 def test_bad_hop():
     with pytest.raises(ValueError):
         EntityWindow(4, 5, 1)
+
+
+def test_extend_keeps_the_same_history_as_push():
+    rows = np.random.default_rng(3).random((9, 2))
+    a, b = EntityWindow(4, 2, 2), EntityWindow(4, 2, 2)
+    a.push(rows[:5])
+    b.extend(rows[:5])
+    assert np.array_equal(a.history, b.history)
+    assert np.array_equal(a.push(rows[5:])[0], b.push(rows[5:])[0])
