@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 
 from .base import Detector
 
-FORMAT = 1
+FORMAT = 2  # 2: training reconstruction and divergence stored apart
 # name -> "module:class", imported on first use so that a worker serving PCA never imports the rest.
 MODELS: dict[str, str] = {
     "pca": "detectors.pca:PCADetector",
@@ -66,11 +66,14 @@ def save(detector: Detector, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     tensors = {k: np.ascontiguousarray(v) for k, v in detector.tensors().items()}
-    tensors["train_scores"] = np.ascontiguousarray(detector.train_scores, dtype=np.float32)
+    tensors["train_reconstruction"] = np.ascontiguousarray(detector.train_reconstruction, dtype=np.float32)
+    if detector.train_divergence is not None:
+        tensors["train_divergence"] = np.ascontiguousarray(detector.train_divergence, dtype=np.float32)
     save_file(tensors, str(tmp / "model.safetensors"))
     meta = {"format": FORMAT, "name": detector.info.name, "version": detector.info.version,
             "channels": detector.channels, "config": detector.info.config, "created": time.time(),
-            "train_score_stats": _stats(detector.train_scores)}
+            "train_score_stats": {"reconstruction": _stats(detector.train_reconstruction),
+                                  "divergence": _stats(detector.train_divergence)}}
     (tmp / "model.json").write_text(json.dumps(meta, indent=2))
     if path.exists():
         old = path.with_name(f".{path.name}.old.{os.getpid()}")
@@ -84,6 +87,11 @@ def save(detector: Detector, path: str | os.PathLike) -> Path:
     return path
 
 
+def is_artefact(path: str | os.PathLike) -> bool:
+    """A directory holding a model artefact (as opposed to a model name)."""
+    return Path(path, "model.json").is_file()
+
+
 def load(path: str | os.PathLike) -> Detector:
     path = Path(path)
     try:
@@ -95,13 +103,14 @@ def load(path: str | os.PathLike) -> Detector:
     detector = create(meta["name"], meta["channels"], **meta["config"])
     detector.info.version = str(meta["version"])
     tensors = load_file(str(path / "model.safetensors"))
-    detector.train_scores = tensors.pop("train_scores")
+    detector.train_reconstruction = tensors.pop("train_reconstruction")
+    detector.train_divergence = tensors.pop("train_divergence", None)
     detector.load_tensors(tensors)
     return detector
 
 
-def _stats(scores: np.ndarray) -> dict:
-    if len(scores) == 0:
+def _stats(scores: np.ndarray | None) -> dict:
+    if scores is None or len(scores) == 0:
         return {}
     q = np.quantile(scores, [0.5, 0.9, 0.99, 0.999])
     return {"count": int(len(scores)), "mean": float(np.mean(scores)), "p50": float(q[0]),

@@ -46,8 +46,10 @@ class Detector:
 
     def __init__(self, channels: list[str], **config):
         self.info = ModelInfo(name=self.name, channels=list(channels), config=dict(config))
-        # Fused training scores, kept for calibrating thresholds of the served model.
-        self.train_scores = np.zeros(0, dtype=np.float32)
+        # Scores of the training points, kept apart so that a threshold can be calibrated under
+        # whichever fusion rule the stream uses (divergence None: the model has none).
+        self.train_reconstruction = np.zeros(0, dtype=np.float32)
+        self.train_divergence: np.ndarray | None = None
 
     @property
     def channels(self) -> list[str]:

@@ -72,7 +72,7 @@ class HalfSpaceTreesDetector(Detector):
         self.channel_scale = np.maximum((z ** 2).mean(0), 1e-8).astype(np.float32)
         raw = self._anomaly(self._unit(x))
         self.score_scale = np.array([max(float(raw.mean()), 1e-12)], np.float32)
-        self.train_scores = (raw / self.score_scale[0]).astype(np.float32)
+        self.train_reconstruction = (raw / self.score_scale[0]).astype(np.float32)
         return self
 
     def _paths(self, u: np.ndarray):

@@ -59,7 +59,7 @@ class IsolationForestDetector(Detector):
         self.score_scale = np.array([max(float(self._isolation(z).mean()), 1e-8)], np.float32)
         sq = z.astype(np.float64) ** 2
         self.channel_scale = np.maximum(sq.mean(0), 1e-8).astype(np.float32)
-        self.train_scores = (self._isolation(z) / self.score_scale[0]).astype(np.float32)
+        self.train_reconstruction = (self._isolation(z) / self.score_scale[0]).astype(np.float32)
         return self
 
     @staticmethod

@@ -44,7 +44,7 @@ class PCADetector(Detector):
         self.components = vt[:k].T.astype(np.float32)
         err = self._channel_error(z.astype(np.float32))
         self.channel_scale = np.maximum(err.mean(0), 1e-6).astype(np.float32)
-        self.train_scores = (err / self.channel_scale).mean(1).astype(np.float32)
+        self.train_reconstruction = (err / self.channel_scale).mean(1).astype(np.float32)
         return self
 
     def _channel_error(self, z: np.ndarray) -> np.ndarray:

@@ -156,8 +156,10 @@ class TorchDetector(Detector):
         if div is not None:
             self.div_scale = np.array([max(float(div.mean()), 1e-8)], np.float32)
         s = self._normalised(err, div)
-        fused = s.reconstruction if s.divergence is None else s.reconstruction + s.divergence
-        self.train_scores = fused[:, -self.cfg["stride"]:].reshape(-1).astype(np.float32)
+        last = slice(-self.cfg["stride"], None)  # each training point once (windows overlap)
+        self.train_reconstruction = s.reconstruction[:, last].reshape(-1).astype(np.float32)
+        if s.divergence is not None:
+            self.train_divergence = s.divergence[:, last].reshape(-1).astype(np.float32)
 
     def _raw_scores(self, z: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray | None]:
         errs, divs = [], []

@@ -7,10 +7,11 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 
 import orjson
 
-from .config import DEFAULT_BROKER, Settings, broker_from_env
+from .config import DEFAULT_BROKER, Settings, Topics, broker_from_env
 from .kafka import BrokerUnavailable, check_broker
 
 
@@ -24,6 +25,30 @@ def _param(text: str) -> tuple[str, float]:
     if not sep:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     return key, float(value)
+
+
+def _scoring_args(p: argparse.ArgumentParser, worker: bool = True) -> None:
+    """How points are scored, thresholded and grouped into incidents: shared by worker and eval."""
+    d = Settings()
+    p.add_argument("--window", type=int, default=d.window)
+    p.add_argument("--hop", type=int, default=d.hop)
+    p.add_argument("--threshold", choices=["spot", "dspot", "percentile"], default=d.threshold)
+    p.add_argument("--threshold-param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+                   help="e.g. q=1e-3, level=0.98, depth=100 (dspot), window=5000 (percentile)")
+    p.add_argument("--calibration", choices=["train", "first"], default=d.calibration,
+                   help="calibrate thresholds on the model's training scores or on each entity's first points")
+    p.add_argument("--calibration-points", type=int, default=d.calibration_points)
+    p.add_argument("--fusion", choices=["sum", "product"], default=d.fusion)
+    p.add_argument("--top-k", type=int, default=d.top_k)
+    p.add_argument("--open-after", type=int, default=d.open_after,
+                   help="alarms within --open-window points that open an incident")
+    p.add_argument("--open-window", type=int, default=d.open_window)
+    p.add_argument("--close-after", type=int, default=d.close_after,
+                   help="points without an alarm that close an incident")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    if worker:  # eval always asks for them
+        p.add_argument("--score-channels", action="store_true",
+                       help="publish per-channel scores of every point on vigil.scores")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,28 +67,41 @@ def build_parser() -> argparse.ArgumentParser:
                         "whose channels match (PATH); entities without a model use the cold-start detector")
     p.add_argument("--partitions", type=int, default=d.partitions)
     p.add_argument("--group", default=d.group)
-    p.add_argument("--window", type=int, default=d.window)
-    p.add_argument("--hop", type=int, default=d.hop)
+    p.add_argument("--topic-prefix", default="vigil", help="topics PREFIX.readings, PREFIX.scores, ...")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="messages per micro-batch")
     p.add_argument("--batch-wait", type=float, default=d.batch_wait, help="seconds a micro-batch waits")
-    p.add_argument("--threshold", choices=["spot", "dspot", "percentile"], default=d.threshold)
-    p.add_argument("--threshold-param", type=_param, action="append", default=[], metavar="NAME=VALUE",
-                   help="e.g. q=1e-3, level=0.98, depth=100 (dspot), window=5000 (percentile)")
-    p.add_argument("--calibration", choices=["train", "first"], default=d.calibration,
-                   help="calibrate thresholds on the model's training scores or on each entity's first points")
-    p.add_argument("--calibration-points", type=int, default=d.calibration_points)
-    p.add_argument("--fusion", choices=["sum", "product"], default=d.fusion)
-    p.add_argument("--top-k", type=int, default=d.top_k)
-    p.add_argument("--open-after", type=int, default=d.open_after,
-                   help="alarms within --open-window points that open an incident")
-    p.add_argument("--open-window", type=int, default=d.open_window)
-    p.add_argument("--close-after", type=int, default=d.close_after,
-                   help="points without an alarm that close an incident")
+    _scoring_args(p)
     p.add_argument("--checkpoint-interval", type=float, default=d.checkpoint_interval)
     p.add_argument("--session-timeout", type=float, default=d.session_timeout)
     p.add_argument("--rebalance-timeout", type=float, default=d.rebalance_timeout)
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     p.add_argument("--log-level", default="warn", choices=["crit", "error", "warn", "info", "debug"])
+
+    p = sub.add_parser("eval", help="score datasets' test splits as the worker does and report honest metrics")
+    p.add_argument("--model", required=True, help="a model name (trained on each dataset's train split) "
+                                                  "or an artefact directory")
+    p.add_argument("--data", action="append", required=True,
+                   help="dataset: .npz, a folder of .npz (SMAP/MSL), SMD text, telemanom or CSV; repeatable")
+    p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--through-kafka", action="store_true",
+                   help="replay through a broker and a worker instead of the in-process pipeline")
+    _broker_arg(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object per dataset")
+    _scoring_args(p, worker=False)
+
+    p = sub.add_parser("bench", help="benchmarks: `vigil bench quality` runs every model on every shared dataset")
+    p.add_argument("what", choices=["quality"])
+    p.add_argument("--quick", action="store_true", help="first 3000 points of each split, one epoch (minutes)")
+    p.add_argument("--models", default=",".join(["pca", "iforest", "hst", "lstm_ae", "post", "amad", "mimgan",
+                                                  "genias"]), help="comma-separated model names")
+    p.add_argument("--data-root", default="../shared/data", help="folder with smd/ and smap_msl/")
+    p.add_argument("--datasets", default=None, help="comma-separated subset, e.g. machine-1-6,SMAP")
+    p.add_argument("--results", default=None,
+                   help="JSON-lines results, resumed if present (default bench/results/quality[-quick].jsonl)")
+    p.add_argument("--doc", default=None, help="markdown to write the section into (default docs/benchmarks.md; "
+                                               "with --quick, stdout)")
+    p.add_argument("--no-run", action="store_true", help="only render the results file")
+    p.add_argument("--device", default="auto")
 
     p = sub.add_parser("simulate", help="publish readings of a simulated plant with injected anomalies")
     _broker_arg(p)
@@ -96,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--data", required=True, help=".npz file with a 'train' array [T, C]")
+    p.add_argument("--data", required=True, help="dataset whose train split to learn: .npz, a folder of .npz "
+                                                 "(SMAP/MSL), SMD text, telemanom or CSV")
     p.add_argument("--out", required=True, help="artefact directory to write")
 
     p = sub.add_parser("demo", help="broker + worker + simulator, printing alerts as they happen")
@@ -114,20 +153,79 @@ def settings_from_args(args) -> Settings:
     s = Settings(broker=broker_from_env(args.broker))
     for name in ("partitions", "group", "window", "hop", "batch_size", "batch_wait", "threshold",
                  "calibration", "calibration_points", "fusion", "top_k", "open_after", "open_window", "close_after",
-                 "checkpoint_interval", "session_timeout", "rebalance_timeout", "device"):
-        setattr(s, name, getattr(args, name))
+                 "checkpoint_interval", "session_timeout", "rebalance_timeout", "device", "score_channels"):
+        setattr(s, name, getattr(args, name, getattr(s, name)))
+    if getattr(args, "topic_prefix", "vigil") != "vigil":
+        s.topics = Topics.named(args.topic_prefix)
     s.threshold_params = {k: int(v) if k in ("refit_every", "max_excess", "depth", "window") else v
                           for k, v in args.threshold_param}
-    for spec in args.model:
-        entity, sep, path = spec.partition("=")
-        s.models[entity if sep else "*"] = path if sep else entity
     return s
 
 
 def cmd_worker(args) -> int:
     from .worker import run_worker
 
-    return run_worker(settings_from_args(args), args.log_level)
+    settings = settings_from_args(args)
+    for spec in args.model:
+        entity, sep, path = spec.partition("=")
+        settings.models[entity if sep else "*"] = path if sep else entity
+    return run_worker(settings, args.log_level)
+
+
+def cmd_eval(args) -> int:
+    from training.data import load
+    from training.evaluate import report, stream_offline, stream_through_kafka, train_or_load
+    from training.report import print_report
+
+    settings = settings_from_args(args)
+    settings.score_channels = True
+    config = {k: v for k, v in (("preset", args.preset), ("epochs", args.epochs)) if v is not None}
+    for path in args.data:
+        data = load(path)
+        det = train_or_load(args.model, data, args.device, **config)
+        if args.through_kafka:
+            import tempfile
+
+            from detectors import artefacts
+
+            with tempfile.TemporaryDirectory(prefix="vigil-eval-model-") as tmp:
+                artefact = args.model if artefacts.is_artefact(args.model) else artefacts.save(det, Path(tmp) / "m")
+                stream = stream_through_kafka({"eval": (artefact, data)}, settings, args.broker)["eval"]
+        else:
+            stream = stream_offline(det, data, settings)
+        result = {"dataset": data.name, "through_kafka": args.through_kafka, **report(stream, data, settings.top_k)}
+        if args.json:
+            print(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY).decode(), flush=True)
+        else:
+            print_report(result)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from training import quality
+
+    results = Path(args.results or f"bench/results/quality{'-quick' if args.quick else ''}.jsonl")
+    datasets = quality.dataset_paths(args.data_root)
+    if args.datasets:
+        wanted = args.datasets.split(",")
+        missing = [d for d in wanted if d not in datasets]
+        if missing:
+            print(f"vigil: no dataset {', '.join(missing)} under {args.data_root}", file=sys.stderr)
+            return 2
+        datasets = {d: datasets[d] for d in wanted}
+    if not args.no_run:
+        if not datasets:
+            print(f"vigil: no shared datasets under {args.data_root}", file=sys.stderr)
+            return 2
+        quality.run(args.models.split(","), datasets, results, args.quick, args.device)
+    command = "vigil bench quality" + (" --quick" if args.quick else "")
+    doc = args.doc or (None if args.quick else "docs/benchmarks.md")
+    if doc is None:
+        print(quality.markdown(results, command))
+    else:
+        quality.write_markdown(results, Path(doc), command)
+        print(f"vigil: wrote the quality section of {doc} from {results}", file=sys.stderr)
+    return 0
 
 
 def cmd_simulate(args) -> int:
@@ -178,18 +276,14 @@ def cmd_alerts(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import numpy as np
-
     from detectors import artefacts
+    from training.data import load
 
-    data = np.load(args.data)
-    train = np.asarray(data["train"], np.float32)
+    data = load(args.data)
     config = {k: v for k, v in (("preset", args.preset), ("epochs", args.epochs)) if v is not None}
-    det = artefacts.create(args.model, [f"ch{i}" for i in range(train.shape[1])], **config)
-    det.to(args.device)
-    det.fit(train)
+    det = artefacts.create(args.model, data.channels, **config).to(args.device).fit(data.train)
     path = artefacts.save(det, args.out)
-    print(f"vigil: trained {det.model_id} on {train.shape[0]} points x {train.shape[1]} channels -> {path}")
+    print(f"vigil: trained {det.model_id} on {data.train.shape[0]} points x {data.train.shape[1]} channels -> {path}")
     return 0
 
 
@@ -207,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_foreground(args.host, args.port)
     handler = {"worker": cmd_worker, "simulate": cmd_simulate, "replay": cmd_replay, "alerts": cmd_alerts,
-               "train": cmd_train, "demo": cmd_demo}[args.command]
+               "train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "bench": cmd_bench}[args.command]
     try:
         return handler(args)
     except BrokerUnavailable as exc:

@@ -24,6 +24,11 @@ class Topics:
     dlq: str = "vigil.dlq"
     state: str = "vigil.state"  # worker checkpoints: entity state + per-partition offsets
 
+    @classmethod
+    def named(cls, prefix: str) -> "Topics":
+        """Topics ``PREFIX.readings``, ``PREFIX.scores``, ...: one set per deployment or evaluation run."""
+        return cls(**{k: f"{prefix}.{k}" for k in ("readings", "scores", "alerts", "dlq", "state")})
+
     def outputs(self) -> list[str]:
         return [self.scores, self.alerts, self.dlq, self.state]
 
@@ -55,6 +60,7 @@ class Settings:
     calibration_points: int = 1000  # with SPOT's level 0.98: 20 peaks to fit the tail on
     # incidents
     top_k: int = 3
+    score_channels: bool = False  # per-channel scores in vigil.scores (evaluation, dashboards)
     open_after: int = 2  # alarms within open_window points that open an incident
     open_window: int = 10
     close_after: int = 10

@@ -92,9 +92,10 @@ class EntityState:
         self.last_ts = -math.inf
         self.threshold = None
         self.calib: list[float] = []
-        if detector is not None and settings.calibration == "train" and len(detector.train_scores):
+        if detector is not None and settings.calibration == "train" and len(detector.train_reconstruction):
+            train = Scores(detector.train_reconstruction, None, detector.train_divergence)
             self.threshold = make_threshold(settings.threshold, **settings.threshold_config())
-            self.threshold.calibrate(np.asarray(detector.train_scores, np.float64))
+            self.threshold.calibrate(fuse(train, settings.fusion, settings.fusion_weight).astype(np.float64))
         self.incidents = IncidentTracker(entity, settings.close_after, settings.update_every, settings.top_k,
                                          settings.open_after, settings.open_window)
         self.counts = Counter()
@@ -294,6 +295,8 @@ class Pipeline:
         if fresh.any():
             msg = {"entity": ent.entity, "ts": ts[fresh], "score": score[fresh],
                    "threshold": threshold[fresh], "model": ent.model}
+            if self.settings.score_channels:
+                msg["channels"] = s.channel[fresh].astype(np.float32)
             out.scores.append(Record(ent.partition, key, orjson.dumps(msg, option=orjson.OPT_SERIALIZE_NUMPY)))
         for a in alerts:
             if a["ts"] > ent.suppress_alerts_ts:

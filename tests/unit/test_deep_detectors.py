@@ -31,7 +31,7 @@ def test_shapes_and_normalisation(trained):
     s = trained.score(w)
     assert s.reconstruction.shape == w.shape[:2] and s.channel.shape == w.shape
     assert np.isfinite(s.channel).all()
-    assert 0.3 < float(trained.train_scores.mean()) < 3.0  # normalised on training windows
+    assert 0.3 < float(trained.train_reconstruction.mean()) < 3.0  # normalised on training windows
 
 
 def test_finite_gradients(trained):
@@ -49,6 +49,12 @@ def test_save_load_gives_identical_scores(trained, tmp_path):
     loaded = artefacts.load(artefacts.save(trained, tmp_path / "m"))
     w = sliding_windows(correlated(100, seed=3), 16, 4)
     assert np.array_equal(trained.score(w).channel, loaded.score(w).channel)
+    # thresholds calibrate on the training scores under either fusion rule: both parts travel
+    assert np.array_equal(trained.train_reconstruction, loaded.train_reconstruction)
+    if trained.train_divergence is None:
+        assert loaded.train_divergence is None
+    else:
+        assert np.array_equal(trained.train_divergence, loaded.train_divergence)
 
 
 def test_beats_chance_on_injected_anomalies(trained):

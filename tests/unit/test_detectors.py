@@ -20,7 +20,7 @@ def test_pca_scores_shapes_normalisation_and_localisation():
     train = correlated(3000)
     det = PCADetector([f"c{i}" for i in range(6)]).fit(train)
     assert det.components.shape[1] < 6
-    assert abs(float(det.train_scores.mean()) - 1.0) < 0.05  # normalised: ~1 on training data
+    assert abs(float(det.train_reconstruction.mean()) - 1.0) < 0.05  # normalised: ~1 on training data
     test = correlated(200, seed=1)
     test[100:110, 4] += 3.0  # breaks the correlation on channel 4
     s = det.score(sliding_windows(test, 10, 10))
@@ -42,11 +42,11 @@ def test_artefact_round_trip_gives_identical_scores(tmp_path):
     det = PCADetector([f"c{i}" for i in range(6)]).fit(correlated(1000))
     path = artefacts.save(det, tmp_path / "m")
     meta = json.loads((path / "model.json").read_text())
-    assert meta["name"] == "pca" and meta["channels"][0] == "c0" and meta["train_score_stats"]["count"] == 1000
+    assert meta["name"] == "pca" and meta["channels"][0] == "c0" and meta["train_score_stats"]["reconstruction"]["count"] == 1000
     loaded = artefacts.load(path)
     w = sliding_windows(correlated(50, seed=4), 10, 5)
     assert np.array_equal(det.score(w).channel, loaded.score(w).channel)
-    assert np.array_equal(det.train_scores, loaded.train_scores)
+    assert np.array_equal(det.train_reconstruction, loaded.train_reconstruction)
     artefacts.save(det, path)  # overwriting is atomic and leaves no temporary directories
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
@@ -103,7 +103,7 @@ def auc_pr(scores, labels):
 @pytest.mark.parametrize("name", ["iforest", "hst"])
 def test_tree_baselines_flag_outliers_localise_and_round_trip(name, tmp_path):
     det = artefacts.create(name, [f"c{i}" for i in range(6)]).fit(correlated(2000), progress=False)
-    assert abs(float(det.train_scores.mean()) - 1.0) < 1e-3
+    assert abs(float(det.train_reconstruction.mean()) - 1.0) < 1e-3
     x, rows, labels = marginal_outliers()
     s = det.score(sliding_windows(x, 10, 10))
     # above 3x the base rate, the bar of every detector; one-channel outliers in 6 correlated

@@ -156,3 +156,13 @@ def test_a_model_trained_on_longer_windows_is_served_windows_of_its_length():
     scores, _, _ = collect(run(pipe, messages(live, 30)))
     assert [t for _, t, _ in points(scores)] == live.ts.tolist()
     assert pipe.entities["plant-01"].window.window == 20
+
+
+def test_threshold_calibrates_on_training_scores_fused_by_the_served_rule():
+    _, det = setup(10)
+    det.train_divergence = np.full(len(det.train_reconstruction), 3.0, np.float32)
+    for rule, expected in (("sum", det.train_reconstruction + 3.0), ("product", det.train_reconstruction * 3.0)):
+        pipe = Pipeline(Settings(fusion=rule, threshold="percentile"), {"*": det})
+        ent = pipe._entity(type("R", (), {"entity": "plant-01", "values": np.zeros((1, 8)), "names": None})(), 0)
+        window = expected[-ent.threshold.window:]
+        assert np.isclose(ent.threshold.threshold, np.quantile(window, ent.threshold.q), rtol=1e-4)

@@ -1,0 +1,54 @@
+"""Every model is served by a worker through a real broker, and the stream's scores are the offline ones."""
+import numpy as np
+import pytest
+import torch
+
+from detectors import artefacts
+from stream.config import Settings
+from training.data import Dataset
+from training.evaluate import report, stream_offline, stream_through_kafka
+
+from ..unit.test_detectors import correlated
+
+pytestmark = pytest.mark.integration
+
+TINY = {"epochs": 2, "window": 16, "stride": 4, "batch_size": 32}
+
+
+def small_dataset():
+    """1500 normal training points; 800 test points with five 10-point shifts on known channels."""
+    test, label, interpretation = correlated(800, seed=4), np.zeros(800, np.int8), []
+    for i, start in enumerate(range(100, 800, 150)):
+        ch = i % 6
+        test[start:start + 10, ch] += 2.5
+        label[start:start + 10] = 1
+        interpretation.append((start, start + 10, ch))
+    return Dataset("small", correlated(1500), test, label, [f"c{i}" for i in range(6)], np.array(interpretation))
+
+
+def test_every_model_served_through_kafka_scores_as_the_offline_pipeline(broker, tmp_path):
+    torch.set_num_threads(1)
+    data = small_dataset()
+    settings = Settings(score_channels=True, device="cpu")
+    jobs, offline = {}, {}
+    for name in artefacts.available():
+        config = TINY if name in ("lstm_ae", "post", "amad", "mimgan", "genias") else {}
+        det = artefacts.create(name, data.channels, **config).fit(data.train, progress=False)
+        path = artefacts.save(det, tmp_path / name)
+        jobs[name] = (path, data)
+        offline[name] = stream_offline(artefacts.load(path), data, settings)
+
+    streamed = stream_through_kafka(jobs, settings, broker, timeout=300)
+
+    base_rate = data.label.mean()
+    for name in jobs:
+        s, o = streamed[name], offline[name]
+        assert s.model == o.model == f"{name}@1"
+        np.testing.assert_allclose(s.score, o.score, rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(s.threshold, o.threshold, rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(s.channel, o.channel, rtol=1e-4, atol=1e-5, err_msg=name)
+        assert [(a["start"], a["end"]) for a in s.incidents] == [(a["start"], a["end"]) for a in o.incidents], name
+        r = report(s, data)
+        print(f"{name}: AUC-PR {r['auc_pr']:.3f} (base rate {base_rate:.3f}), point F1 {r['point']['f1']:.3f}, "
+              f"HitRate@100% {r['localisation']['hit@100']:.3f}")
+        assert r["auc_pr"] > 2 * base_rate, name

@@ -1,0 +1,22 @@
+"""Evaluation results as text: honest metrics first, inflated ones after and labelled."""
+from __future__ import annotations
+
+
+def _prf(d: dict) -> str:
+    return f"P {d['precision']:.3f}  R {d['recall']:.3f}  F1 {d['f1']:.3f}"
+
+
+def print_report(r: dict) -> None:
+    via = "through Kafka" if r.get("through_kafka") else "offline pipeline"
+    print(f"{r['dataset']}  model {r['model']}  ({via}; {r['points']} test points, {r['anomalous_points']} "
+          f"anomalous in {r['events']} events)")
+    print(f"  point-wise at the online threshold  {_prf(r['point'])}  (alarm rate {r['alarm_rate']:.4f})")
+    print(f"  affiliation                         {_prf(r['affiliation'])}")
+    print(f"  incidents vs events                 {_prf(r['incident'])}  ({r['incidents']} incidents)")
+    print(f"  AUC-PR {r['auc_pr']:.3f}   VUS-PR {r['vus_pr']:.3f}")
+    loc = r.get("localisation")
+    if loc:
+        print(f"  localisation  HitRate@100% {loc['hit@100']:.3f}  @150% {loc['hit@150']:.3f}  "
+              f"NDCG@100% {loc['ndcg@100']:.3f}  @150% {loc['ndcg@150']:.3f}  cells {_prf(loc['cell'])}")
+    print(f"  oracle best F1 (threshold chosen on test labels)  {r['oracle_best_f1']['f1']:.3f}")
+    print(f"  point-adjusted F1 (inflated)        {_prf(r['point_adjusted_f1'])}")
