@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: `vigil bench quality` runs every model on every shared dataset")
     p.add_argument("what", choices=["quality"])
-    p.add_argument("--quick", action="store_true", help="first 3000 points of each split, one epoch (minutes)")
+    p.add_argument("--quick", action="store_true", help="3000 points of each split around the first anomaly, one epoch: a smoke run in minutes")
     p.add_argument("--models", default=",".join(["pca", "iforest", "hst", "lstm_ae", "post", "amad", "mimgan",
                                                   "genias"]), help="comma-separated model names")
     p.add_argument("--data-root", default="../shared/data", help="folder with smd/ and smap_msl/")

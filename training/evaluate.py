@@ -193,7 +193,7 @@ def report(stream: Stream, data: Dataset, top_k: int = 3) -> dict:
     labels = data.label.astype(bool)
     alarm = stream.alarm
     out = {"points": int(len(labels)), "anomalous_points": int(labels.sum()),
-           "events": len(metrics.segments(labels)), "model": stream.model,
+           "events": len(metrics.segments(labels)), "model_id": stream.model,
            "alarm_rate": float(alarm.mean()),
            "point": metrics.prf(alarm, labels),
            "affiliation": range_metrics.affiliation(alarm, labels),

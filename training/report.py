@@ -8,7 +8,7 @@ def _prf(d: dict) -> str:
 
 def print_report(r: dict) -> None:
     via = "through Kafka" if r.get("through_kafka") else "offline pipeline"
-    print(f"{r['dataset']}  model {r['model']}  ({via}; {r['points']} test points, {r['anomalous_points']} "
+    print(f"{r['dataset']}  model {r['model_id']}  ({via}; {r['points']} test points, {r['anomalous_points']} "
           f"anomalous in {r['events']} events)")
     print(f"  point-wise at the online threshold  {_prf(r['point'])}  (alarm rate {r['alarm_rate']:.4f})")
     print(f"  affiliation                         {_prf(r['affiliation'])}")

@@ -1,0 +1,99 @@
+"""The evaluation harness: streams rebuilt from worker messages, reports, and the quality benchmark."""
+import numpy as np
+import orjson
+import pytest
+
+from detectors.pca import PCADetector
+from stream.config import Settings
+from training import quality
+from training.data import Dataset
+from training.evaluate import START, Stream, alarm_cells, collect, report, stream_offline
+
+from .test_detectors import correlated
+
+
+def small_dataset(n_test=600):
+    test, label, interp = correlated(n_test, seed=4), np.zeros(n_test, np.int8), []
+    for i, start in enumerate(range(100, n_test - 50, 150)):
+        test[start:start + 10, i % 6] += 3.0
+        label[start:start + 10] = 1
+        interp.append((start, start + 10, i % 6))
+    return Dataset("small", correlated(2000), test, label, [f"c{i}" for i in range(6)], np.array(interp))
+
+
+def test_collect_rebuilds_points_from_score_messages_and_refuses_gaps_and_repeats():
+    msgs = [{"entity": "eval", "ts": [START + 0, START + 1], "score": [1.0, 5.0], "threshold": [None, 2.0],
+             "model": "pca@1", "channels": [[1, 0], [0, 5]]},
+            {"entity": "other", "ts": [START + 2], "score": [9.0], "threshold": [1.0], "model": "x@1"},
+            {"entity": "eval", "ts": [START + 2], "score": [0.5], "threshold": [2.0], "model": "pca@1",
+             "channels": [[0.2, 0.3]]}]
+    alerts = [{"entity": "eval", "alert_id": "a", "state": "open", "start": START + 1, "end": START + 1},
+              {"entity": "eval", "alert_id": "a", "state": "closed", "start": START + 1, "end": START + 2}]
+    s = collect(msgs, alerts, 3)
+    assert s.score.tolist() == [1.0, 5.0, 0.5] and np.isnan(s.threshold[0])
+    assert s.alarm.tolist() == [False, True, False]  # no alarm while the threshold calibrates
+    assert s.channel.shape == (3, 2) and s.model == "pca@1"
+    assert [(a["start"], a["end"], a["state"]) for a in s.incidents] == [(1, 2, "closed")]
+    assert s.incident_mask().tolist() == [False, True, True]
+    with pytest.raises(ValueError, match="not scored"):
+        collect(msgs[:1], [], 3)
+    with pytest.raises(ValueError, match="twice"):
+        collect(msgs + msgs[:1], [], 3)
+
+
+def test_alarm_cells_blame_the_top_k_channels_at_alarm_points():
+    channel = np.array([[3, 2, 1], [1, 2, 3], [9, 9, 9]], float)
+    cells = alarm_cells(np.array([True, True, False]), channel, 2)
+    assert cells.astype(int).tolist() == [[1, 1, 0], [0, 1, 1], [0, 0, 0]]
+
+
+def test_report_puts_honest_metrics_first_and_labels_the_inflated_ones():
+    data = small_dataset(400)  # two events: points 100-109 on channel 0, 250-259 on channel 1
+    label = data.label.astype(bool)
+    score = np.where(label, 5.0, 1.0)
+    score[label.nonzero()[0][::2]] = 1.0  # half of every event below the threshold
+    channel = np.tile(np.arange(6) / 10.0, (400, 1))
+    channel[label, 0] = 10.0  # always blames channel 0 first, then 5 and 4
+    s = Stream(score, np.full(400, 2.0), channel, [], "m@1")
+    r = report(s, data)
+    assert r["point"]["precision"] == 1.0 and r["point"]["recall"] == 0.5
+    assert r["point_adjusted_f1"]["f1"] == 1.0  # the inflation: every event counted whole
+    assert r["oracle_best_f1"]["oracle"] is True
+    assert 0.5 < r["auc_pr"] <= 1.0 and 0 < r["vus_pr"] <= 1.0
+    loc = r["localisation"]
+    assert loc["hit@100"] == pytest.approx(1 / 2)  # right at the 10 steps of event 1, wrong at event 2's
+    # 20 labelled cells; 10 alarm points blame 3 cells each; only event 1's 5 alarms hit a labelled one
+    assert loc["cell"]["recall"] == pytest.approx(5 / 20) and loc["cell"]["precision"] == pytest.approx(5 / 30)
+
+
+def test_offline_stream_scores_every_test_point_with_a_calibrated_threshold():
+    data = small_dataset()
+    det = PCADetector(data.channels).fit(data.train)
+    s = stream_offline(det, data, Settings(score_channels=True))
+    assert s.score.shape == (600,) and np.isfinite(s.score).all() and np.isfinite(s.threshold).all()
+    assert s.channel.shape == (600, 6)
+    r = report(s, data)
+    assert r["point"]["recall"] > 0.8 and r["auc_pr"] > 0.8 and r["localisation"]["hit@100"] > 0.8
+    assert len(s.incidents) >= 3
+
+
+def test_quality_benchmark_resumes_and_renders_every_model_and_dataset(tmp_path):
+    paths = {}
+    for name, seed in (("one", 0), ("two", 1)):
+        d = small_dataset()
+        paths[name] = tmp_path / f"{name}.npz"
+        np.savez(paths[name], train=d.train, test=d.test, label=d.label, interpretation=d.interpretation)
+    results = tmp_path / "r.jsonl"
+    quality.run(["pca", "iforest"], paths, results, quick=True, progress=False)
+    rows = [orjson.loads(x) for x in results.read_bytes().splitlines()]
+    # pca and iforest have no divergence: every variant but fusion=product, on both datasets
+    assert len(rows) == 2 * 2 * (len(quality.VARIANTS) - 1)
+    quality.run(["pca", "iforest"], paths, results, quick=True, progress=False)
+    assert len(results.read_bytes().splitlines()) == len(rows), "a second run resumes: nothing redone"
+    doc = tmp_path / "b.md"
+    doc.write_text("# Benchmarks\n\nhand-written throughput section\n")
+    quality.write_markdown(results, doc, "vigil bench quality --quick")
+    quality.write_markdown(results, doc, "vigil bench quality --quick")
+    text = doc.read_text()
+    assert text.count(quality.BEGIN) == 1 and "hand-written throughput section" in text
+    assert "| pca | " in text and "| iforest | " in text and "| one | two | mean |" in text.replace("model | ", "")
