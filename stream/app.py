@@ -1,7 +1,9 @@
 """The Faust app: topics, the scoring agent, the checkpoint timer and rebalance hooks."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
@@ -40,8 +42,17 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
     @app.agent(readings, name="vigil-score")
     async def score(stream):
         runner.consumer = app.consumer
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_wait):
-            await runner.handle(events)
+        try:
+            async for events in stream.take_events(settings.batch_size, within=settings.batch_wait):
+                await runner.handle(events)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Faust would log a crashed agent and keep the process alive, scoring nothing. Exit
+            # instead: a supervisor restarts the worker, which resumes from its last checkpoint.
+            log.exception("the scoring agent failed; the worker exits so that it can be restarted")
+            logging.shutdown()
+            os._exit(70)
 
     @app.timer(interval=settings.checkpoint_interval)
     async def checkpoint():

@@ -33,6 +33,7 @@ from .thresholds import make_threshold, threshold_from_state
 from .windows import EntityWindow
 
 META_KEY = b"__partition__"
+SCORE_MESSAGE_VALUES = 50_000  # numbers per vigil.scores message (about 1 MB of JSON at most)
 
 
 class Message(NamedTuple):
@@ -291,12 +292,17 @@ class Pipeline:
         alerts = ent.incidents.observe(ts, score, threshold, alarm, s.channel, s.reconstruction, s.divergence,
                                        ent.names, ent.model)
         key = ent.entity.encode()
-        fresh = ts > ent.suppress_scores_ts
-        if fresh.any():
-            msg = {"entity": ent.entity, "ts": ts[fresh], "score": score[fresh],
-                   "threshold": threshold[fresh], "model": ent.model}
+        fresh = np.flatnonzero(ts > ent.suppress_scores_ts)
+        # A micro-batch can hold 100k points of one entity: cut its scores into messages of about
+        # SCORE_MESSAGE_VALUES numbers, well under any broker's message limit.
+        per_point = 3 + (len(ent.names) if self.settings.score_channels else 0)
+        step = max(1, SCORE_MESSAGE_VALUES // per_point)
+        for start in range(0, len(fresh), step):
+            rows = fresh[start:start + step]
+            msg = {"entity": ent.entity, "ts": ts[rows], "score": score[rows],
+                   "threshold": threshold[rows], "model": ent.model}
             if self.settings.score_channels:
-                msg["channels"] = s.channel[fresh].astype(np.float32)
+                msg["channels"] = s.channel[rows].astype(np.float32)
             out.scores.append(Record(ent.partition, key, orjson.dumps(msg, option=orjson.OPT_SERIALIZE_NUMPY)))
         for a in alerts:
             if a["ts"] > ent.suppress_alerts_ts:

@@ -166,3 +166,12 @@ def test_threshold_calibrates_on_training_scores_fused_by_the_served_rule():
         ent = pipe._entity(type("R", (), {"entity": "plant-01", "values": np.zeros((1, 8)), "names": None})(), 0)
         window = expected[-ent.threshold.window:]
         assert np.isclose(ent.threshold.threshold, np.quantile(window, ent.threshold.q), rtol=1e-4)
+
+
+def test_a_large_micro_batch_publishes_its_scores_in_bounded_messages():
+    live, det = setup(6000)
+    pipe = Pipeline(Settings(score_channels=True), {"*": det})
+    scores, _, _ = collect(run(pipe, messages(live, batch=500), size=1000))  # one micro-batch, 6000 points
+    assert len(scores) > 1 and all(len(m["ts"]) * (3 + 8) <= 50_000 for m in scores)
+    assert [t for m in scores for t in m["ts"]] == live.ts.tolist()
+    assert all(len(row) == 8 for m in scores for row in m["channels"])
