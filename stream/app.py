@@ -10,6 +10,7 @@ import faust
 
 from .agents import Runner
 from .config import Settings
+from .model_updates import follow, load_model
 from .pipeline import Pipeline
 
 log = logging.getLogger("vigil.worker")
@@ -53,6 +54,32 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
             log.exception("the scoring agent failed; the worker exits so that it can be restarted")
             logging.shutdown()
             os._exit(70)
+
+    @app.task
+    async def follow_models():
+        """Swap in every model the trainer promotes, between two micro-batches."""
+        loop = asyncio.get_running_loop()
+
+        async def apply(event: dict) -> None:
+            entity = event["entity"]
+            if event["event"] != "promoted":
+                log.warning("model event for %s: %s %s", entity, event["event"], event.get("reason", ""))
+                return
+            model_id = f"{event.get('model')}@{event.get('version')}"
+            current = pipeline.models.get(entity)
+            if current is not None and current.model_id == model_id:
+                return  # already serving it (a restart re-reads the latest promotion)
+            try:
+                det = await loop.run_in_executor(None, load_model, event["path"], settings.device)
+            except Exception:  # noqa: BLE001 - a bad artefact must not stop scoring
+                log.exception("cannot load %s for %s from %s; keeping %s", model_id, entity, event.get("path"),
+                              current.model_id if current else "the cold-start detector")
+                return
+            async with runner.lock:
+                pipeline.swap(entity, det)
+            log.warning("entity %s now served by %s", entity, det.model_id)
+
+        await follow(settings.broker, settings.topics.models, apply)
 
     @app.timer(interval=settings.checkpoint_interval)
     async def checkpoint():

@@ -27,6 +27,15 @@ def _param(text: str) -> tuple[str, float]:
     return key, float(value)
 
 
+def _duration(text: str) -> float:
+    """'90', '90s', '30m', '6h', '7d' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"expected a duration like 90s, 30m, 6h or 7d, got {text!r}") from None
+
+
 def _scoring_args(p: argparse.ArgumentParser, worker: bool = True) -> None:
     """How points are scored, thresholded and grouped into incidents: shared by worker and eval."""
     d = Settings()
@@ -102,6 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
                                                "with --quick, stdout)")
     p.add_argument("--no-run", action="store_true", help="only render the results file")
     p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("trainer", help="retrain models from Kafka history, compare without labels, promote")
+    _broker_arg(p)
+    p.add_argument("--registry", default="./registry", help="model registry directory (shared with workers)")
+    p.add_argument("--model", default="pca", help="model to train per entity")
+    p.add_argument("--preset", default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--every", type=_duration, default=_duration("6h"), help="interval, e.g. 30m, 6h, 1d")
+    p.add_argument("--history", type=_duration, default=_duration("7d"),
+                   help="history per entity, back from its newest reading (its own clock)")
+    p.add_argument("--once", action="store_true", help="one round, then exit (for cron)")
+    p.add_argument("--entities", default=None, help="comma-separated subset")
+    p.add_argument("--min-points", type=int, default=1000)
+    p.add_argument("--generator-epochs", type=int, default=None, help="GenIAS epochs for the generated anomalies")
+    _scoring_args(p)
+
+    p = sub.add_parser("models", help="list the model registry")
+    p.add_argument("--registry", default="./registry")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("simulate", help="publish readings of a simulated plant with injected anomalies")
     _broker_arg(p)
@@ -228,6 +256,40 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_trainer(args) -> int:
+    from training.registry import Registry
+    from training.trainer import TrainerConfig, run_every, run_once
+
+    settings = settings_from_args(args)
+    check_broker(settings.broker)
+    config = TrainerConfig(model=args.model, history=args.history, min_points=args.min_points,
+                           model_config={k: v for k, v in (("preset", args.preset), ("epochs", args.epochs))
+                                         if v is not None},
+                           generator_config={"epochs": args.generator_epochs} if args.generator_epochs else {})
+    registry = Registry(args.registry)
+    entities = args.entities.split(",") if args.entities else None
+    if args.once:
+        events = run_once(settings, registry, config, entities)
+        for e in events:
+            print(f"vigil: {e['entity']}: {e['event']} {e.get('model', '')}@{e.get('version', '')} "
+                  f"({e.get('reason', '')})", file=sys.stderr)
+        return 1 if any(e["event"] == "failed" for e in events) else 0
+    run_every(settings, registry, config, args.every, entities)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from training.registry import Registry, format_table, table
+
+    rows = table(Registry(args.registry).versions())
+    if args.json:
+        for r in rows:
+            print(orjson.dumps(r).decode())
+    else:
+        print(format_table(rows))
+    return 0
+
+
 def cmd_simulate(args) -> int:
     from .producers import produce_series, write_labels
     from .simulate import simulate_plant
@@ -301,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_foreground(args.host, args.port)
     handler = {"worker": cmd_worker, "simulate": cmd_simulate, "replay": cmd_replay, "alerts": cmd_alerts,
-               "train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "bench": cmd_bench}[args.command]
+               "train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "bench": cmd_bench,
+               "trainer": cmd_trainer, "models": cmd_models}[args.command]
     try:
         return handler(args)
     except BrokerUnavailable as exc:

@@ -23,17 +23,18 @@ class Topics:
     alerts: str = "vigil.alerts"
     dlq: str = "vigil.dlq"
     state: str = "vigil.state"  # worker checkpoints: entity state + per-partition offsets
+    models: str = "vigil.models"  # model lifecycle events from the trainer (promotions, failures)
 
     @classmethod
     def named(cls, prefix: str) -> "Topics":
         """Topics ``PREFIX.readings``, ``PREFIX.scores``, ...: one set per deployment or evaluation run."""
-        return cls(**{k: f"{prefix}.{k}" for k in ("readings", "scores", "alerts", "dlq", "state")})
+        return cls(**{k: f"{prefix}.{k}" for k in ("readings", "scores", "alerts", "dlq", "state", "models")})
 
     def outputs(self) -> list[str]:
         return [self.scores, self.alerts, self.dlq, self.state]
 
     def all(self) -> list[str]:
-        return [self.readings, *self.outputs()]
+        return [self.readings, *self.outputs(), self.models]
 
 
 @dataclass

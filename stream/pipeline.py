@@ -343,6 +343,29 @@ class Pipeline:
             record["rows"] = rows
         out.dlq.append(Record(msg.partition, msg.key or b"", orjson.dumps(record)))
 
+    # ---- model swaps ----------------------------------------------------------------------------
+    def swap(self, entity: str, detector: Detector) -> None:
+        """Serve ``entity`` with ``detector`` from the next micro-batch on (call between batches).
+
+        The entity keeps its timestamp order, window history, imputation state, counts and open
+        incident, so no point is dropped or scored twice; its threshold recalibrates from the new
+        model's training scores (or its next points, with ``calibration="first"``).
+        """
+        self.models[entity] = detector
+        old = self.entities.get(entity)
+        self.metrics["swaps"] += 1
+        if old is None:
+            return
+        new = EntityState(entity, old.partition, list(detector.channels), detector, self.settings)
+        new.last_ts, new.counts, new.incidents = old.last_ts, old.counts, old.incidents
+        new.suppress_scores_ts, new.suppress_alerts_ts = old.suppress_scores_ts, old.suppress_alerts_ts
+        if new.names == old.names:
+            keep = new.window.window - 1
+            new.window.history = old.window.history[-keep:] if keep else old.window.history[:0]
+            new.window.last = old.window.last.copy()
+        self.entities[entity] = new
+        self.partitions[old.partition].dirty.add(entity)
+
     # ---- checkpoints and recovery ---------------------------------------------------------------
     def checkpoint(self, partition: int) -> list[tuple[bytes, bytes]]:
         """State records for a partition's changed entities, then its offsets; clears the dirty set."""

@@ -7,19 +7,13 @@ import sys
 
 from .config import Settings
 from .kafka import check_broker, ensure_topics
+from .model_updates import load_model
 
 log = logging.getLogger("vigil.worker")
 
 
 def load_models(settings: Settings) -> dict:
-    from detectors import artefacts
-
-    models = {}
-    for entity, path in settings.models.items():
-        det = artefacts.load(path)
-        det.to(settings.device)
-        models[entity] = det
-    return models
+    return {entity: load_model(path, settings.device) for entity, path in settings.models.items()}
 
 
 def run_worker(settings: Settings, loglevel: str = "warn") -> int:
@@ -35,6 +29,7 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> int:
               file=sys.stderr)
         return 2
     settings.partitions = readings
+    asyncio.run(ensure_topics(settings.broker, [settings.topics.models], 1))
     models = load_models(settings)
 
     from faust.worker import Worker

@@ -175,3 +175,21 @@ def test_a_large_micro_batch_publishes_its_scores_in_bounded_messages():
     assert len(scores) > 1 and all(len(m["ts"]) * (3 + 8) <= 50_000 for m in scores)
     assert [t for m in scores for t in m["ts"]] == live.ts.tolist()
     assert all(len(row) == 8 for m in scores for row in m["channels"])
+
+
+def test_swap_between_micro_batches_scores_every_point_once_and_recalibrates():
+    live, det = setup(1200)
+    hist = normal_history("plant-01", 8, 3000, START, seed=9)
+    new = PCADetector(hist.channels).fit(hist.values * 1.5)
+    new.info.version = "2"
+    msgs = messages(live, batch=50)
+    pipe = Pipeline(Settings(), {"plant-01": det})
+    before, _, _ = collect(run(pipe, msgs[:12]))
+    pipe.swap("plant-01", new)
+    after, _, _ = collect(run(pipe, msgs[12:]))
+    assert {m["model"] for m in before} == {"pca@1"} and {m["model"] for m in after} == {"pca@2"}
+    assert [t for m in before + after for t in m["ts"]] == live.ts.tolist(), "every point once, in order"
+    fresh, _, _ = collect(run(Pipeline(Settings(), {"plant-01": new}), msgs[:1]))
+    assert after[0]["threshold"][0] == fresh[0]["threshold"][0], "calibrated on the new model's training scores"
+    state = dict(pipe.checkpoint(0))[b"plant-01"]
+    assert orjson.loads(state)["model"] == "pca@2", "a restart restores the swapped-in model's state"

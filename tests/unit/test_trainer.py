@@ -1,0 +1,91 @@
+"""The retraining service without Kafka: histories, the promotion rule, and contained failures."""
+import numpy as np
+import pytest
+
+from detectors.pca import PCADetector
+from stream.codec import Readings
+from stream.config import Settings
+from stream.simulate import normal_history
+from training.registry import Registry, data_hash
+from training.trainer import History, Rule, TrainerConfig, build_histories, retrain_entity
+
+GEN = {"epochs": 2, "det_epochs": 1, "stride": 8}  # tiny GenIAS; the trainer caps patching at 2 channels
+START = 1_700_000_000.0
+
+
+def config(**kw):
+    return TrainerConfig(model="pca", min_points=500, generator_config=GEN, generated_windows=64, **kw)
+
+
+def history(values, entity="plant-01", names=None):
+    names = names or [f"ch{i}" for i in range(values.shape[1])]
+    return History(entity, names, START + np.arange(len(values), dtype=np.float64), values.astype(np.float32))
+
+
+def champion(registry, values, entity="plant-01"):
+    det = PCADetector([f"ch{i}" for i in range(values.shape[1])]).fit(values)
+    v = registry.register(entity, det, trained_from=0.0, trained_to=1.0, data_hash=data_hash(values), metrics={},
+                          parent=None)
+    return registry.promote(entity, v.model, v.version)
+
+
+def test_histories_drop_repeats_fill_gaps_leave_out_incidents_and_old_points():
+    rows = np.arange(20, dtype=np.float64).reshape(10, 2)
+    rows[3, 1] = np.nan
+    first = Readings("e", START + np.arange(10.0), rows, ["a", "b"], 1)
+    repeat = Readings("e", START + np.array([9.0, 10.0]), np.array([[0.0, 0.0], [20.0, 21.0]]), ["b", "a"], 0)
+    h = build_histories([first, repeat], {"e": [(START + 5, START + 6)]}, history=9.0)["e"]
+    assert h.names == ["a", "b"]
+    assert h.ts.tolist() == [START + t for t in (1, 2, 3, 4, 7, 8, 9, 10)]  # 0 too old, 5-6 in an incident
+    assert h.excluded == 2
+    assert h.values[2].tolist() == [6.0, 5.0]  # row 3's missing b filled forward from row 2
+    assert h.values[-1].tolist() == [21.0, 20.0]  # named values land in the entity's channel order
+    assert h.values[-2].tolist() == [18.0, 19.0], "a repeated timestamp keeps the first reading"
+
+
+def test_rule_promotes_only_a_candidate_at_least_as_good():
+    rule = Rule()
+    assert rule.decide({"alarm_rate": 0.01, "detection": 0.9}, {"alarm_rate": 0.2, "detection": 0.9})[0]
+    assert not rule.decide({"alarm_rate": 0.01, "detection": 0.5}, {"alarm_rate": 0.2, "detection": 0.9})[0]
+    assert not rule.decide({"alarm_rate": 0.05, "detection": 0.9}, {"alarm_rate": 0.01, "detection": 0.9})[0]
+    assert rule.decide({"alarm_rate": 0.01, "detection": 0.8}, None)[0]
+    assert not rule.decide({"alarm_rate": 0.2, "detection": 0.8}, None)[0]
+
+
+def test_a_new_operating_mode_gets_a_new_champion_with_fewer_false_alarms(tmp_path):
+    registry = Registry(tmp_path)
+    old = normal_history("plant-01", 6, 3000, START, seed=1).values
+    champion(registry, old)
+    new_mode = old * 1.8 + 2.0  # the plant moved: same structure, other levels and gains
+    e = retrain_entity(history(new_mode), registry, config(), Settings())
+    assert e["event"] == "promoted", e
+    assert e["version"] == 2 and registry.champion("plant-01").version == 2
+    assert registry.get("plant-01", "pca", 1).status == "retired"
+    cand, champ = e["metrics"]["candidate"], e["metrics"]["champion"]
+    assert cand["alarm_rate"] < champ["alarm_rate"] and cand["detection"] > champ["detection"]
+
+
+def test_a_candidate_trained_on_anomalies_is_not_promoted(tmp_path):
+    registry = Registry(tmp_path)
+    normal = normal_history("plant-01", 6, 6000, START, seed=1).values
+    champ = champion(registry, normal[:3000])
+    rng = np.random.default_rng(3)
+    polluted = normal[3000:].copy()  # the same operating mode, but most of the training part is broken
+    polluted[:2400] += rng.normal(scale=4.0, size=(2400, 6))
+    e = retrain_entity(history(polluted), registry, config(), Settings())
+    assert e["event"] == "rejected", e
+    assert registry.champion("plant-01").version == champ.version
+    assert registry.get("plant-01", "pca", 2).status == "rejected"
+
+
+@pytest.mark.parametrize("make_history,cfg", [
+    (lambda v: history(v[:100]), {}),  # too little data
+    (lambda v: history(v), {"model_config": {"preset": "no-such-preset"}}),  # training raises
+])
+def test_a_failed_run_leaves_the_champion_serving(tmp_path, make_history, cfg):
+    registry = Registry(tmp_path)
+    values = normal_history("plant-01", 6, 3000, START, seed=1).values
+    champ = champion(registry, values)
+    e = retrain_entity(make_history(values), registry, config(**cfg), Settings())
+    assert e["event"] == "failed" and e["reason"] and e["champion"] == champ.model_id
+    assert registry.champion("plant-01").version == champ.version
