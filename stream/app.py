@@ -79,7 +79,14 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
                 pipeline.swap(entity, det)
             log.warning("entity %s now served by %s", entity, det.model_id)
 
-        await follow(settings.broker, settings.topics.models, apply)
+        while True:  # a broker hiccup must not stop the worker: follow again from the start
+            try:
+                await follow(settings.broker, settings.topics.models, apply)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                log.exception("following %s failed; retrying in 5s", settings.topics.models)
+                await asyncio.sleep(5.0)
 
     @app.timer(interval=settings.checkpoint_interval)
     async def checkpoint():

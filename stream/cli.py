@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=_duration, default=_duration("6h"), help="interval, e.g. 30m, 6h, 1d")
     p.add_argument("--history", type=_duration, default=_duration("7d"),
                    help="history per entity, back from its newest reading (its own clock)")
+    p.add_argument("--max-incident", type=_duration, default=_duration("1h"),
+                   help="incidents longer than this are a new operating mode and stay in the history")
     p.add_argument("--once", action="store_true", help="one round, then exit (for cron)")
     p.add_argument("--entities", default=None, help="comma-separated subset")
     p.add_argument("--min-points", type=int, default=1000)
@@ -263,6 +265,7 @@ def cmd_trainer(args) -> int:
     settings = settings_from_args(args)
     check_broker(settings.broker)
     config = TrainerConfig(model=args.model, history=args.history, min_points=args.min_points,
+                           max_incident=args.max_incident,
                            model_config={k: v for k, v in (("preset", args.preset), ("epochs", args.epochs))
                                          if v is not None},
                            generator_config={"epochs": args.generator_epochs} if args.generator_epochs else {})

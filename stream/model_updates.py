@@ -59,7 +59,10 @@ async def follow(broker: str, topic: str, apply, poll_ms: int = 500) -> None:
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
         latest: dict[str, dict] = {}
-        while any(await consumer.position(tp) < end[tp] for tp in tps):
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end[tp] for tp in tps])
+
+        while await behind():
             batch = await consumer.getmany(*tps, timeout_ms=poll_ms)
             for records in batch.values():
                 for r in records:

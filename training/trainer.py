@@ -82,6 +82,7 @@ class TrainerConfig:
     model_config: dict = field(default_factory=dict)
     history: float = 7 * 86400.0  # seconds of the entity's own clock, back from its newest reading
     holdout: float = 0.2  # the most recent share of history, kept for the comparison
+    max_incident: float = 3600.0  # longer incidents are a new operating mode, kept in the history
     min_points: int = 1000
     generator_config: dict = field(default_factory=dict)  # GenIAS, for the generated anomalies
     generated_windows: int = 256
@@ -138,9 +139,13 @@ def incidents_from_alerts(records: list) -> dict[str, list[tuple[float, float]]]
 
 
 def build_histories(readings: list[Readings], incidents: dict, history: float,
-                    known_names: dict[str, list[str]] | None = None) -> dict[str, History]:
+                    known_names: dict[str, list[str]] | None = None,
+                    max_incident: float = float("inf")) -> dict[str, History]:
     """Per entity: rows in timestamp order (duplicates dropped), missing values forward-filled, the
-    points inside incidents and older than ``history`` before the newest left out."""
+    points inside incidents and older than ``history`` before the newest left out.
+
+    An incident longer than ``max_incident`` is not left out: alarms that never stop are the old
+    model meeting a new operating mode, which is exactly what retraining must learn."""
     rows: dict[str, list] = {}
     names: dict[str, list[str]] = dict(known_names or {})
     for r in readings:
@@ -170,7 +175,8 @@ def build_histories(readings: list[Readings], incidents: dict, history: float,
         keep = ts >= ts[-1] - history
         inside = np.zeros(len(ts), bool)
         for start, end in incidents.get(entity, []):
-            inside |= (ts >= start) & (ts <= end)
+            if end - start <= max_incident:
+                inside |= (ts >= start) & (ts <= end)
         excluded = int((keep & inside).sum())
         keep &= ~inside
         out[entity] = History(entity, names[entity], ts[keep], vals[keep].astype(np.float32), excluded)
@@ -178,13 +184,14 @@ def build_histories(readings: list[Readings], incidents: dict, history: float,
 
 
 def read_histories(settings: Settings, history: float, since_wall: float | None = None,
-                   known_names: dict[str, list[str]] | None = None) -> dict[str, History]:
+                   known_names: dict[str, list[str]] | None = None,
+                   max_incident: float = float("inf")) -> dict[str, History]:
     async def run():
         return await asyncio.gather(_read_topic(settings.broker, settings.topics.readings, since_wall),
                                     _read_topic(settings.broker, settings.topics.alerts, since_wall))
     readings, alerts = asyncio.run(run())
     decoded = [d for d in (decode(r.value, settings.max_message_bytes) for r in readings) if isinstance(d, Readings)]
-    return build_histories(decoded, incidents_from_alerts(alerts), history, known_names)
+    return build_histories(decoded, incidents_from_alerts(alerts), history, known_names, max_incident)
 
 
 # ---- label-free comparison --------------------------------------------------------------------------
@@ -273,7 +280,7 @@ def run_once(settings: Settings, registry: Registry, config: TrainerConfig, enti
     names = {e: artefacts.load(v.path).channels for e, v in champions.items() if v is not None}
     # Kafka timestamps (wall clock) bound the read; the entity's own clock then picks the history.
     since = time.time() - config.history - config.read_slack
-    histories = read_histories(settings, config.history, since, names)
+    histories = read_histories(settings, config.history, since, names, config.max_incident)
     todo = [e for e in sorted(histories) if entities is None or e in entities]
     events = []
     for entity in todo:

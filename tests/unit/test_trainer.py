@@ -41,6 +41,8 @@ def test_histories_drop_repeats_fill_gaps_leave_out_incidents_and_old_points():
     assert h.values[2].tolist() == [6.0, 5.0]  # row 3's missing b filled forward from row 2
     assert h.values[-1].tolist() == [21.0, 20.0]  # named values land in the entity's channel order
     assert h.values[-2].tolist() == [18.0, 19.0], "a repeated timestamp keeps the first reading"
+    kept = build_histories([first], {"e": [(START + 2, START + 8)]}, history=100.0, max_incident=5.0)["e"]
+    assert len(kept.ts) == 10 and kept.excluded == 0, "a long incident is a new mode: kept"
 
 
 def test_rule_promotes_only_a_candidate_at_least_as_good():
