@@ -4,6 +4,7 @@ import collections
 import threading
 
 import numpy as np
+import orjson
 import pytest
 
 from detectors.pca import PCADetector
@@ -106,3 +107,17 @@ def test_trainer_promotes_a_model_for_the_new_mode_and_the_worker_swaps_it_in_li
     alerts = read_topic(broker, "vigil.alerts", 4)
     late = [a for a in alerts if a["ts"] >= ts[swap_at] and a["state"] == "open"]
     assert all(a["model"] == "pca@2" for a in late)
+
+    # a run that fails (here: a preset that does not exist) is published with its reason; v2 keeps serving
+    failing = procs.vigil("trainer", "--once", "--broker", broker, "--registry", str(tmp_path / "registry"),
+                          "--history", "3000s", "--min-points", "1000", "--model", "lstm_ae", "--preset", "huge",
+                          name="failing")
+    assert failing.wait(timeout=120) == 1, procs.log("failing")[-2000:]
+    events = read_topic(broker, "vigil.models", 1)
+    assert [e["event"] for e in events][-1] == "failed" and "huge" in events[-1]["reason"]
+    assert registry.champion(ENTITY).version == 2
+    wait_until(lambda: "model event for plant-01: failed" in procs.log("worker"), 30, 0.5)
+    listing = procs.vigil("models", "--registry", str(tmp_path / "registry"), "--json", name="models")
+    assert listing.wait(timeout=60) == 0
+    rows = [orjson.loads(line) for line in procs.log("models").splitlines() if line.startswith("{")]
+    assert [(r["version"], r["status"]) for r in rows if r["model"] == "pca"] == [(1, "retired"), (2, "champion")]
