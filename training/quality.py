@@ -186,6 +186,12 @@ def markdown(results: Path, command: str) -> str:
              "one model each. Metrics: `training/metrics.py`, `training/range_metrics.py`.", "",
              "### Honest: point-wise F1 at the online threshold (what the operator's alarms score)", ""]
     lines += _table(default, models, datasets, lambda r: r["point"]["f1"])
+    lines += ["", "Alarm rate at the online threshold (share of test points) beside the share of anomalous points:", ""]
+    lines += _table(default, models, datasets, lambda r: r["alarm_rate"], "{:.4f}")
+    lines += ["", "| | " + " | ".join(datasets) + " |", "|---" * (len(datasets) + 1) + "|",
+              "| anomalous share | " + " | ".join(
+                  f"{next(r['anomalous_points'] / r['points'] for r in default if r['dataset'] == d):.4f}"
+                  for d in datasets) + " |"]
     lines += ["", "### Honest: affiliation F1 of the alarms", ""]
     lines += _table(default, models, datasets, lambda r: r["affiliation"]["f1"])
     lines += ["", "### Honest: incident-level F1 (incidents vs labelled events)", ""]
@@ -221,9 +227,10 @@ def markdown(results: Path, command: str) -> str:
             vals = [r["point"]["f1"] for r in rows if r["model"] == m and r["variant"] == v and r["dataset"] in datasets]
             cells.append(f"{_mean(vals):.3f} ({len(vals)})" if vals else "–")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    with_div = [m for m in models if any(r["model"] == m and r["variant"] == "fusion=product" for r in rows)]
     lines += ["", "In parentheses: datasets measured. `fusion=product` exists only for models with a divergence "
-              "signal (post, amad, mimgan).", "", "### Cost", "", "| model | mean training seconds | device |",
-              "|---|---|---|"]
+              f"signal ({', '.join(with_div) or 'none here'}).", "", "### Cost", "",
+              "| model | mean training seconds | device |", "|---|---|---|"]
     for m in models:
         rs = [r for r in default if r["model"] == m]
         lines.append(f"| {m} | {_mean(r['train_seconds'] for r in rs):.1f} | "
