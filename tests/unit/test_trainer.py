@@ -52,6 +52,7 @@ def test_rule_promotes_only_a_candidate_at_least_as_good():
     assert not rule.decide({"alarm_rate": 0.05, "detection": 0.9}, {"alarm_rate": 0.01, "detection": 0.9})[0]
     assert rule.decide({"alarm_rate": 0.01, "detection": 0.8}, None)[0]
     assert not rule.decide({"alarm_rate": 0.2, "detection": 0.8}, None)[0]
+    assert rule.decide({"alarm_rate": 0.01, "detection": 0.5}, {"alarm_rate": 0.2, "detection": float("nan")})[0]
 
 
 def test_a_new_operating_mode_gets_a_new_champion_with_fewer_false_alarms(tmp_path):
