@@ -165,11 +165,12 @@ def stream_through_kafka(jobs: dict[str, tuple[str | os.PathLike, Dataset]], set
                 await p.flush()
             finally:
                 await p.stop()
-            deadline = time.monotonic() + timeout
+            deadline, scores, done, offset = time.monotonic() + timeout, [], {e: 0 for e in need}, 0
             while True:
-                scores = [orjson.loads(r.value) for r in await read_partition(broker, topics.scores, 0)]
-                done = {e: 0 for e in need}
-                for m in scores:
+                new = await read_partition(broker, topics.scores, 0, start=offset)  # only what is new
+                offset = new[-1].offset + 1 if new else offset
+                for m in (orjson.loads(r.value) for r in new):
+                    scores.append(m)
                     done[m["entity"]] = done.get(m["entity"], 0) + len(m["ts"])
                 if all(done[e] >= n for e, n in need.items()):
                     alerts = [orjson.loads(r.value) for r in await read_partition(broker, topics.alerts, 0)]
