@@ -64,6 +64,8 @@ class Runner:
                     for e in fresh if e.message.topic == topic]
             out = await self.pipeline.process(msgs)
             t1 = time.perf_counter()
+            if self.pipeline.board is not None:
+                self.pipeline.board.batch(len(events), self._lag(assigned))
             await self.publish(out)
             t2 = time.perf_counter()
             self.timings["process"] += t1 - t0
@@ -104,6 +106,19 @@ class Runner:
                 e.ack()
             self.held.clear()
             self.timings["checkpoint"] += time.perf_counter() - t0
+
+    def _lag(self, assigned) -> dict[int, int]:
+        """Readings messages behind the head of each assigned partition."""
+        lag = {}
+        for tp in assigned or ():
+            if tp.topic == self.settings.topics.readings:
+                try:
+                    head = self.consumer.highwater(tp)
+                except Exception:  # noqa: BLE001 - not known before the first fetch
+                    continue
+                if head is not None:
+                    lag[tp.partition] = max(0, head - 1 - self.pipeline.partitions[tp.partition].input_offset)
+        return lag
 
     # ---- rebalances -----------------------------------------------------------------------------
     def _assigned(self):

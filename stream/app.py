@@ -9,9 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import faust
 
 from .agents import Runner
+from .board import Board
 from .config import Settings
 from .model_updates import follow, load_model
 from .pipeline import Pipeline
+from .web import serve
 
 log = logging.getLogger("vigil.worker")
 
@@ -35,7 +37,8 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
         consumer_max_fetch_size=4 << 20,
     )
     # Inference runs in one thread beside the event loop; torch releases the GIL while it computes.
-    pipeline = Pipeline(settings, models, executor=ThreadPoolExecutor(1, thread_name_prefix="detector"))
+    board = Board()
+    pipeline = Pipeline(settings, models, executor=ThreadPoolExecutor(1, thread_name_prefix="detector"), board=board)
     runner = Runner(settings, pipeline)
     readings = app.topic(settings.topics.readings, value_serializer="raw", key_serializer="raw",
                          partitions=settings.partitions)
@@ -87,6 +90,15 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
             except Exception:  # noqa: BLE001
                 log.exception("following %s failed; retrying in 5s", settings.topics.models)
                 await asyncio.sleep(5.0)
+
+    if settings.web_port:
+        @app.task
+        async def dashboard():
+            try:
+                app.web_runner = await serve(board, settings.web_host, settings.web_port, settings.web_token)
+                log.warning("dashboard on http://%s:%d/", settings.web_host, settings.web_port)
+            except OSError as exc:  # a busy port costs the dashboard, not the scoring
+                log.error("dashboard not started on %s:%d: %s", settings.web_host, settings.web_port, exc)
 
     @app.timer(interval=settings.checkpoint_interval)
     async def checkpoint():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -84,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-timeout", type=float, default=d.session_timeout)
     p.add_argument("--rebalance-timeout", type=float, default=d.rebalance_timeout)
     p.add_argument("--log-level", default="warn", choices=["crit", "error", "warn", "info", "debug"])
+    p.add_argument("--web-port", type=int, default=d.web_port, help="dashboard and /metrics port (0: off)")
+    p.add_argument("--web-host", default=d.web_host,
+                   help="address to serve the dashboard on; other than loopback it needs --web-token")
+    p.add_argument("--web-token", default=os.environ.get("VIGIL_WEB_TOKEN"),
+                   help="token every dashboard request must carry (default: $VIGIL_WEB_TOKEN)")
 
     p = sub.add_parser("eval", help="score datasets' test splits as the worker does and report honest metrics")
     p.add_argument("--model", required=True, help="a model name (trained on each dataset's train split) "
@@ -183,7 +189,8 @@ def settings_from_args(args) -> Settings:
     s = Settings(broker=broker_from_env(args.broker))
     for name in ("partitions", "group", "window", "hop", "batch_size", "batch_wait", "threshold",
                  "calibration", "calibration_points", "fusion", "top_k", "open_after", "open_window", "close_after",
-                 "checkpoint_interval", "session_timeout", "rebalance_timeout", "device", "score_channels"):
+                 "checkpoint_interval", "session_timeout", "rebalance_timeout", "device", "score_channels",
+                 "web_host", "web_port", "web_token"):
         setattr(s, name, getattr(args, name, getattr(s, name)))
     if getattr(args, "topic_prefix", "vigil") != "vigil":
         s.topics = Topics.named(args.topic_prefix)

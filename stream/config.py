@@ -66,6 +66,10 @@ class Settings:
     open_window: int = 10
     close_after: int = 10
     update_every: int = 30
+    # the dashboard and /metrics (stream/web.py); port 0: off
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    web_token: str | None = None  # required when web_host is not a loopback address
     # input limits
     max_message_bytes: int = 1 << 20
     # group membership (short values suit the embedded broker; Kafka defaults are longer)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import time
 from collections import Counter, defaultdict
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import orjson
 from detectors.base import Detector, Scores
 from detectors.coldstart import ColdStartDetector
 
+from .board import Board
 from .codec import Readings, Rejection, decode
 from .config import Settings
 from .fusion import fuse
@@ -128,9 +130,13 @@ class EntityState:
 
 class Pipeline:
     def __init__(self, settings: Settings, models: dict[str, Detector] | None = None,
-                 executor: Executor | None = None):
-        """``models`` maps entity ids to detectors; key ``"*"`` serves every entity whose channels match."""
+                 executor: Executor | None = None, board: "Board | None" = None):
+        """``models`` maps entity ids to detectors; key ``"*"`` serves every entity whose channels match.
+        ``board`` (optional) records recent points and health for the dashboard and /metrics."""
         self.settings = settings
+        self.board = board
+        if board is not None:
+            board.pipeline = self
         self.models = dict(models or {})
         self.executor = executor
         self.entities: dict[str, EntityState] = {}
@@ -272,7 +278,10 @@ class Pipeline:
             if det.context is not None:  # a point-wise model needs only the rows it scores
                 need = max(det.context, max(int(b.counts.max()) for b in members))
                 windows = windows[:, -need:]
+            t0 = time.perf_counter()
             scores = await loop.run_in_executor(self.executor, det.score, windows)
+            if self.board is not None:
+                self.board.inference(time.perf_counter() - t0)
             self.metrics["windows"] += len(windows)
             self.metrics["batches"] += 1
             start = 0
@@ -291,6 +300,8 @@ class Pipeline:
         ent.counts["scored"] += len(ts)
         alerts = ent.incidents.observe(ts, score, threshold, alarm, s.channel, s.reconstruction, s.divergence,
                                        ent.names, ent.model)
+        if self.board is not None:
+            self.board.observe(ent, ts, score, threshold, s.channel, alerts)
         key = ent.entity.encode()
         fresh = np.flatnonzero(ts > ent.suppress_scores_ts)
         # A micro-batch can hold 100k points of one entity: cut its scores into messages of about

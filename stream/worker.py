@@ -17,6 +17,14 @@ def load_models(settings: Settings) -> dict:
 
 
 def run_worker(settings: Settings, loglevel: str = "warn") -> int:
+    from .web import check_exposure
+
+    if settings.web_port:
+        try:
+            check_exposure(settings.web_host, settings.web_token)
+        except ValueError as exc:
+            print(f"vigil: {exc}", file=sys.stderr)
+            return 2
     check_broker(settings.broker)
     # The readings topic may already exist (producers came first): outputs follow its partition count.
     readings = asyncio.run(ensure_topics(settings.broker, [settings.topics.readings],
@@ -40,6 +48,9 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> int:
     print(f"vigil: worker on {settings.broker}, {readings} partitions, "
           f"models: {', '.join(f'{e}={m.model_id}' for e, m in models.items()) or 'cold-start only'}",
           file=sys.stderr, flush=True)
+    if settings.web_port:
+        print(f"vigil: dashboard http://{settings.web_host}:{settings.web_port}/, metrics at /metrics",
+              file=sys.stderr, flush=True)
     worker = Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0

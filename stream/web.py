@@ -1,0 +1,86 @@
+"""The worker's web server: the live dashboard, its JSON API and Prometheus ``/metrics``.
+
+One small aiohttp app (aiohttp comes with Faust) on the worker's event loop. Faust's own web server
+stays off: it also serves debugging pages we could not put behind the token. Bound to 127.0.0.1 by
+default; on any other address a token is required (``--web-token`` or ``VIGIL_WEB_TOKEN``) and every
+request must carry it (``Authorization: Bearer TOKEN`` or ``?token=TOKEN``, which the page keeps).
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .board import Board
+
+STATIC = Path(__file__).with_name("static")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """Refuse to serve beyond this machine without a token."""
+    if not is_loopback(host) and not token:
+        raise ValueError(f"the dashboard on {host} would be reachable from other machines: "
+                         f"set --web-token (or VIGIL_WEB_TOKEN), or bind 127.0.0.1")
+
+
+def build_app(board: Board, token: str | None = None) -> web.Application:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(board)
+
+    @web.middleware
+    async def auth(request: web.Request, handler):
+        if token:
+            given = request.query.get("token") or request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return web.json_response({"error": "a valid token is required"}, status=401)
+        return await handler(request)
+
+    def json(data) -> web.Response:
+        return web.Response(body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
+                            content_type="application/json")
+
+    async def index(request):
+        return web.FileResponse(STATIC / "index.html")
+
+    async def entities(request):
+        return json({"entities": board.entity_list(), "health": board.health()})
+
+    async def entity(request):
+        found = board.entity(request.match_info["name"])
+        return json(found) if found is not None else json({"error": "unknown entity"})
+
+    async def incident(request):
+        found = board.incident(request.match_info["name"], request.match_info["alert_id"])
+        return json(found) if found is not None else json({"error": "unknown incident"})
+
+    async def metrics(request):
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(middlewares=[auth])
+    app.router.add_get("/", index)
+    app.router.add_get("/api/entities", entities)
+    app.router.add_get("/api/entity/{name}", entity)
+    app.router.add_get("/api/entity/{name}/incident/{alert_id}", incident)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_static("/static/", STATIC)
+    return app
+
+
+async def serve(board: Board, host: str, port: int, token: str | None = None) -> web.AppRunner:
+    check_exposure(host, token)
+    runner = web.AppRunner(build_app(board, token), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,79 @@
+"""The dashboard's server without a browser: JSON API, /metrics, and the token."""
+import asyncio
+
+import numpy as np
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from detectors.pca import PCADetector
+from stream.board import Board
+from stream.codec import encode_readings
+from stream.config import Settings
+from stream.pipeline import Message, Pipeline
+from stream.simulate import normal_history, simulate_entity
+from stream.web import build_app, check_exposure
+
+START = 1_700_000_000.0
+
+
+def fed_board():
+    live = simulate_entity("plant-01", 8, 1500, START, 3)
+    hist = normal_history("plant-01", 8, 3000, START, 3)
+    board = Board()
+    pipe = Pipeline(Settings(), {"*": PCADetector(hist.channels).fit(hist.values)}, board=board)
+    msgs = [Message(0, i, b"k", encode_readings(live.entity, live.ts[j:j + 50], live.values[j:j + 50], live.channels))
+            for i, j in enumerate(range(0, 1500, 50))]
+    msgs.append(Message(0, len(msgs), b"k", b"{not json"))
+    for i in range(0, len(msgs), 7):
+        asyncio.run(pipe.process(msgs[i:i + 7]))
+        board.batch(7, {0: len(msgs) - i - 7})
+    return board, live
+
+
+def get(board, path, headers=None, token=None):
+    """One request to a fresh app (an aiohttp app belongs to one event loop)."""
+    async def run():
+        async with TestClient(TestServer(build_app(board, token))) as client:
+            resp = await client.get(path, headers=headers or {})
+            return resp.status, await resp.read()
+    return asyncio.run(run())
+
+
+def test_api_lists_entities_points_incidents_and_a_heat_map_naming_the_channels():
+    board, live = fed_board()
+    status, body = get(board, "/api/entities")
+    overview = orjson.loads(body)
+    assert status == 200 and [e["entity"] for e in overview["entities"]] == ["plant-01"]
+    assert overview["health"]["readings"] == 1500 and overview["health"]["dlq"] == {"malformed": 1}
+    entity = orjson.loads(get(board, "/api/entity/plant-01")[1])
+    assert entity["ts"] == live.ts.tolist() and len(entity["threshold"]) == 1500
+    assert entity["incidents"], "the simulator injects anomalies: incidents are shown"
+    first = entity["incidents"][0]
+    heat = orjson.loads(get(board, f"/api/entity/plant-01/incident/{first['alert_id']}")[1])
+    assert heat["names"] == live.channels and len(heat["channel_scores"]) == 8
+    assert len(heat["channel_scores"][0]) == len(heat["ts"]) > 0
+    assert get(board, "/")[0] == 200 and get(board, "/static/uPlot.iife.min.js")[0] == 200
+
+
+def test_metrics_expose_readings_dead_letters_models_and_lag():
+    board, _ = fed_board()
+    text = get(board, "/metrics")[1].decode()
+    assert "vigil_readings_total 1500.0" in text
+    assert 'vigil_dlq_total{reason="malformed"} 1.0' in text
+    assert 'vigil_model_info{entity="plant-01",model="pca",version="1"} 1.0' in text
+    assert 'vigil_consumer_lag{partition="0"}' in text and "vigil_readings_per_second" in text
+
+
+def test_a_token_guards_every_request_and_other_interfaces_need_one():
+    board, _ = fed_board()
+    assert get(board, "/api/entities", token="s3cret")[0] == 401
+    assert get(board, "/metrics", token="s3cret")[0] == 401
+    assert get(board, "/api/entities?token=wrong", token="s3cret")[0] == 401
+    assert get(board, "/api/entities?token=s3cret", token="s3cret")[0] == 200
+    assert get(board, "/metrics", {"Authorization": "Bearer s3cret"}, token="s3cret")[0] == 200
+    check_exposure("127.0.0.1", None)
+    with pytest.raises(ValueError, match="token"):
+        check_exposure("0.0.0.0", None)
+    check_exposure("0.0.0.0", "s3cret")
+    assert np.isfinite(board.readings_per_second())
