@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--port", type=int, default=9092)
     p.add_argument("--workdir", default=".vigil/demo")
+    p.add_argument("--web-port", type=int, default=6066, help="the worker's dashboard port")
     return parser
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from .broker import free_port, start_broker
+from .broker import free_port, port_is_free, start_broker
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -105,7 +105,9 @@ def run_demo(args) -> int:
         model_args = [f"--model={e}={p}" for e, p in models.items()]
         cli = [sys.executable, "-m", "stream.cli"]
         env = {**os.environ, "VIGIL_BROKER": broker, "PYTHONUNBUFFERED": "1"}
-        worker = subprocess.Popen([*cli, "worker", *model_args], stdout=open(workdir / "worker.log", "wb"),
+        web = args.web_port if port_is_free("127.0.0.1", args.web_port) else free_port()
+        worker = subprocess.Popen([*cli, "worker", *model_args, "--web-port", str(web)],
+                                  stdout=open(workdir / "worker.log", "wb"),
                                   stderr=subprocess.STDOUT, env=env, start_new_session=True)
         procs.append(worker)
         labels = workdir / "labels.jsonl"
@@ -117,6 +119,7 @@ def run_demo(args) -> int:
         procs.append(sim)
         print(f"vigil demo: {args.entities} simulated entities x {args.channels} channels at {args.rate:g} "
               f"points/s each; the first anomalies come after about {300 / args.rate:.0f} s of warm-up.\n"
+              f"  dashboard: http://127.0.0.1:{web}/  (Prometheus metrics at /metrics)\n"
               f"  alerts:  VIGIL_BROKER={broker} vigil alerts --follow\n"
               f"  scores:  topic vigil.scores on {broker}; dead letters: vigil.dlq\n"
               f"  logs:    {workdir}/worker.log, {workdir}/simulate.log; ground truth: {labels}\n"

@@ -147,7 +147,7 @@ def stream_through_kafka(jobs: dict[str, tuple[str | os.PathLike, Dataset]], set
         log = open(workdir / "worker.log", "wb")
         cmd = [sys.executable, "-m", "stream.cli", "worker", "--broker", broker, "--partitions", "1",
                "--group", f"vigil-eval-{run_id}", "--session-timeout", "6", "--rebalance-timeout", "3",
-               "--topic-prefix", prefix, *worker_args(settings)]
+               "--topic-prefix", prefix, "--web-port", "0", *worker_args(settings)]
         for entity, (artefact, _) in jobs.items():
             cmd += ["--model", f"{entity}={artefact}"]
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -11,18 +11,20 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_prints_localised_alerts_and_cleans_up(tmp_path):
-    port = free_port()
+    port, web = free_port(), free_port()
     workdir = tmp_path / "demo"
     out = subprocess.run([sys.executable, "-m", "stream.cli", "demo", "--duration", "45", "--rate", "40",
-                          "--port", str(port), "--workdir", str(workdir)],
+                          "--port", str(port), "--web-port", str(web), "--workdir", str(workdir)],
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "embedded broker on" in out.stdout and "vigil alerts --follow" in out.stdout
+    assert f"dashboard: http://127.0.0.1:{web}/" in out.stdout
     opens = out.stdout.count("\nOPEN ")
     hits = out.stdout.count("(channel hit)")
     assert opens >= 2, out.stdout[-3000:]
     assert hits >= opens // 2, out.stdout[-3000:]
     assert port_is_free("127.0.0.1", port), "the broker is gone"
+    assert port_is_free("127.0.0.1", web), "the worker and its dashboard are gone"
     assert not processes_mentioning(str(workdir)), "no worker or simulator left running"
 
 
