@@ -3,7 +3,8 @@
 One small aiohttp app (aiohttp comes with Faust) on the worker's event loop. Faust's own web server
 stays off: it also serves debugging pages we could not put behind the token. Bound to 127.0.0.1 by
 default; on any other address a token is required (``--web-token`` or ``VIGIL_WEB_TOKEN``) and every
-request must carry it (``Authorization: Bearer TOKEN`` or ``?token=TOKEN``, which the page keeps).
+request must carry it (``Authorization: Bearer TOKEN``, ``?token=TOKEN``, or the cookie that a request
+with ``?token=`` sets, so that the page's own scripts load).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .board import Board
 
 STATIC = Path(__file__).with_name("static")
+COOKIE = "vigil_token"
 
 
 def is_loopback(host: str) -> bool:
@@ -41,11 +43,16 @@ def build_app(board: Board, token: str | None = None) -> web.Application:
 
     @web.middleware
     async def auth(request: web.Request, handler):
-        if token:
-            given = request.query.get("token") or request.headers.get("Authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return web.json_response({"error": "a valid token is required"}, status=401)
-        return await handler(request)
+        if not token:
+            return await handler(request)
+        given = (request.query.get("token") or request.headers.get("Authorization", "").removeprefix("Bearer ")
+                 or request.cookies.get(COOKIE, ""))
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return web.json_response({"error": "a valid token is required"}, status=401)
+        response = await handler(request)
+        if "token" in request.query:  # the page's scripts and styles then carry it as a cookie
+            response.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
+        return response
 
     def json(data) -> web.Response:
         return web.Response(body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),

@@ -72,8 +72,22 @@ def test_a_token_guards_every_request_and_other_interfaces_need_one():
     assert get(board, "/api/entities?token=wrong", token="s3cret")[0] == 401
     assert get(board, "/api/entities?token=s3cret", token="s3cret")[0] == 200
     assert get(board, "/metrics", {"Authorization": "Bearer s3cret"}, token="s3cret")[0] == 200
+    assert get(board, "/static/uPlot.iife.min.js", token="s3cret")[0] == 401
+    assert get(board, "/static/uPlot.iife.min.js", {"Cookie": "vigil_token=s3cret"}, token="s3cret")[0] == 200
     check_exposure("127.0.0.1", None)
     with pytest.raises(ValueError, match="token"):
         check_exposure("0.0.0.0", None)
     check_exposure("0.0.0.0", "s3cret")
     assert np.isfinite(board.readings_per_second())
+
+
+def test_the_page_opened_with_a_token_hands_it_to_its_own_scripts_as_a_cookie():
+    board, _ = fed_board()
+
+    async def run():
+        async with TestClient(TestServer(build_app(board, "s3cret"))) as client:
+            page = await client.get("/?token=s3cret")
+            script = await client.get("/static/dashboard.js")  # the client keeps cookies, like a browser
+            return page.status, page.cookies.get("vigil_token"), script.status
+    status, cookie, script = asyncio.run(run())
+    assert status == 200 and cookie is not None and cookie.value == "s3cret" and script == 200
