@@ -11,6 +11,7 @@ import faust
 from .agents import Runner
 from .board import Board
 from .config import Settings
+from .kafka import security_options
 from .model_updates import follow, load_model
 from .pipeline import Pipeline
 from .web import serve
@@ -18,10 +19,22 @@ from .web import serve
 log = logging.getLogger("vigil.worker")
 
 
+def broker_credentials():
+    """The environment's Kafka security (``stream.kafka.security_options``) in Faust's terms."""
+    opts = security_options()
+    if not opts:
+        return None
+    if opts["security_protocol"].startswith("SASL"):
+        return faust.SASLCredentials(username=opts["sasl_plain_username"], password=opts["sasl_plain_password"],
+                                     mechanism=opts["sasl_mechanism"], ssl_context=opts.get("ssl_context"))
+    return faust.SSLCredentials(opts["ssl_context"])
+
+
 def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.App, Runner]:
     app = faust.App(
         settings.group,
         broker=f"kafka://{settings.broker}",
+        broker_credentials=broker_credentials(),
         value_serializer="raw",  # the pipeline decodes, so one bad message can never crash the agent
         key_serializer="raw",
         store="memory://",

@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=[], metavar="[ENTITY=]PATH",
                    help="model artefact directory, for one entity (ENTITY=PATH) or for every entity "
                         "whose channels match (PATH); entities without a model use the cold-start detector")
-    p.add_argument("--partitions", type=int, default=d.partitions)
+    p.add_argument("--partitions", type=int, default=d.partitions,
+                   help="partitions of vigil.readings when it is created (outputs follow its count)")
+    p.add_argument("--replication", type=int, default=d.replication,
+                   help="replication factor of the topics created on first start")
     p.add_argument("--group", default=d.group)
     p.add_argument("--topic-prefix", default="vigil", help="topics PREFIX.readings, PREFIX.scores, ...")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="messages per micro-batch")
@@ -188,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args) -> Settings:
     s = Settings(broker=broker_from_env(args.broker))
-    for name in ("partitions", "group", "window", "hop", "batch_size", "batch_wait", "threshold",
+    for name in ("partitions", "replication", "group", "window", "hop", "batch_size", "batch_wait", "threshold",
                  "calibration", "calibration_points", "fusion", "top_k", "open_after", "open_window", "close_after",
                  "checkpoint_interval", "session_timeout", "rebalance_timeout", "device", "score_channels",
                  "web_host", "web_port", "web_token"):

@@ -42,6 +42,7 @@ class Settings:
     broker: str = DEFAULT_BROKER
     topics: Topics = field(default_factory=Topics)
     partitions: int = 4  # created on first start when missing; outputs get the readings' count
+    replication: int = 1  # replication factor of topics created on first start (3 on a production cluster)
     group: str = "vigil-worker"
     # windows and micro-batches
     window: int = 32

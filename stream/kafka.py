@@ -5,6 +5,7 @@ Only standard Kafka APIs are used, so everything here works on Apache Kafka as o
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -13,6 +14,41 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 class BrokerUnavailable(RuntimeError):
     pass
+
+
+def security_options() -> dict:
+    """Kafka security from the environment, as aiokafka keyword arguments (empty: plaintext).
+
+    ``VIGIL_KAFKA_SECURITY_PROTOCOL`` (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL),
+    ``VIGIL_KAFKA_SASL_MECHANISM`` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), ``VIGIL_KAFKA_SASL_USERNAME``,
+    ``VIGIL_KAFKA_SASL_PASSWORD``, ``VIGIL_KAFKA_SSL_CAFILE`` and, for mutual TLS,
+    ``VIGIL_KAFKA_SSL_CERTFILE``/``VIGIL_KAFKA_SSL_KEYFILE``. Every Vigil client (workers, trainer,
+    producers, evaluation) reads the same variables, so one environment configures a deployment.
+    """
+    env = os.environ.get
+    protocol = env("VIGIL_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return {}
+    opts: dict = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        opts["ssl_context"] = create_ssl_context(cafile=env("VIGIL_KAFKA_SSL_CAFILE"),
+                                                 certfile=env("VIGIL_KAFKA_SSL_CERTFILE"),
+                                                 keyfile=env("VIGIL_KAFKA_SSL_KEYFILE"))
+    if protocol.startswith("SASL"):
+        opts.update(sasl_mechanism=env("VIGIL_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+                    sasl_plain_username=env("VIGIL_KAFKA_SASL_USERNAME"),
+                    sasl_plain_password=env("VIGIL_KAFKA_SASL_PASSWORD"))
+    return opts
+
+
+def consumer(broker: str, *topics: str, **kw) -> AIOKafkaConsumer:
+    """A consumer with the deployment's security settings; no group and no commits unless asked."""
+    opts = dict(bootstrap_servers=broker, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
+    opts.update(security_options())
+    opts.update(kw)
+    return AIOKafkaConsumer(*topics, **opts)
 
 
 def check_broker(address: str, timeout: float = 3.0) -> None:
@@ -29,7 +65,7 @@ def check_broker(address: str, timeout: float = 3.0) -> None:
 
 async def ensure_topics(broker: str, names: list[str], partitions: int, replication: int = 1) -> dict[str, int]:
     """Create missing topics; return every topic's partition count."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker, **security_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -55,6 +91,7 @@ async def ensure_topics(broker: str, names: list[str], partitions: int, replicat
 def producer(broker: str, **kw) -> AIOKafkaProducer:
     opts = dict(bootstrap_servers=broker, acks="all", linger_ms=5, max_request_size=4 << 20,
                 max_batch_size=1 << 20)
+    opts.update(security_options())
     opts.update(kw)
     return AIOKafkaProducer(**opts)
 
@@ -62,23 +99,22 @@ def producer(broker: str, **kw) -> AIOKafkaProducer:
 async def read_partition(broker: str, topic: str, partition: int, start: int = 0) -> list:
     """All records of one partition from ``start`` to its current end (no consumer group)."""
     tp = TopicPartition(topic, partition)
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="earliest")
-    await consumer.start()
+    c = consumer(broker)
+    await c.start()
     try:
-        consumer.assign([tp])
-        end = (await consumer.end_offsets([tp]))[tp]
-        begin = (await consumer.beginning_offsets([tp]))[tp]
+        c.assign([tp])
+        end = (await c.end_offsets([tp]))[tp]
+        begin = (await c.beginning_offsets([tp]))[tp]
         start = max(start, begin)
         if start >= end:
             return []
-        consumer.seek(tp, start)
+        c.seek(tp, start)
         out = []
         while True:
-            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
+            batch = await c.getmany(tp, timeout_ms=1000, max_records=10_000)
             recs = batch.get(tp, [])
             out.extend(recs)
-            if (recs and recs[-1].offset >= end - 1) or await consumer.position(tp) >= end:
+            if (recs and recs[-1].offset >= end - 1) or await c.position(tp) >= end:
                 return out
     finally:
-        await consumer.stop()
+        await c.stop()

@@ -13,8 +13,9 @@ import logging
 import time
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from .kafka import consumer as kafka_consumer
 from .kafka import producer
 
 log = logging.getLogger("vigil.models")
@@ -46,8 +47,7 @@ async def follow(broker: str, topic: str, apply, poll_ms: int = 500) -> None:
 
     ``apply`` must not raise for a bad event (it logs and keeps the current model).
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="earliest")
+    consumer = kafka_consumer(broker)
     await consumer.start()
     try:
         await consumer.topics()  # fetches the metadata of every topic (the worker created this one)

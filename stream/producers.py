@@ -8,9 +8,9 @@ from typing import Iterable
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer
 
 from .codec import encode_readings
+from .kafka import consumer as kafka_consumer
 from .kafka import producer
 
 
@@ -81,8 +81,7 @@ def dataset_series(path: str, entity: str | None = None, split: str = "test", st
 
 async def consume(broker: str, topic: str, follow: bool, from_beginning: bool = True, idle: float = 2.0):
     """Yield decoded JSON messages of a topic; without ``follow``, stop when it has been idle for ``idle`` s."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest" if from_beginning else "latest")
+    consumer = kafka_consumer(broker, topic, auto_offset_reset="earliest" if from_beginning else "latest")
     await consumer.start()
     try:
         last = time.monotonic()

@@ -27,9 +27,9 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> int:
             return 2
     check_broker(settings.broker)
     # The readings topic may already exist (producers came first): outputs follow its partition count.
-    readings = asyncio.run(ensure_topics(settings.broker, [settings.topics.readings],
-                                         settings.partitions))[settings.topics.readings]
-    counts = asyncio.run(ensure_topics(settings.broker, settings.topics.outputs(), readings))
+    readings = asyncio.run(ensure_topics(settings.broker, [settings.topics.readings], settings.partitions,
+                                         settings.replication))[settings.topics.readings]
+    counts = asyncio.run(ensure_topics(settings.broker, settings.topics.outputs(), readings, settings.replication))
     short = [t for t in settings.topics.outputs() if counts[t] < readings]
     if short:
         print(f"vigil: topics {', '.join(short)} have fewer partitions than {settings.topics.readings} "
@@ -37,7 +37,7 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> int:
               file=sys.stderr)
         return 2
     settings.partitions = readings
-    asyncio.run(ensure_topics(settings.broker, [settings.topics.models], 1))
+    asyncio.run(ensure_topics(settings.broker, [settings.topics.models], 1, settings.replication))
     models = load_models(settings)
 
     from faust.worker import Worker

@@ -97,10 +97,11 @@ class TrainerConfig:
 # ---- reading history ------------------------------------------------------------------------------
 async def _read_topic(broker: str, topic: str, since_wall: float | None) -> list:
     """Every record of every partition, from the first whose Kafka timestamp is >= ``since_wall``."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20)
+    from stream.kafka import consumer as kafka_consumer
+
+    consumer = kafka_consumer(broker, max_partition_fetch_bytes=4 << 20)
     await consumer.start()
     try:
         await consumer.topics()
