@@ -118,3 +118,22 @@ async def read_partition(broker: str, topic: str, partition: int, start: int = 0
                 return out
     finally:
         await c.stop()
+
+
+async def offsets_for_time(broker: str, topic: str, since_wall: float | None) -> dict[int, int]:
+    """Per partition, the first offset whose Kafka timestamp is >= ``since_wall`` (None: the beginning;
+    a partition with nothing that recent: its end)."""
+    c = consumer(broker)
+    await c.start()
+    try:
+        await c.topics()  # fetches the metadata of every topic
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        if not tps:
+            return {}
+        if since_wall is None:
+            return {tp.partition: o for tp, o in (await c.beginning_offsets(tps)).items()}
+        found = await c.offsets_for_times({tp: int(since_wall * 1000) for tp in tps})
+        end = await c.end_offsets(tps)
+        return {tp.partition: found[tp].offset if found.get(tp) else end[tp] for tp in tps}
+    finally:
+        await c.stop()

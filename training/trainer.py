@@ -28,6 +28,7 @@ from detectors.base import Detector, Scores, sliding_windows
 from stream.codec import Readings, decode
 from stream.config import Settings
 from stream.fusion import fuse
+from stream.kafka import offsets_for_time, read_partition
 from stream.model_updates import event, publish
 from stream.thresholds import make_threshold
 from stream.windows import EntityWindow
@@ -97,34 +98,9 @@ class TrainerConfig:
 # ---- reading history ------------------------------------------------------------------------------
 async def _read_topic(broker: str, topic: str, since_wall: float | None) -> list:
     """Every record of every partition, from the first whose Kafka timestamp is >= ``since_wall``."""
-    from aiokafka import TopicPartition
-
-    from stream.kafka import consumer as kafka_consumer
-
-    consumer = kafka_consumer(broker, max_partition_fetch_bytes=4 << 20)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        end = await consumer.end_offsets(tps)
-        start = await consumer.beginning_offsets(tps)
-        if since_wall is not None:
-            found = await consumer.offsets_for_times({tp: int(since_wall * 1000) for tp in tps})
-            start = {tp: (found[tp].offset if found.get(tp) else end[tp]) for tp in tps}
-        out = []
-        for tp in tps:
-            if start[tp] >= end[tp]:
-                continue
-            consumer.seek(tp, start[tp])
-            while await consumer.position(tp) < end[tp]:
-                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
-                out.extend(batch.get(tp, []))
-        return out
-    finally:
-        await consumer.stop()
+    starts = await offsets_for_time(broker, topic, since_wall)
+    parts = await asyncio.gather(*(read_partition(broker, topic, p, start) for p, start in starts.items()))
+    return [r for part in parts for r in part]
 
 
 def incidents_from_alerts(records: list) -> dict[str, list[tuple[float, float]]]:
