@@ -12,7 +12,7 @@ from .agents import Runner
 from .board import Board
 from .config import Settings
 from .kafka import security_options
-from .model_updates import follow, load_model
+from .model_updates import follow, load_served
 from .pipeline import Pipeline
 from .web import serve
 
@@ -86,7 +86,7 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
             if current is not None and current.model_id == model_id:
                 return  # already serving it (a restart re-reads the latest promotion)
             try:
-                det = await loop.run_in_executor(None, load_model, event["path"], settings.device)
+                det = await loop.run_in_executor(None, load_served, event["path"], settings.device, settings.detector)
             except Exception:  # noqa: BLE001 - a bad artefact must not stop scoring
                 log.exception("cannot load %s for %s from %s; keeping %s", model_id, entity, event.get("path"),
                               current.model_id if current else "the cold-start detector")

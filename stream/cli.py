@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replication factor of the topics created on first start")
     p.add_argument("--group", default=d.group)
     p.add_argument("--topic-prefix", default="vigil", help="topics PREFIX.readings, PREFIX.scores, ...")
+    p.add_argument("--detector", default=None, metavar="HOST:PORT",
+                   help="score in a `vigil detector` process (e.g. one per GPU) instead of in this process")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="messages per micro-batch")
     p.add_argument("--batch-wait", type=float, default=d.batch_wait, help="seconds a micro-batch waits")
     _scoring_args(p)
@@ -93,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to serve the dashboard on; other than loopback it needs --web-token")
     p.add_argument("--web-token", default=os.environ.get("VIGIL_WEB_TOKEN"),
                    help="token every dashboard request must carry (default: $VIGIL_WEB_TOKEN)")
+
+    p = sub.add_parser("detector", help="serve models to workers over TCP (one process per GPU)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7070)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
 
     p = sub.add_parser("eval", help="score datasets' test splits as the worker does and report honest metrics")
     p.add_argument("--model", required=True, help="a model name (trained on each dataset's train split) "
@@ -194,7 +201,7 @@ def settings_from_args(args) -> Settings:
     for name in ("partitions", "replication", "group", "window", "hop", "batch_size", "batch_wait", "threshold",
                  "calibration", "calibration_points", "fusion", "top_k", "open_after", "open_window", "close_after",
                  "checkpoint_interval", "session_timeout", "rebalance_timeout", "device", "score_channels",
-                 "web_host", "web_port", "web_token"):
+                 "web_host", "web_port", "web_token", "detector"):
         setattr(s, name, getattr(args, name, getattr(s, name)))
     if getattr(args, "topic_prefix", "vigil") != "vigil":
         s.topics = Topics.named(args.topic_prefix)
@@ -211,6 +218,17 @@ def cmd_worker(args) -> int:
         entity, sep, path = spec.partition("=")
         settings.models[entity if sep else "*"] = path if sep else entity
     return run_worker(settings, args.log_level)
+
+
+def cmd_detector(args) -> int:
+    from .detector_service import serve
+
+    print(f"vigil: detector process on {args.host}:{args.port}", file=sys.stderr, flush=True)
+    try:
+        asyncio.run(serve(args.host, args.port, args.device))
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -378,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_foreground(args.host, args.port)
     handler = {"worker": cmd_worker, "simulate": cmd_simulate, "replay": cmd_replay, "alerts": cmd_alerts,
                "train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "bench": cmd_bench,
-               "trainer": cmd_trainer, "models": cmd_models}[args.command]
+               "trainer": cmd_trainer, "models": cmd_models,
+               "detector": cmd_detector}[args.command]
     try:
         return handler(args)
     except BrokerUnavailable as exc:

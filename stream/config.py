@@ -53,6 +53,7 @@ class Settings:
     # models: entity -> artefact directory; "*" is the default for entities with matching channels
     models: dict[str, str] = field(default_factory=dict)
     device: str = "auto"
+    detector: str | None = None  # HOST:PORT of a `vigil detector` process that scores; None: in process
     # scoring
     fusion: str = "sum"
     fusion_weight: float = 1.0

@@ -28,6 +28,16 @@ def load_model(path: str, device: str = "auto"):
     return artefacts.load(path).to(device)
 
 
+def load_served(path: str, device: str = "auto", detector: str | None = None):
+    """The model a worker serves: scored in process, or by the detector process at ``detector``
+    (HOST:PORT; the local copy then stays on the CPU and only answers questions about the model)."""
+    if detector is None:
+        return load_model(path, device)
+    from .detector_service import RemoteDetector
+
+    return RemoteDetector(load_model(path, "cpu"), path, detector)
+
+
 def event(kind: str, entity: str, **fields) -> dict:
     return {"event": kind, "entity": entity, "ts": time.time(), **fields}
 

@@ -7,13 +7,13 @@ import sys
 
 from .config import Settings
 from .kafka import check_broker, ensure_topics
-from .model_updates import load_model
+from .model_updates import load_served
 
 log = logging.getLogger("vigil.worker")
 
 
 def load_models(settings: Settings) -> dict:
-    return {entity: load_model(path, settings.device) for entity, path in settings.models.items()}
+    return {entity: load_served(path, settings.device, settings.detector) for entity, path in settings.models.items()}
 
 
 def run_worker(settings: Settings, loglevel: str = "warn") -> int:

@@ -121,6 +121,8 @@ def worker_args(settings: Settings) -> list[str]:
         args += ["--threshold-param", f"{k}={v}"]
     if settings.score_channels:
         args.append("--score-channels")
+    if settings.detector:
+        args += ["--detector", settings.detector]
     return args
 
 

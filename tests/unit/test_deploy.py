@@ -65,9 +65,9 @@ def manifests() -> dict[str, dict]:
     return {name: yaml.safe_load((K8S / name).read_text()) for name in kustomization()["resources"]}
 
 
-def by_kind(kind: str) -> dict:
-    found = [m for m in manifests().values() if m["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+def by_kind(kind: str, name: str | None = None) -> dict:
+    found = [m for m in manifests().values() if m["kind"] == kind and name in (None, m["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
 
@@ -77,7 +77,7 @@ def pod_spec(doc: dict) -> dict:
 
 
 def is_vigil(image: str) -> bool:
-    return image.split(":")[0].rsplit("/", 1)[-1] == "vigil"
+    return image.split(":")[0].rsplit("/", 1)[-1] in ("vigil", "vigil-cuda")
 
 
 def vigil_command_lines() -> list[tuple[str, list[str]]]:
@@ -98,8 +98,7 @@ def documented_command_lines() -> list[tuple[str, list[str]]]:
     for path in [DEPLOY / "README.md", *sorted(DEPLOY.glob("Dockerfile*")), DEPLOY / "compose.yaml",
                  *sorted(K8S.glob("*.yaml"))]:
         for m in re.finditer(r"`vigil ([^`]+)`", path.read_text()):
-            if not m.group(1).startswith("detector"):  # planned, see test_planned_gpu_detector_...
-                found.append((f"{path.relative_to(DEPLOY)}: `vigil {m.group(1)}`", shlex.split(m.group(1))))
+            found.append((f"{path.relative_to(DEPLOY)}: `vigil {m.group(1)}`", shlex.split(m.group(1))))
     return found
 
 
@@ -156,8 +155,8 @@ def test_compose_runs_kafka_in_kraft_mode_with_consistent_listeners():
 def test_compose_services_workers_trainer_and_the_demo_plant():
     compose = load_compose()
     svc = compose["services"]
-    assert set(svc) == {"kafka", "worker-1", "worker-2", "trainer", "simulate"}
-    for name in ("worker-1", "worker-2", "trainer", "simulate"):
+    assert set(svc) == {"kafka", "worker-1", "worker-2", "detector", "trainer", "simulate"}
+    for name in ("worker-1", "worker-2", "detector", "trainer", "simulate"):
         build = svc[name]["build"]
         context = (DEPLOY / build["context"]).resolve()
         assert context == ROOT and (context / build["dockerfile"]).is_file()
@@ -167,6 +166,8 @@ def test_compose_services_workers_trainer_and_the_demo_plant():
     assert [p.rsplit(":", 1)[-1] for p in w1["ports"]] == [str(Settings().web_port)] and "ports" not in w2
     assert w1["environment"]["VIGIL_WEB_TOKEN"].startswith("${VIGIL_WEB_TOKEN:?"), "no default token"
     assert w1["volumes"] == ["registry:/registry:ro"] and svc["trainer"]["volumes"] == ["registry:/registry"]
+    assert svc["detector"]["volumes"] == ["registry:/registry:ro"] and "ports" not in svc["detector"]
+    assert set(w1["depends_on"]) == {"kafka", "detector"}
     assert svc["simulate"]["profiles"] == ["demo"] and svc["simulate"]["restart"] == "no"
     assert set(compose["volumes"]) >= {"registry", "kafka-data"}
 
@@ -180,7 +181,7 @@ def test_kustomization_lists_every_manifest_and_only_existing_ones():
     assert len(set(listed)) == len(listed) and all((K8S / name).is_file() for name in listed)
     on_disk = {p.name for p in K8S.glob("*.y*ml")} - {"kustomization.yaml"}
     assert on_disk == set(listed), "a manifest in deploy/k8s/ that the kustomization does not apply"
-    assert {i["name"] for i in k["images"]} == {"vigil"}
+    assert {i["name"] for i in k["images"]} == {"vigil", "vigil-cuda"}
     assert {m["kind"] for m in manifests().values()} == {
         "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service", "CronJob"}
 
@@ -213,8 +214,9 @@ def test_kustomize_builds_the_base_and_its_output_validates():
 
 
 def test_manifests_refer_to_each_other_consistently():
-    deploy, cron = by_kind("Deployment"), by_kind("CronJob")
-    service, config, pvc = by_kind("Service"), by_kind("ConfigMap"), by_kind("PersistentVolumeClaim")
+    deploy, cron = by_kind("Deployment", "vigil-worker"), by_kind("CronJob")
+    service, config = by_kind("Service", "vigil-worker"), by_kind("ConfigMap")
+    pvc = by_kind("PersistentVolumeClaim")
     assert deploy["spec"]["replicas"] == 2
     labels = deploy["spec"]["template"]["metadata"]["labels"]
     assert deploy["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -250,7 +252,7 @@ def test_manifests_refer_to_each_other_consistently():
 # --- Probes ------------------------------------------------------------------------------------------
 
 def probe_commands() -> list[tuple[str, list[str]]]:
-    worker = pod_spec(by_kind("Deployment"))["containers"][0]
+    worker = pod_spec(by_kind("Deployment", "vigil-worker"))["containers"][0]
     found = [(f"k8s {kind}", worker[kind]["exec"]["command"])
              for kind in ("startupProbe", "readinessProbe", "livenessProbe")]
     test = load_compose()["services"]["worker-1"]["healthcheck"]["test"]
@@ -325,12 +327,22 @@ def test_services_run_the_intended_commands(capsys):
     assert (sim.command, sim.rate, sim.points) == ("simulate", 20.0, 100_000)
 
 
-def test_planned_gpu_detector_is_not_deployed_yet():
-    """deploy/ says `vigil detector` is not built yet; once it is, deploy it and update those notes."""
-    choices = build_parser()._subparsers._group_actions[0].choices
-    assert "detector" not in choices, "`vigil detector` exists now: add it to deploy/ and drop the notes"
-    for path in (DEPLOY / "README.md", DEPLOY / "compose.yaml", K8S / "kustomization.yaml"):
-        assert "not built yet" in " ".join(path.read_text().split()), path
+def test_the_gpu_detector_process_is_deployed_and_the_workers_use_it(capsys):
+    det = by_kind("Deployment", "vigil-detector")
+    (c,) = pod_spec(det)["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    images = {i["name"]: i for i in kustomization()["images"]}
+    assert images[c["image"]]["newTag"] == "cuda"
+    args = parse("k8s detector", [str(a) for a in c["args"]], capsys)
+    assert (args.command, args.host, args.port, args.device) == ("detector", "0.0.0.0", 7070, "cuda")
+    svc = by_kind("Service", "vigil-detector")
+    assert svc["spec"]["selector"].items() <= det["spec"]["template"]["metadata"]["labels"].items()
+    assert svc["spec"]["ports"][0]["port"] == 7070
+    worker = pod_spec(by_kind("Deployment", "vigil-worker"))["containers"][0]
+    assert parse("k8s worker", [str(a) for a in worker["args"]], capsys).detector == "vigil-detector:7070"
+    compose = load_compose()["services"]
+    assert parse("compose worker", [str(a) for a in compose["worker-1"]["command"]], capsys).detector == "detector:7070"
+    assert parse("compose detector", [str(a) for a in compose["detector"]["command"]], capsys).port == 7070
 
 
 def test_every_vigil_variable_in_deploy_is_read_by_the_code():
