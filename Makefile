@@ -25,6 +25,7 @@ test-unit: install
 
 bench: install
 	$(PY) bench/throughput.py
+	$(PY) bench/scale_out.py
 
 clean:
 	rm -rf $(VENV) .vigil .pytest_cache
