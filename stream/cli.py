@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator-epochs", type=int, default=None, help="GenIAS epochs for the generated anomalies")
     _scoring_args(p)
 
+    p = sub.add_parser("promote", help="make a registered version the champion and tell the workers "
+                                       "(roll back or forward by hand)")
+    _broker_arg(p)
+    p.add_argument("entity")
+    p.add_argument("version", metavar="MODEL@VERSION", help="e.g. pca@1 (see `vigil models`)")
+    p.add_argument("--registry", default="./registry")
+
     p = sub.add_parser("models", help="list the model registry")
     p.add_argument("--registry", default="./registry")
     p.add_argument("--json", action="store_true")
@@ -310,6 +317,29 @@ def cmd_trainer(args) -> int:
     return 0
 
 
+def cmd_promote(args) -> int:
+    from training.registry import Registry
+
+    from .model_updates import event, publish
+
+    broker = broker_from_env(args.broker)
+    check_broker(broker)
+    model, _, version = args.version.partition("@")
+    registry = Registry(args.registry)
+    try:
+        previous = registry.champion(args.entity)
+        v = registry.promote(args.entity, model, int(version))
+    except (KeyError, ValueError) as exc:
+        print(f"vigil: {args.entity} has no version {args.version} in {args.registry} ({exc})", file=sys.stderr)
+        return 2
+    asyncio.run(publish(broker, Settings().topics.models, [event(
+        "promoted", args.entity, model=v.model, version=v.version, path=str(v.path.resolve()),
+        reason="promoted by hand", replaces=previous.model_id if previous else None)]))
+    print(f"vigil: {args.entity} is now served by {v.model_id} (was {previous.model_id if previous else 'none'})",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_models(args) -> int:
     from training.registry import Registry, format_table, table
 
@@ -397,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"worker": cmd_worker, "simulate": cmd_simulate, "replay": cmd_replay, "alerts": cmd_alerts,
                "train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "bench": cmd_bench,
                "trainer": cmd_trainer, "models": cmd_models,
-               "detector": cmd_detector}[args.command]
+               "detector": cmd_detector, "promote": cmd_promote}[args.command]
     try:
         return handler(args)
     except BrokerUnavailable as exc:

@@ -121,3 +121,11 @@ def test_trainer_promotes_a_model_for_the_new_mode_and_the_worker_swaps_it_in_li
     assert listing.wait(timeout=60) == 0
     rows = [orjson.loads(line) for line in procs.log("models").splitlines() if line.startswith("{")]
     assert [(r["version"], r["status"]) for r in rows if r["model"] == "pca"] == [(1, "retired"), (2, "champion")]
+
+    # rolling back by hand: v1 serves again, in the registry and in the running worker
+    back = procs.vigil("promote", "--broker", broker, "--registry", str(tmp_path / "registry"), ENTITY, "pca@1",
+                       name="promote")
+    assert back.wait(timeout=60) == 0, procs.log("promote")
+    assert registry.champion(ENTITY).version == 1 and registry.get(ENTITY, "pca", 2).status == "retired"
+    wait_until(lambda: procs.log("worker").count("now served by pca@1") == 2, 30, 0.5,
+               lambda: procs.log("worker")[-1500:])
