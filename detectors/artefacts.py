@@ -92,7 +92,8 @@ def is_artefact(path: str | os.PathLike) -> bool:
     return Path(path, "model.json").is_file()
 
 
-def load(path: str | os.PathLike) -> Detector:
+def metadata(path: str | os.PathLike) -> dict:
+    """An artefact's ``model.json`` (name, version, channels, config, ...) without loading its tensors."""
     path = Path(path)
     try:
         meta = json.loads((path / "model.json").read_text())
@@ -100,6 +101,12 @@ def load(path: str | os.PathLike) -> Detector:
         raise FileNotFoundError(f"{path} is not a Vigil model artefact (no model.json)") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: artefact format {meta.get('format')} is not {FORMAT}")
+    return meta
+
+
+def load(path: str | os.PathLike) -> Detector:
+    path = Path(path)
+    meta = metadata(path)
     detector = create(meta["name"], meta["channels"], **meta["config"])
     detector.info.version = str(meta["version"])
     tensors = load_file(str(path / "model.safetensors"))

@@ -37,8 +37,13 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a duration like 90s, 30m, 6h or 7d, got {text!r}") from None
 
 
-def _scoring_args(p: argparse.ArgumentParser, worker: bool = True) -> None:
-    """How points are scored, thresholded and grouped into incidents: shared by worker and eval."""
+def _model_config(args) -> dict:
+    """``--preset`` and ``--epochs`` where given, as detector configuration."""
+    return {k: v for k, v in (("preset", args.preset), ("epochs", args.epochs)) if v is not None}
+
+
+def _scoring_args(p: argparse.ArgumentParser, publishes: bool = True) -> None:
+    """How points are scored, thresholded and grouped into incidents: shared by worker, eval and trainer."""
     d = Settings()
     p.add_argument("--window", type=int, default=d.window)
     p.add_argument("--hop", type=int, default=d.hop)
@@ -56,7 +61,7 @@ def _scoring_args(p: argparse.ArgumentParser, worker: bool = True) -> None:
     p.add_argument("--close-after", type=int, default=d.close_after,
                    help="points without an alarm that close an incident")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    if worker:  # eval always asks for them
+    if publishes:  # only the worker publishes scores (eval always asks for per-channel ones)
         p.add_argument("--score-channels", action="store_true",
                        help="publish per-channel scores of every point on vigil.scores")
 
@@ -112,13 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay through a broker and a worker instead of the in-process pipeline")
     _broker_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per dataset")
-    _scoring_args(p, worker=False)
+    _scoring_args(p, publishes=False)
 
     p = sub.add_parser("bench", help="benchmarks: `vigil bench quality` runs every model on every shared dataset")
     p.add_argument("what", choices=["quality"])
     p.add_argument("--quick", action="store_true", help="3000 points of each split around the first anomaly, one epoch: a smoke run in minutes")
-    p.add_argument("--models", default=",".join(["pca", "iforest", "hst", "lstm_ae", "post", "amad", "mimgan",
-                                                  "genias"]), help="comma-separated model names")
+    p.add_argument("--models", default=None, help="comma-separated model names (default: every model)")
     p.add_argument("--data-root", default="../shared/data", help="folder with smd/ and smap_msl/")
     p.add_argument("--datasets", default=None, help="comma-separated subset, e.g. machine-1-6,SMAP")
     p.add_argument("--results", default=None,
@@ -143,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entities", default=None, help="comma-separated subset")
     p.add_argument("--min-points", type=int, default=1000)
     p.add_argument("--generator-epochs", type=int, default=None, help="GenIAS epochs for the generated anomalies")
-    _scoring_args(p)
+    _scoring_args(p, publishes=False)
 
     p = sub.add_parser("promote", help="make a registered version the champion and tell the workers "
                                        "(roll back or forward by hand)")
@@ -245,7 +249,7 @@ def cmd_eval(args) -> int:
 
     settings = settings_from_args(args)
     settings.score_channels = True
-    config = {k: v for k, v in (("preset", args.preset), ("epochs", args.epochs)) if v is not None}
+    config = _model_config(args)
     for path in args.data:
         data = load(path)
         det = train_or_load(args.model, data, args.device, **config)
@@ -283,7 +287,11 @@ def cmd_bench(args) -> int:
         if not datasets:
             print(f"vigil: no shared datasets under {args.data_root}", file=sys.stderr)
             return 2
-        quality.run(args.models.split(","), datasets, results, args.quick, args.device)
+        models = args.models.split(",") if args.models else quality.MODELS
+        quality.run(models, datasets, results, args.quick, args.device)
+    if not results.exists():
+        print(f"vigil: no results in {results} yet: run without --no-run first", file=sys.stderr)
+        return 2
     command = "vigil bench quality" + (" --quick" if args.quick else "")
     doc = args.doc or (None if args.quick else "docs/benchmarks.md")
     if doc is None:
@@ -302,8 +310,7 @@ def cmd_trainer(args) -> int:
     check_broker(settings.broker)
     config = TrainerConfig(model=args.model, history=args.history, min_points=args.min_points,
                            max_incident=args.max_incident,
-                           model_config={k: v for k, v in (("preset", args.preset), ("epochs", args.epochs))
-                                         if v is not None},
+                           model_config=_model_config(args),
                            generator_config={"epochs": args.generator_epochs} if args.generator_epochs else {})
     registry = Registry(args.registry)
     entities = args.entities.split(",") if args.entities else None
@@ -344,6 +351,9 @@ def cmd_models(args) -> int:
     from training.registry import Registry, format_table, table
 
     rows = table(Registry(args.registry).versions())
+    if not rows:
+        print(f"vigil: no models registered in {args.registry}", file=sys.stderr)
+        return 0
     if args.json:
         for r in rows:
             print(orjson.dumps(r).decode())
@@ -404,8 +414,7 @@ def cmd_train(args) -> int:
     from training.data import load
 
     data = load(args.data)
-    config = {k: v for k, v in (("preset", args.preset), ("epochs", args.epochs)) if v is not None}
-    det = artefacts.create(args.model, data.channels, **config).to(args.device).fit(data.train)
+    det = artefacts.create(args.model, data.channels, **_model_config(args)).to(args.device).fit(data.train)
     path = artefacts.save(det, args.out)
     print(f"vigil: trained {det.model_id} on {data.train.shape[0]} points x {data.train.shape[1]} channels -> {path}")
     return 0

@@ -106,7 +106,8 @@ def run(models: list[str], datasets: dict[str, Path], results: Path, quick: bool
     for ds_name, path in datasets.items():
         data = None
         for model in models:
-            todo = [v for v in variants if (model, ds_name, v) not in done_keys(results)]
+            done = done_keys(results)
+            todo = [v for v in variants if (model, ds_name, v) not in done]
             if not todo:
                 continue
             if data is None:

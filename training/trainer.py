@@ -256,8 +256,8 @@ def retrain_entity(hist: History, registry: Registry, config: TrainerConfig, set
 def run_once(settings: Settings, registry: Registry, config: TrainerConfig, entities: list[str] | None = None,
              progress: bool = True) -> list[dict]:
     """One retraining round over every entity with history (or ``entities``); publishes the decisions."""
-    champions = {v.entity: registry.champion(v.entity) for v in registry.versions()}
-    names = {e: artefacts.load(v.path).channels for e, v in champions.items() if v is not None}
+    champions = {e: registry.champion(e) for e in {v.entity for v in registry.versions()}}
+    names = {e: artefacts.metadata(v.path)["channels"] for e, v in champions.items() if v is not None}
     # Kafka timestamps (wall clock) bound the read; the entity's own clock then picks the history.
     since = time.time() - config.history - config.read_slack
     histories = read_histories(settings, config.history, since, names, config.max_incident)
