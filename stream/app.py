@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import faust
 
@@ -75,6 +76,9 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
     async def follow_models():
         """Swap in every model the trainer promotes, between two micro-batches."""
         loop = asyncio.get_running_loop()
+        # Which artefact serves each entity: a version number alone is not an identity (an artefact
+        # trained by hand and the registry's first version are both "pca@1").
+        served = {entity: str(Path(path).resolve()) for entity, path in settings.models.items()}
 
         async def apply(event: dict) -> None:
             entity = event["entity"]
@@ -83,7 +87,7 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
                 return
             model_id = f"{event.get('model')}@{event.get('version')}"
             current = pipeline.models.get(entity)
-            if current is not None and current.model_id == model_id:
+            if served.get(entity) == str(Path(event["path"]).resolve()):
                 return  # already serving it (a restart re-reads the latest promotion)
             try:
                 det = await loop.run_in_executor(None, load_served, event["path"], settings.device, settings.detector)
@@ -93,6 +97,7 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
                 return
             async with runner.lock:
                 pipeline.swap(entity, det)
+            served[entity] = str(Path(event["path"]).resolve())
             log.warning("entity %s now served by %s", entity, det.model_id)
 
         while True:  # a broker hiccup must not stop the worker: follow again from the start

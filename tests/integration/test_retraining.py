@@ -7,6 +7,7 @@ import numpy as np
 import orjson
 import pytest
 
+from detectors import artefacts
 from detectors.pca import PCADetector
 from stream.codec import encode_readings
 from stream.kafka import producer
@@ -36,8 +37,10 @@ def test_trainer_promotes_a_model_for_the_new_mode_and_the_worker_swaps_it_in_li
     v = registry.register(ENTITY, v1, trained_from=START, trained_to=START + 8000, data_hash=data_hash(series[:8000]),
                           metrics={}, parent=None)
     v = registry.promote(ENTITY, v.model, v.version)
-    # the worker learns its model from vigil.models, as every worker does at start
-    procs.vigil("worker", "--broker", broker, *WORKER_FAST, name="worker")
+    # the worker starts on a model trained by hand, also called pca@1, and learns the registry's from
+    # vigil.models, as every worker does: the same name and version, another artefact, so it swaps
+    by_hand = artefacts.save(PCADetector([f"ch{i}" for i in range(CHANNELS)]).fit(series[:2000]), tmp_path / "hand")
+    procs.vigil("worker", "--broker", broker, f"--model={ENTITY}={by_hand}", *WORKER_FAST, name="worker")
     wait_until(lambda: "assigned partitions" in procs.log("worker"), 60, 0.5, lambda: procs.log("worker")[-2000:])
     asyncio.run(publish(broker, "vigil.models", [event("promoted", ENTITY, model=v.model, version=v.version,
                                                        path=str(v.path.resolve()))]))
