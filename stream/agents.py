@@ -1,11 +1,25 @@
-"""Wiring between Faust and the pipeline: micro-batches in, outputs and checkpoints out.
+"""The worker's Kafka side: whole fetches of ``vigil.readings`` in, outputs, checkpoints and commits out.
 
-Delivery contract (docs/contract.md): outputs of a micro-batch are published and confirmed before its
-events are released for commit, and events are released only after a checkpoint of the entity state
-that includes them. After a crash the worker restores the last checkpoint, skips the readings it
-already applied, and re-processes the rest; outputs that had been published after that checkpoint are
-found by reading the output topics' tails and are not published again. So each point is scored once,
-and an incident is opened once, whatever the timing of the crash.
+Why a consumer of our own instead of a Faust agent: Faust hands an agent one event at a time, which
+capped single-reading messages at a few thousand a second, and a fetch that cannot be decoded (a
+corrupt batch, a codec this process lacks) raised inside Faust's fetcher and crashed the worker at
+every restart. Here one aiokafka group member fetches whole batches, hands them to the pipeline, and
+isolates an undecodable batch to its offsets, which are dead-lettered and skipped. Faust still runs
+the application (this loop is one of its tasks, beside the checkpoint timer, the models follower and
+the dashboard).
+
+Delivery contract (docs/contract.md): a micro-batch's outputs are published and acknowledged before
+its offsets may be committed, and offsets are committed only after a checkpoint of the entity state
+that includes them. After a crash the worker restores the last checkpoint, skips the readings it had
+applied, and re-processes the rest; outputs published after that checkpoint are found in the output
+topics' tails and not published again. So each point is scored once, whatever the timing of a crash.
+
+A worker that stalls (SIGSTOP, a long GC, a frozen VM) may lose its partitions to another member
+without noticing. Whenever more time than the group allows has passed since the broker last
+confirmed this member, it confirms its membership with an offset commit of offsets it had already
+committed (the broker refuses a commit from a member of an old generation) before it publishes or
+checkpoints anything; a refused confirmation drops the partitions' state and their unpublished
+outputs, and the rejoin that follows restores whatever partitions the group gives back.
 """
 from __future__ import annotations
 
@@ -16,12 +30,40 @@ import time
 from collections import defaultdict
 
 import orjson
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
 
 from .config import Settings
-from .kafka import producer, read_partition
+from .kafka import consumer as kafka_consumer
+from .kafka import iter_partition, producer, read_offsets, read_partition
 from .pipeline import META_KEY, Message, Outputs, Pipeline
 
 log = logging.getLogger("vigil.worker")
+
+
+def undecodable(exc: BaseException) -> bool:
+    """An error raised while unpacking fetched records, which refetching cannot cure.
+
+    aiokafka raises CorruptRecordException (bad CRC) and UnsupportedCodecError (codec unknown or
+    missing) as Kafka errors; a corrupt compressed payload surfaces as the codec library's own error
+    (gzip's BadGzipFile, cramjam's errors). Every other Kafka error (authorisation, a lost
+    coordinator) is not about the bytes and is left to aiokafka's retries or to a restart.
+    """
+    if isinstance(exc, KafkaError):
+        return type(exc).__name__ in ("CorruptRecordException", "UnsupportedCodecError")
+    return isinstance(exc, Exception) and not isinstance(exc, (asyncio.CancelledError, MemoryError))
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, runner: "Runner"):
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked):
+        await self.runner.on_revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned):
+        await self.runner.on_assigned({tp.partition for tp in assigned})
 
 
 class Runner:
@@ -30,49 +72,121 @@ class Runner:
         self.pipeline = pipeline
         self.lock = asyncio.Lock()
         self.producer = None
+        self.consumer = None
         self.recovered: set[int] = set()
-        self.held: list = []  # events kept unacked until their state is checkpointed
-        self.consumer = None  # the Faust consumer, for the assignment check
+        self.pending: dict[int, int] = {}  # partition -> next offset to commit after the next checkpoint
+        self.committed: dict[int, int] = {}  # partition -> last offset committed (or found committed)
+        self.confirmed_at = time.monotonic()  # when the broker last accepted this member's commit
+        # More than this without a confirmation and the group may have moved on without us.
+        self.fence_after = min(settings.session_timeout, settings.rebalance_timeout) / 2
         self.timings = defaultdict(float)
+        pipeline.loader = self.load_states
 
+    def tp(self, partition: int) -> TopicPartition:
+        return TopicPartition(self.settings.topics.readings, partition)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         if self.producer is None:
             self.producer = producer(self.settings.broker)
             await self.producer.start()
+        if self.consumer is None:
+            s = self.settings
+            self.consumer = kafka_consumer(
+                s.broker, group_id=s.group, enable_auto_commit=False, auto_offset_reset="earliest",
+                session_timeout_ms=int(s.session_timeout * 1000),
+                rebalance_timeout_ms=int(s.rebalance_timeout * 1000),
+                heartbeat_interval_ms=int(min(1.0, s.session_timeout / 4) * 1000),
+                max_poll_interval_ms=max(300_000, int(s.rebalance_timeout * 1000)),
+                # a fetch returns at least one whole batch, however large (Kafka >= 0.10.1)
+                max_partition_fetch_bytes=s.max_message_bytes + (64 << 10), fetch_max_bytes=32 << 20)
+            self.consumer.subscribe([s.topics.readings], listener=_Rebalance(self))
+            await self.consumer.start()
+
+    async def run(self) -> None:
+        """Fetch and process micro-batches until cancelled; the last checkpoint is taken on the way out."""
+        await self.start()
+        try:
+            while True:
+                messages = await self.fetch()
+                if messages:
+                    await self.handle(messages)
+        finally:
+            try:
+                await asyncio.shield(self.checkpoint())
+            finally:
+                for client in (self.consumer, self.producer):
+                    if client is not None:
+                        await client.stop()  # the consumer leaves the group: the others take over at once
+
+    # ---- fetching -------------------------------------------------------------------------------
+    async def fetch(self) -> list[Message]:
+        """One micro-batch of records as Messages; offsets that could not be decoded come as Messages
+        that say so (``Message.undecodable``), in offset order with the others."""
+        s = self.settings
+        try:
+            batch = await self.consumer.getmany(timeout_ms=int(s.batch_wait * 1000), max_records=s.batch_size)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not undecodable(exc):
+                raise
+            return await self._isolate(exc)
+        return [_message(r) for records in batch.values() for r in records]
+
+    async def _isolate(self, exc: BaseException) -> list[Message]:
+        """A fetch raised while decoding: find the partitions and offsets that cannot be decoded.
+
+        Each assigned partition is read on its own, one record at a time, so the good records before a
+        bad batch are kept; an offset that fails is skipped and the next one tried, until records
+        decode again. A round trip per skipped offset, but rare, and exact with public APIs only.
+        """
+        log.error("a fetch of %s could not be decoded (%s: %s); isolating it", self.settings.topics.readings,
+                  type(exc).__name__, exc)
+        messages, bad = [], []  # bad: (partition, offset, reason)
+        for tp in sorted(self.consumer.assignment()):
+            for _ in range(self.settings.batch_size):
+                try:
+                    got = await self.consumer.getmany(tp, timeout_ms=500, max_records=1)
+                except Exception as err:  # noqa: BLE001 - classified below
+                    if not undecodable(err):
+                        raise
+                    pos = await self.consumer.position(tp)
+                    bad.append((tp.partition, pos, f"undecodable: {type(err).__name__}: {err}"[:500]))
+                    self.consumer.seek(tp, pos + 1)
+                    continue
+                if not got:
+                    break
+                messages.extend(_message(r) for r in got[tp])
+        skipped = []  # (partition, first, last, reason) of consecutive bad offsets
+        for p, offset, reason in bad:
+            if skipped and skipped[-1][0] == p and skipped[-1][2] == offset - 1 and skipped[-1][3] == reason:
+                skipped[-1] = (p, skipped[-1][1], offset, skipped[-1][3])
+            else:
+                skipped.append((p, offset, offset, reason))
+        for p, first, last, reason in skipped:
+            log.error("partition %d: offsets %d-%d of %s cannot be decoded and are dead-lettered: %s", p, first,
+                      last, self.settings.topics.readings, reason)
+            messages.append(Message(p, first, None, None, None, (last, reason)))
+        return sorted(messages, key=lambda m: (m.partition, m.offset))
 
     # ---- micro-batches --------------------------------------------------------------------------
-    async def handle(self, events: list) -> None:
-        """Process one micro-batch of Faust events."""
+    async def handle(self, messages: list[Message]) -> None:
+        """Process one micro-batch and publish its outputs; its offsets commit at the next checkpoint."""
         async with self.lock:
-            await self.start()
-            topic = self.settings.topics.readings
-            assigned = self._assigned()
-            fresh = []
-            for e in events:
-                tp = e.message.tp
-                if assigned is not None and tp not in assigned:
-                    continue  # buffered before a rebalance took the partition away
-                fresh.append(e)
-            mine = {e.message.partition for e in fresh}
-            if assigned is not None:  # recover every assigned partition at once, not one per batch
-                mine |= {tp.partition for tp in assigned if tp.topic == topic}
-            todo = sorted(mine - self.recovered)
-            if todo:
-                await asyncio.gather(*(self.recover(p) for p in todo))
+            mine = self.recovered
+            messages = [m for m in messages if m.partition in mine]  # fetched before a rebalance
             t0 = time.perf_counter()
-            msgs = [Message(e.message.partition, e.message.offset, e.message.key, e.message.value)
-                    for e in fresh if e.message.topic == topic]
-            out = await self.pipeline.process(msgs)
+            out = await self.pipeline.process(messages)
             t1 = time.perf_counter()
+            if not await self.confirm():
+                return
             if self.pipeline.board is not None:
-                self.pipeline.board.batch(len(events), self._lag(assigned))
+                self.pipeline.board.batch(len(messages), self._lag())
             await self.publish(out)
-            t2 = time.perf_counter()
             self.timings["process"] += t1 - t0
-            self.timings["publish"] += t2 - t1
-            for e in fresh:
-                e.message.incref()  # released by checkpoint(), after the state is durable
-                self.held.append(e)
+            self.timings["publish"] += time.perf_counter() - t1
+            for m in messages:
+                last = m.offset if m.undecodable is None else m.undecodable[0]
+                self.pending[m.partition] = max(self.pending.get(m.partition, 0), last + 1)
 
     async def publish(self, out: Outputs) -> None:
         topics = self.settings.topics
@@ -87,55 +201,111 @@ class Runner:
             offs = self.pipeline.partitions[partition].out_offsets
             offs[kind] = max(offs.get(kind, -1), meta.offset)
 
+    # ---- membership -----------------------------------------------------------------------------
+    async def confirm(self) -> bool:
+        """True if this member still owns its partitions; after a stall, asks the broker first.
+
+        On a refusal the partitions' state is dropped (their new owner restores it) and False returned.
+        """
+        if time.monotonic() - self.confirmed_at <= self.fence_after or not self.recovered:
+            return True
+        probe = {self.tp(p): OffsetAndMetadata(self.committed.get(p, 0), "") for p in self.recovered}
+        try:
+            await self.consumer.commit(probe)
+        except (CommitFailedError, IllegalStateError) as exc:
+            lost = sorted(self.recovered)
+            log.warning("partitions %s were lost while this worker stalled (%s); dropping their state and "
+                        "unpublished outputs", lost, type(exc).__name__)
+            self._forget(lost)
+            return False
+        self.confirmed_at = time.monotonic()
+        return True
+
+    def _forget(self, partitions) -> None:
+        for p in partitions:
+            self.pipeline.drop(p)
+            self.recovered.discard(p)
+            self.pending.pop(p, None)
+            self.committed.pop(p, None)
+
+    # ---- checkpoints ----------------------------------------------------------------------------
     async def checkpoint(self) -> None:
-        """Make entity state durable, then release the events it covers for commit."""
+        """Make entity state durable, then commit the offsets it covers; then evict idle entities."""
         async with self.lock:
-            if self.producer is None:
+            if self.producer is None or not self.recovered:
                 return
             t0 = time.perf_counter()
-            parts = {e.message.partition for e in self.held}
-            parts |= {p for p, s in self.pipeline.partitions.items() if s.dirty}
+            parts = set(self.pending) | {p for p, s in self.pipeline.partitions.items() if s.dirty}
+            parts &= self.recovered
+            if not parts:
+                self.pipeline.evict()
+                return
+            if not await self.confirm():
+                return
             futures = []
-            for p in sorted(parts & self.recovered):
+            for p in sorted(parts):
                 for key, value in self.pipeline.checkpoint(p):
-                    futures.append(await self.producer.send(self.settings.topics.state, value, key=key,
-                                                            partition=p))
-            for fut in futures:
-                await fut
-            for e in self.held:
-                e.ack()
-            self.held.clear()
+                    futures.append((p, key, await self.producer.send(self.settings.topics.state, value, key=key,
+                                                                     partition=p)))
+            for p, key, fut in futures:
+                meta = await fut
+                self.pipeline.stored(p, key, meta.offset)
+            commit = {self.tp(p): OffsetAndMetadata(o, "") for p, o in self.pending.items() if p in parts}
+            if commit:
+                try:
+                    await self.consumer.commit(commit)
+                except (CommitFailedError, IllegalStateError) as exc:
+                    # The state written is correct for its offsets; the new owner replays from its
+                    # own view of the commits and suppresses what was already published.
+                    log.warning("offset commit refused (%s); partitions %s go to their new owner",
+                                type(exc).__name__, sorted(parts))
+                    self._forget(sorted(self.recovered))
+                    return
+                self.confirmed_at = time.monotonic()
+                for tp, om in commit.items():
+                    self.committed[tp.partition] = om.offset
+                    self.pending.pop(tp.partition, None)
+            self.pipeline.evict()
             self.timings["checkpoint"] += time.perf_counter() - t0
 
-    def _lag(self, assigned) -> dict[int, int]:
+    def _lag(self) -> dict[int, int]:
         """Readings messages behind the head of each assigned partition."""
         lag = {}
-        for tp in assigned or ():
-            if tp.topic == self.settings.topics.readings:
-                try:
-                    head = self.consumer.highwater(tp)
-                except Exception:  # noqa: BLE001 - not known before the first fetch
-                    continue
-                if head is not None:
-                    lag[tp.partition] = max(0, head - 1 - self.pipeline.partitions[tp.partition].input_offset)
+        for p in self.recovered:
+            head = self.consumer.highwater(self.tp(p))
+            if head is not None:
+                lag[p] = max(0, head - 1 - self.pipeline.partitions[p].input_offset)
         return lag
 
     # ---- rebalances -----------------------------------------------------------------------------
-    def _assigned(self):
-        try:
-            return self.consumer.assignment() if self.consumer is not None else None
-        except Exception:  # noqa: BLE001 - the consumer may be between generations
-            return None
+    async def on_assigned(self, partitions: set[int]) -> None:
+        mine = sorted(partitions)
+        log.warning("assigned partitions %s of %s", mine, self.settings.topics.readings)
+        async with self.lock:
+            todo = [p for p in mine if p not in self.recovered]
+            await asyncio.gather(*(self.recover(p) for p in todo))
+            for p in todo:
+                self.committed[p] = await self.consumer.committed(self.tp(p)) or 0
+            self.confirmed_at = time.monotonic()
+
+    async def on_revoked(self, partitions: set[int]) -> None:
+        await self.checkpoint()
+        async with self.lock:
+            self._forget(sorted(partitions & self.recovered))
 
     async def recover(self, partition: int) -> None:
         """Restore a partition's checkpoint and learn which outputs were published after it."""
         t0 = time.perf_counter()
         broker, topics = self.settings.broker, self.settings.topics
-        states: dict[bytes, bytes] = {}
-        for rec in await read_partition(broker, topics.state, partition):
-            states[rec.key] = rec.value
-        meta = orjson.loads(states[META_KEY]) if META_KEY in states else {"out": {}}
-        self.pipeline.restore(partition, states)
+        index: dict[bytes, int] = {}  # entity key -> offset of its latest state record
+        meta_raw = None
+        async for records in iter_partition(broker, topics.state, partition):
+            for rec in records:  # keys and offsets only: states load when their entity reads again
+                index[rec.key] = rec.offset
+        if META_KEY in index:
+            meta_raw = (await read_offsets(broker, topics.state, partition, [index.pop(META_KEY)]))[0].value
+        meta = orjson.loads(meta_raw) if meta_raw is not None else {"input_offset": -1, "out": {}}
+        self.pipeline.restore(partition, meta, index)
         after = lambda kind: meta["out"].get(kind, -1) + 1  # noqa: E731 - first offset not covered
         scores, alerts, dlq = await asyncio.gather(
             read_partition(broker, topics.scores, partition, after("scores")),
@@ -150,17 +320,22 @@ class Runner:
         for rec in alerts:
             msg = orjson.loads(rec.value)
             alerts_ts[msg["entity"]] = max(alerts_ts.get(msg["entity"], -math.inf), msg["ts"])
-        dlq_offset = max((orjson.loads(rec.value)["offset"] for rec in dlq), default=-1)
+        dlq_offset = -1
+        for rec in dlq:
+            d = orjson.loads(rec.value)
+            dlq_offset = max(dlq_offset, d.get("last_offset", d["offset"]))
         self.pipeline.suppress(partition, scores_ts, alerts_ts, dlq_offset)
         self.recovered.add(partition)
         log.warning("partition %d recovered in %.2fs: %d entities, input offset %d, %d entities with "
-                 "outputs after the checkpoint", partition, time.perf_counter() - t0,
-                 len(states) - (META_KEY in states), self.pipeline.partitions[partition].input_offset,
-                 len(scores_ts))
+                    "outputs after the checkpoint", partition, time.perf_counter() - t0, len(index),
+                    self.pipeline.partitions[partition].input_offset, len(scores_ts))
 
-    async def on_revoked(self, partitions: set[int]) -> None:
-        await self.checkpoint()
-        async with self.lock:
-            for p in partitions:
-                self.pipeline.drop(p)
-                self.recovered.discard(p)
+    async def load_states(self, partition: int, offsets: list[int]) -> list[bytes]:
+        """Entity state records at these offsets of the partition's ``vigil.state`` (evicted entities)."""
+        recs = await read_offsets(self.settings.broker, self.settings.topics.state, partition, offsets)
+        return [r.value for r in recs]
+
+
+def _message(r) -> Message:
+    ts = r.timestamp / 1000.0 if r.timestamp is not None and r.timestamp >= 0 else None
+    return Message(r.partition, r.offset, r.key, r.value, ts)

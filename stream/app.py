@@ -1,4 +1,10 @@
-"""The Faust app: topics, the scoring agent, the checkpoint timer and rebalance hooks."""
+"""The Faust app: the readings consumer's task, the checkpoint timer, the models follower, the dashboard.
+
+Faust runs the application (lifecycle, signals, logging, timers and tasks); the readings are consumed
+by ``stream.agents.Runner``, an aiokafka group member of its own that hands whole fetches to the
+pipeline (docs/design.md says why). Faust's own consumer group is named ``GROUP-app`` so that it never
+joins the readings group.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -33,7 +39,7 @@ def broker_credentials():
 
 def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.App, Runner]:
     app = faust.App(
-        settings.group,
+        f"{settings.group}-app",
         broker=f"kafka://{settings.broker}",
         broker_credentials=broker_credentials(),
         value_serializer="raw",  # the pipeline decodes, so one bad message can never crash the agent
@@ -46,29 +52,22 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
         broker_rebalance_timeout=settings.rebalance_timeout,
         broker_heartbeat_interval=min(1.0, settings.session_timeout / 4),
         stream_wait_empty=False,
-        broker_commit_interval=max(0.5, settings.checkpoint_interval),
-        producer_max_request_size=4 << 20,
-        consumer_max_fetch_size=4 << 20,
     )
     # Inference runs in one thread beside the event loop; torch releases the GIL while it computes.
     board = Board()
     pipeline = Pipeline(settings, models, executor=ThreadPoolExecutor(1, thread_name_prefix="detector"), board=board)
     runner = Runner(settings, pipeline)
-    readings = app.topic(settings.topics.readings, value_serializer="raw", key_serializer="raw",
-                         partitions=settings.partitions)
 
-    @app.agent(readings, name="vigil-score")
-    async def score(stream):
-        runner.consumer = app.consumer
+    @app.task
+    async def consume():
         try:
-            async for events in stream.take_events(settings.batch_size, within=settings.batch_wait):
-                await runner.handle(events)
+            await runner.run()
         except asyncio.CancelledError:
             raise
         except Exception:
-            # Faust would log a crashed agent and keep the process alive, scoring nothing. Exit
+            # Faust would log a crashed task and keep the process alive, scoring nothing. Exit
             # instead: a supervisor restarts the worker, which resumes from its last checkpoint.
-            log.exception("the scoring agent failed; the worker exits so that it can be restarted")
+            log.exception("the readings consumer failed; the worker exits so that it can be restarted")
             logging.shutdown()
             os._exit(70)
 
@@ -126,17 +125,9 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
     async def report():
         m, t = runner.pipeline.metrics, runner.timings
         log.warning("points=%d messages=%d windows=%d alerts_open=%d dlq=%d imputed=%d entities=%d "
-                    "seconds: process=%.1f publish=%.1f checkpoint=%.1f",
+                    "(evicted %d) seconds: process=%.1f publish=%.1f checkpoint=%.1f",
                     m["points"], m["messages"], m["windows"], m["alerts_open"], m["dlq"], m["imputed"],
-                    len(runner.pipeline.entities), t["process"], t["publish"], t["checkpoint"])
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender, revoked, **kwargs):
-        await runner.on_revoked({tp.partition for tp in revoked if tp.topic == settings.topics.readings})
-
-    @app.on_partitions_assigned.connect
-    async def on_assigned(sender, assigned, **kwargs):
-        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.topics.readings)
-        log.warning("assigned partitions %s of %s", mine, settings.topics.readings)
+                    len(runner.pipeline.entities), runner.pipeline.known_entities() - len(runner.pipeline.entities),
+                    t["process"], t["publish"], t["checkpoint"])
 
     return app, runner

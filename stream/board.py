@@ -15,22 +15,75 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 class EntityTrace:
-    """One entity's last ``keep`` points (score, threshold, per-channel scores) and incidents."""
+    """One entity's last ``keep`` points (score, threshold, per-channel scores) and incidents.
 
-    def __init__(self, keep: int):
-        self.ts: deque[float] = deque(maxlen=keep)
-        self.score: deque[float] = deque(maxlen=keep)
-        self.threshold: deque[float | None] = deque(maxlen=keep)
-        self.channel: deque[np.ndarray] = deque(maxlen=keep)
+    Numpy ring buffers that grow by doubling up to ``keep`` rows, so an entity seen three times costs
+    three rows, not ``keep``.
+    """
+
+    def __init__(self, keep: int, channels: int):
+        self.keep, self.n = keep, 0  # n: points written so far
+        size = min(keep, 64)
+        self._ts, self._score, self._thr = np.empty(size), np.empty(size), np.empty(size)
+        self._channel = np.empty((size, channels), np.float32)
         self.incidents: dict[str, dict] = {}  # alert id -> latest alert message
         self.names: list[str] = []
         self.model, self.state = "", "warming up"
 
+    def extend(self, ts, score, threshold, channel) -> None:
+        k = len(ts)
+        if k > self.keep:
+            ts, score, threshold, channel = ts[-self.keep:], score[-self.keep:], threshold[-self.keep:], channel[-self.keep:]
+            self.n += k - self.keep
+            k = self.keep
+        size = len(self._ts)
+        if self.n + k > size and size < self.keep:  # grow (only before the ring wraps)
+            new = min(self.keep, max(2 * size, self.n + k))
+            for name in ("_ts", "_score", "_thr", "_channel"):
+                old = getattr(self, name)
+                grown = np.empty((new, *old.shape[1:]), old.dtype)
+                grown[:size] = old
+                setattr(self, name, grown)
+        if channel.shape[1] != self._channel.shape[1]:  # another model with other channels
+            self._channel = np.zeros((len(self._ts), channel.shape[1]), np.float32)
+        idx = (self.n + np.arange(k)) % len(self._ts)
+        self._ts[idx], self._score[idx], self._thr[idx], self._channel[idx] = ts, score, threshold, channel
+        self.n += k
+
+    def _order(self) -> np.ndarray:
+        m = min(self.n, len(self._ts))
+        return (self.n - m + np.arange(m)) % len(self._ts)
+
+    @property
+    def ts(self) -> np.ndarray:
+        return self._ts[self._order()]
+
+    @property
+    def score(self) -> np.ndarray:
+        return self._score[self._order()]
+
+    @property
+    def threshold(self) -> list:
+        return [None if math.isnan(x) else x for x in self._thr[self._order()].tolist()]
+
+    @property
+    def channel(self) -> np.ndarray:
+        return self._channel[self._order()]
+
+    def last(self) -> tuple:
+        if not self.n:
+            return None, None, None
+        i = (self.n - 1) % len(self._ts)
+        thr = float(self._thr[i])
+        return float(self._ts[i]), float(self._score[i]), None if math.isnan(thr) else thr
+
 
 class Board:
-    def __init__(self, keep: int = 2000, max_incidents: int = 50):
-        self.keep, self.max_incidents = keep, max_incidents
-        self.entities: dict[str, EntityTrace] = {}
+    def __init__(self, keep: int = 2000, max_incidents: int = 50, max_traces: int = 200):
+        """``max_traces``: entities whose recent points are kept, the most recently active first (a
+        trace holds ``keep`` points: about ``keep * (24 + 4 * channels)`` bytes)."""
+        self.keep, self.max_incidents, self.max_traces = keep, max_incidents, max_traces
+        self.entities: dict[str, EntityTrace] = {}  # least recently observed first
         self.started = time.time()
         self.samples: deque[tuple[float, int]] = deque([(time.monotonic(), 0)], maxlen=256)  # (time, points)
         self.last_batch = 0
@@ -43,14 +96,14 @@ class Board:
 
     # ---- writers (hot path) --------------------------------------------------------------------
     def observe(self, ent, ts, score, threshold, channel, alerts: list[dict]) -> None:
-        t = self.entities.get(ent.entity)
+        t = self.entities.pop(ent.entity, None)
         if t is None:
-            t = self.entities[ent.entity] = EntityTrace(self.keep)
+            t = EntityTrace(self.keep, channel.shape[1])
+            while len(self.entities) >= self.max_traces:
+                self.entities.pop(next(iter(self.entities)))
+        self.entities[ent.entity] = t  # now the most recent
         t.names, t.model = ent.names, ent.model
-        t.ts.extend(ts.tolist())
-        t.score.extend(score.tolist())
-        t.threshold.extend(None if math.isnan(x) else x for x in threshold.tolist())
-        t.channel.extend(channel.astype(np.float32))
+        t.extend(ts, score, threshold, channel)
         for a in alerts:
             t.incidents[a["alert_id"]] = a
         while len(t.incidents) > self.max_incidents:
@@ -61,6 +114,10 @@ class Board:
             t.state = "warming up"
         else:
             t.state = "alerting" if ent.incidents.open is not None else "normal"
+
+    def forget(self, entity: str) -> None:
+        """The entity left the worker's memory (evicted, or its partition went to another worker)."""
+        self.entities.pop(entity, None)
 
     def inference(self, seconds: float) -> None:
         self.inference_seconds += seconds
@@ -96,21 +153,30 @@ class Board:
                 "batch_size": self.last_batch, "batches": self.batches,
                 "inference_ms": round(1000 * self.last_inference, 2),
                 "inference_ms_mean": round(1000 * self.inference_seconds / max(self.inference_calls, 1), 2),
-                "entities": len(self.entities), "uptime_s": round(time.time() - self.started, 1)}
+                "entities": self._entities()[0], "entities_evicted": self._entities()[1],
+                "uptime_s": round(time.time() - self.started, 1)}
+
+    def _entities(self) -> tuple[int, int]:
+        """Entities in memory and evicted (state on the broker) of the pipeline that feeds the board."""
+        if self.pipeline is None:
+            return len(self.entities), 0
+        live = len(self.pipeline.entities)
+        return live, self.pipeline.known_entities() - live
 
     def entity_list(self) -> list[dict]:
-        return [{"entity": name, "state": t.state, "model": t.model,
-                 "last_score": t.score[-1] if t.score else None,
-                 "threshold": t.threshold[-1] if t.threshold else None,
-                 "last_ts": t.ts[-1] if t.ts else None,
-                 "incidents": len(t.incidents)} for name, t in sorted(self.entities.items())]
+        out = []
+        for name, t in sorted(self.entities.items()):
+            last_ts, last_score, threshold = t.last()
+            out.append({"entity": name, "state": t.state, "model": t.model, "last_score": last_score,
+                        "threshold": threshold, "last_ts": last_ts, "incidents": len(t.incidents)})
+        return out
 
     def entity(self, name: str) -> dict | None:
         t = self.entities.get(name)
         if t is None:
             return None
         return {"entity": name, "state": t.state, "model": t.model, "names": t.names,
-                "ts": list(t.ts), "score": list(t.score), "threshold": list(t.threshold),
+                "ts": t.ts.tolist(), "score": t.score.tolist(), "threshold": t.threshold,
                 "incidents": [_span(a) for a in t.incidents.values()]}
 
     def incident(self, name: str, alert_id: str, pad: int = 20) -> dict | None:
@@ -119,13 +185,13 @@ class Board:
         a = t.incidents.get(alert_id) if t is not None else None
         if a is None:
             return None
-        ts = np.asarray(t.ts)
+        ts = t.ts
         inside = np.flatnonzero((ts >= a["start"]) & (ts <= a["end"]))
         if len(inside):
             lo, hi = max(inside[0] - pad, 0), min(inside[-1] + pad + 1, len(ts))
         else:  # the incident's points have left the buffer
             lo = hi = 0
-        channel = np.stack([t.channel[i] for i in range(lo, hi)]) if hi > lo else np.zeros((0, len(t.names)))
+        channel = t.channel[lo:hi]
         return {**_span(a), "names": t.names, "ts": ts[lo:hi].tolist(),
                 "channel_scores": np.round(channel.T, 4).tolist()}  # [channel][time]
 
@@ -140,6 +206,15 @@ class Board:
             dlq.add_metric([reason], n)
         yield dlq
         yield CounterMetricFamily("vigil_alerts_opened", "Incidents opened", value=self._count("alerts_open"))
+        live, evicted = self._entities()
+        entities = GaugeMetricFamily("vigil_entities", "Entities this worker holds, in memory or evicted",
+                                     labels=["state"])
+        entities.add_metric(["live"], live)
+        entities.add_metric(["evicted"], evicted)
+        yield entities
+        yield CounterMetricFamily("vigil_entity_evictions", "Entities taken out of memory", value=self._count("evicted"))
+        yield CounterMetricFamily("vigil_entity_loads", "Evicted entities read back from vigil.state",
+                                  value=self._count("loaded"))
         open_alerts = GaugeMetricFamily("vigil_open_alerts", "Open incidents per entity", labels=["entity"])
         model = GaugeMetricFamily("vigil_model_info", "Model serving each entity (value 1)",
                                   labels=["entity", "model", "version"])

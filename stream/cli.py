@@ -92,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-wait", type=float, default=d.batch_wait, help="seconds a micro-batch waits")
     _scoring_args(p)
     p.add_argument("--checkpoint-interval", type=float, default=d.checkpoint_interval)
+    p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
+                   help="larger readings messages are dead-lettered (oversized)")
+    p.add_argument("--max-future", type=_duration, default=d.max_future,
+                   help="readings further ahead of their record's Kafka timestamp are dead-lettered "
+                        "(future_ts); 0: off")
+    p.add_argument("--entity-ttl", type=_duration, default=d.entity_ttl,
+                   help="idle time after which an entity leaves memory (restored on its next reading); 0: never")
+    p.add_argument("--max-live-entities", type=int, default=d.max_live_entities,
+                   help="entities kept in memory; the least recently seen are evicted beyond it")
+    p.add_argument("--max-entities", type=int, default=d.max_entities,
+                   help="entities a worker holds, in memory or evicted; readings of more are dead-lettered")
     p.add_argument("--session-timeout", type=float, default=d.session_timeout)
     p.add_argument("--rebalance-timeout", type=float, default=d.rebalance_timeout)
     p.add_argument("--log-level", default="warn", choices=["crit", "error", "warn", "info", "debug"])
@@ -166,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=12)
     p.add_argument("--points", type=int, default=3000, help="points per entity")
     p.add_argument("--rate", type=float, default=0.0, help="points per second per entity (0: as fast as possible)")
-    p.add_argument("--start", type=float, default=None, help="first timestamp (default: now)")
+    p.add_argument("--start", type=float, default=None,
+                   help="first timestamp, one second per point (default: the series ends now)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="rows per message (above 1: the batch form)")
     p.add_argument("--labels", default=None, help="write the injected anomalies as JSON lines here")
@@ -212,7 +224,8 @@ def settings_from_args(args) -> Settings:
     for name in ("partitions", "replication", "group", "window", "hop", "batch_size", "batch_wait", "threshold",
                  "calibration", "calibration_points", "fusion", "top_k", "open_after", "open_window", "close_after",
                  "checkpoint_interval", "session_timeout", "rebalance_timeout", "device", "score_channels",
-                 "web_host", "web_port", "web_token", "detector"):
+                 "web_host", "web_port", "web_token", "detector", "max_message_bytes", "max_future",
+                 "entity_ttl", "max_live_entities", "max_entities"):
         setattr(s, name, getattr(args, name, getattr(s, name)))
     if getattr(args, "topic_prefix", "vigil") != "vigil":
         s.topics = Topics.named(args.topic_prefix)
@@ -368,7 +381,9 @@ def cmd_simulate(args) -> int:
 
     broker = broker_from_env(args.broker)
     check_broker(broker)
-    start = args.start if args.start is not None else float(int(time.time()))
+    # One simulated second per point, sent faster than that: by default the series ends now, so that
+    # no reading lies ahead of the wall clock (workers refuse readings from the future, --max-future).
+    start = args.start if args.start is not None else float(int(time.time())) - args.points
     plant = simulate_plant(args.entities, args.channels, args.points, start, args.seed,
                            anomalies=not args.no_anomalies)
     if args.labels:

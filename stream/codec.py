@@ -6,8 +6,13 @@ batch   ``{"entity": "pump-7", "ts": [t0, t1, ...], "values": [[...], [...], ...
         ``"channels": ["temp", ...]`` naming the columns of the rows
 
 The codec checks only what a message says by itself (syntax, types, finiteness, size). What needs the
-entity's history (channel count, timestamp order) is checked by the entity stage in ``stream.entities``.
+entity's history (channel count, timestamp order) is checked by the pipeline's entity stage.
 A null value, or a channel left out of a dict, becomes NaN: it is imputed later, not rejected.
+
+Limits (docs/contract.md) keep every output of one message, and every entity's checkpoint, under
+the 1 MB a default Kafka broker accepts: 1024 channels of names up to 256 characters, 100,000 rows.
+Values must fit float32 (the precision windows are scored in): a larger magnitude is refused as
+``non_finite`` rather than turned into infinity.
 """
 from __future__ import annotations
 
@@ -19,7 +24,9 @@ import orjson
 
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_ROWS = 100_000
-MAX_CHANNELS = 4096
+MAX_CHANNELS = 1024
+MAX_NAME = 256  # characters of an entity or channel name
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -110,8 +117,8 @@ def decode(raw: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Readings | 
         if field not in msg:
             return Rejection(f"missing_field: {field}")
     entity, ts, values = msg["entity"], msg["ts"], msg["values"]
-    if not isinstance(entity, str) or not entity or len(entity) > 256:
-        return Rejection("bad_type: entity must be a non-empty string of at most 256 characters")
+    if not isinstance(entity, str) or not entity or len(entity) > MAX_NAME:
+        return Rejection(f"bad_type: entity must be a non-empty string of at most {MAX_NAME} characters")
     columns = msg.get("channels")
     if columns is not None:
         if (not isinstance(ts, list) or not isinstance(columns, list) or not columns
@@ -124,7 +131,7 @@ def decode(raw: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Readings | 
                 if len(columns) != fast.values.shape[1]:
                     return Rejection(f"bad_values: {len(columns)} channels named, rows have {fast.values.shape[1]}")
                 fast.names = list(columns)
-            return fast
+            return _limits(fast)
     names: list[str] = []
     if isinstance(ts, list):  # batch form
         if not isinstance(values, list) or len(values) != len(ts):
@@ -159,8 +166,17 @@ def decode(raw: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Readings | 
             return Rejection(f"bad_values: {len(columns)} channels named, rows have {width}")
         names = list(columns)
     arr = np.array(rows, dtype=np.float64)
-    return Readings(entity=entity, ts=np.array(ts_in, dtype=np.float64), values=arr,
-                    names=names or None, missing=nulls[0])
+    return _limits(Readings(entity=entity, ts=np.array(ts_in, dtype=np.float64), values=arr,
+                            names=names or None, missing=nulls[0]))
+
+
+def _limits(r: Readings) -> Readings | Rejection:
+    """What both parsing paths check last: channel names' length and values' magnitude."""
+    if r.names is not None and max(map(len, r.names)) > MAX_NAME:
+        return Rejection(f"bad_type: channel names must have at most {MAX_NAME} characters")
+    if r.values.size and np.nanmax(np.abs(r.values), initial=0.0) > FLOAT32_MAX:
+        return Rejection("non_finite: a value beyond the float32 range (3.4e38)")
+    return r
 
 
 def _fast_batch(entity: str, ts: list, values: list) -> Readings | None:

@@ -72,8 +72,16 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     web_token: str | None = None  # required when web_host is not a loopback address
-    # input limits
+    # input limits (docs/contract.md)
     max_message_bytes: int = 1 << 20
+    # A reading more than this many seconds ahead of its record's Kafka timestamp is refused
+    # (future_ts); 0 turns the check off. One hour, as Kafka's own log.message.timestamp.after.max.ms.
+    max_future: float = 3600.0
+    # entity memory: idle entities leave memory (their state stays in vigil.state) and come back on
+    # their next reading; beyond max_entities (in memory or not) new entities are refused
+    entity_ttl: float = 3600.0  # seconds without a reading before an entity is evicted (0: never)
+    max_live_entities: int = 10_000  # entities kept in memory; the least recently seen go first
+    max_entities: int = 100_000  # entities a worker holds at all; more: too_many_entities
     # group membership (short values suit the embedded broker; Kafka defaults are longer)
     session_timeout: float = 10.0
     rebalance_timeout: float = 5.0

@@ -98,7 +98,9 @@ def run_demo(args) -> int:
             broker_proc, broker = start_broker("127.0.0.1", port, log=open(workdir / "broker.log", "wb"))
         procs.append(broker_proc)
         print(f"vigil demo: embedded broker on {broker}")
-        start = float(int(time.time()))
+        # one simulated second per point, sent at --rate points/s: the series ends now, so no reading
+        # is ahead of the wall clock (the worker refuses readings from the future)
+        start = float(int(time.time())) - args.points
         seed = 0
         entities = [s.entity for s in simulate_plant(args.entities, args.channels, 1, start, seed)]
         models = train_models(entities, args.channels, start, seed, workdir)

@@ -98,26 +98,72 @@ def producer(broker: str, **kw) -> AIOKafkaProducer:
 
 async def read_partition(broker: str, topic: str, partition: int, start: int = 0) -> list:
     """All records of one partition from ``start`` to its current end (no consumer group)."""
+    out = []
+    async for records in iter_partition(broker, topic, partition, start):
+        out.extend(records)
+    return out
+
+
+async def iter_partition(broker: str, topic: str, partition: int, start: int = 0):
+    """The records of one partition from ``start`` to its current end, a fetch at a time, so that a
+    caller can keep only what it needs of a large partition."""
     tp = TopicPartition(topic, partition)
     c = consumer(broker)
     await c.start()
     try:
         c.assign([tp])
         end = (await c.end_offsets([tp]))[tp]
-        begin = (await c.beginning_offsets([tp]))[tp]
-        start = max(start, begin)
-        if start >= end:
-            return []
+        start = max(start, (await c.beginning_offsets([tp]))[tp])
         c.seek(tp, start)
-        out = []
+        deadline = asyncio.get_running_loop().time() + 30.0
         while True:
-            batch = await c.getmany(tp, timeout_ms=1000, max_records=10_000)
-            recs = batch.get(tp, [])
-            out.extend(recs)
-            if (recs and recs[-1].offset >= end - 1) or await c.position(tp) >= end:
-                return out
+            recs = (await c.getmany(tp, timeout_ms=100, max_records=10_000)).get(tp, [])
+            # The fetch's high watermark is the true end: the embedded broker lists the last batch's
+            # base offset + 1 as the end offset.
+            end = max(end, c.highwater(tp) or 0)
+            if recs:
+                yield recs
+            if c.highwater(tp) is not None and await c.position(tp) >= end:
+                return
+            if not recs and asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{topic}[{partition}]: no records up to offset {end} within 30 s")
     finally:
         await c.stop()
+
+
+async def read_offsets(broker: str, topic: str, partition: int, offsets: list[int]) -> list:
+    """The records at these offsets of one partition, in the order asked (None where there is none,
+    e.g. compacted away). Neighbouring offsets are read in one pass, distant ones by a seek."""
+    tp = TopicPartition(topic, partition)
+    wanted = sorted(set(offsets))
+    found: dict[int, object] = {}
+    if not wanted:
+        return []
+    c = consumer(broker)
+    await c.start()
+    try:
+        c.assign([tp])
+        i = 0
+        while i < len(wanted):
+            c.seek(tp, wanted[i])
+            before = i
+            while i < len(wanted):
+                batch = (await c.getmany(tp, timeout_ms=1000, max_records=500)).get(tp, [])
+                if not batch:
+                    break
+                for r in batch:
+                    while i < len(wanted) and wanted[i] < r.offset:
+                        i += 1  # not in the log any more
+                    if i < len(wanted) and wanted[i] == r.offset:
+                        found[r.offset] = r
+                        i += 1
+                if i < len(wanted) and wanted[i] - batch[-1].offset > 1000:
+                    break  # far ahead: seek rather than read through
+            if i == before:
+                i += 1  # nothing at that offset
+    finally:
+        await c.stop()
+    return [found.get(o) for o in offsets]
 
 
 async def offsets_for_time(broker: str, topic: str, since_wall: float | None) -> dict[int, int]:

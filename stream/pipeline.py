@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import logging
 import math
 import time
 from collections import Counter, defaultdict
@@ -34,8 +36,18 @@ from .incidents import IncidentTracker
 from .thresholds import make_threshold, threshold_from_state
 from .windows import EntityWindow
 
+log = logging.getLogger("vigil.worker")
+
 META_KEY = b"__partition__"
-SCORE_MESSAGE_VALUES = 50_000  # numbers per vigil.scores message (about 1 MB of JSON at most)
+# Every output record stays under OUTPUT_LIMIT, the default message.max.bytes of an Apache Kafka
+# broker (1,048,588) less room for the record's overhead:
+OUTPUT_LIMIT = 1_000_000
+SCORE_MESSAGE_VALUES = 30_000  # numbers per vigil.scores message: at most 25 bytes of JSON each
+DLQ_PAYLOAD_BYTES = 64 << 10  # bytes of a rejected message a dead letter carries (base64: 88 kB)
+DLQ_KEY_BYTES = 1024  # a dead letter's own key: the original key, cut to this length
+DLQ_ROWS = 1000  # row numbers listed in a dead letter; "rows_total" counts them all
+# A score that overflowed (inf, NaN) is reported as this: above every threshold, never learnt from.
+SCORE_CAP = 1e30
 
 
 class Message(NamedTuple):
@@ -43,6 +55,9 @@ class Message(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: float | None = None  # the record's Kafka timestamp in seconds (None: not known)
+    # Offsets offset..last that the Kafka layer could not decode, and why: (last, reason)
+    undecodable: tuple[int, str] | None = None
 
 
 class Record(NamedTuple):
@@ -77,6 +92,7 @@ class PartitionState:
     out_offsets: dict = field(default_factory=dict)  # topic kind -> last offset known delivered
     dirty: set = field(default_factory=set)  # entities changed since the last checkpoint
     dlq_suppress_offset: int = -1  # DLQ records up to this source offset were already published
+    evicted: dict = field(default_factory=dict)  # entity -> offset of its state record, not in memory
 
 
 class EntityState:
@@ -107,10 +123,12 @@ class EntityState:
         # Set by recovery: outputs at or before these timestamps were already published.
         self.suppress_scores_ts = -math.inf
         self.suppress_alerts_ts = -math.inf
+        self.touched = time.monotonic()  # last micro-batch with a reading of it (for eviction)
+        self.stored_at: int | None = None  # offset of its latest state record in vigil.state
 
-    def to_state(self) -> dict:
+    def to_state(self, history: bool = True) -> dict:
         return {"entity": self.entity, "names": self.names, "model": self.model, "last_ts": self.last_ts,
-                "window": self.window.to_state(),
+                "window": self.window.to_state(history),
                 "threshold": self.threshold.to_state() if self.threshold else None,
                 "calib": self.calib, "coldstart": self.coldstart.to_state() if self.coldstart else None,
                 "incident": self.incidents.to_state(), "counts": dict(self.counts)}
@@ -139,10 +157,16 @@ class Pipeline:
             board.pipeline = self
         self.models = dict(models or {})
         self.executor = executor
-        self.entities: dict[str, EntityState] = {}
+        self.entities: dict[str, EntityState] = {}  # live: in memory
         self.partitions: dict[int, PartitionState] = defaultdict(PartitionState)
         self.metrics = Counter()
-        self._suppress: dict[str, tuple[float, float]] = {}  # recovery's findings for entities not yet seen
+        self._suppress: dict[str, tuple[float, float]] = {}  # recovery's findings for entities not in memory
+        # ``await loader(partition, offsets) -> [state bytes | None]`` reads evicted entities' state
+        # records back (the runner reads them from vigil.state); None: nothing is ever evicted.
+        self.loader = None
+
+    def known_entities(self) -> int:
+        return len(self.entities) + sum(len(p.evicted) for p in self.partitions.values())
 
     # ---- entity stage -------------------------------------------------------------------------
     def _model_for(self, entity: str, names: list[str] | None, width: int) -> Detector | None:
@@ -155,9 +179,12 @@ class Pipeline:
             det = default
         return det
 
-    def _entity(self, readings: Readings, partition: int) -> EntityState:
+    def _entity(self, readings: Readings, partition: int) -> EntityState | None:
+        """The entity's state: in memory, or new (None when the worker holds ``max_entities`` already)."""
         ent = self.entities.get(readings.entity)
         if ent is None:
+            if self.known_entities() >= self.settings.max_entities:
+                return None
             width = readings.values.shape[1]
             det = self._model_for(readings.entity, readings.names, width)
             if det is not None:
@@ -170,6 +197,7 @@ class Pipeline:
                 readings.entity, (-math.inf, -math.inf))
             self.metrics["entities"] += 1
         ent.partition = partition
+        ent.touched = time.monotonic()
         return ent
 
     def _align(self, ent: EntityState, readings: Readings) -> np.ndarray | str:
@@ -206,6 +234,12 @@ class Pipeline:
             if msg.offset <= part.input_offset:
                 self.metrics["replayed_skipped"] += 1
                 continue
+            if msg.undecodable is not None:  # a range of offsets: one dead letter for all of them
+                last, reason = msg.undecodable
+                part.input_offset = last
+                self.metrics["messages"] += last - msg.offset + 1
+                self._reject(out, msg, reason, last_offset=last)
+                continue
             part.input_offset = msg.offset
             self.metrics["messages"] += 1
             readings = decode(msg.value, self.settings.max_message_bytes)
@@ -213,6 +247,7 @@ class Pipeline:
                 self._reject(out, msg, readings.reason)
             else:
                 by_entity.setdefault(readings.entity, []).append((msg, readings))
+        await self._load_evicted(by_entity)
         blocks = [b for b in (self._block(items, out) for items in by_entity.values()) if b is not None]
         await self._score(blocks)
         for block in blocks:
@@ -221,7 +256,23 @@ class Pipeline:
 
     def _block(self, items: list, out: Outputs) -> "Block | None":
         """One entity's rows of this micro-batch: aligned, validated, imputed and cut into windows."""
+        name = items[0][1].entity
+        new = name not in self.entities
+        block = self._rows(items, out)
+        if block is None and new and name in self.entities:
+            # a new entity none of whose rows could be used: not worth a place among max_entities
+            ent = self.entities.pop(name)
+            if ent.suppress_scores_ts > -math.inf or ent.suppress_alerts_ts > -math.inf:
+                self._suppress[name] = (ent.suppress_scores_ts, ent.suppress_alerts_ts)
+        return block
+
+    def _rows(self, items: list, out: Outputs) -> "Block | None":
         ent = self._entity(items[0][1], items[0][0].partition)
+        if ent is None:
+            for msg, _ in items:
+                self._reject(out, msg, f"too_many_entities: this worker already holds "
+                             f"{self.settings.max_entities} entities (--max-entities)")
+            return None
         kept, ts, rows = [], [], []
         for msg, readings in items:
             values = self._align(ent, readings)
@@ -235,18 +286,9 @@ class Pipeline:
             return None
         lengths = np.array([len(t) for t in ts])
         ts, values = np.concatenate(ts), np.concatenate(rows)
-        # strictly increasing per entity: a row must be after every row before it
-        before = np.maximum.accumulate(np.concatenate([[ent.last_ts], ts[:-1]]))
-        keep = ts > before
-        if not keep.all():
+        keep = self._check_time(ent, kept, lengths, ts, out)
+        if keep is not None:
             owner = np.repeat(np.arange(len(kept)), lengths)
-            first_row = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-            for j in np.unique(owner[~keep]):
-                bad = np.flatnonzero(~keep & (owner == j))
-                code = "duplicate_ts" if (ts[bad] == before[bad]).any() else "out_of_order"
-                self._reject(out, kept[j], f"{code}: {len(bad)} of {lengths[j]} rows are not after the "
-                             f"entity's last timestamp", ent,
-                             rows=(bad - first_row[j]).tolist() if len(bad) < lengths[j] else None)
             lengths = np.bincount(owner[keep], minlength=len(kept))
             lengths = lengths[lengths > 0]
             ts, values = ts[keep], values[keep]
@@ -264,6 +306,44 @@ class Pipeline:
             return Block(ent, ts, scores=Scores(*ent.coldstart.score_learn(rows)))
         windows, counts = ent.window.push(rows, lengths)
         return Block(ent, ts, windows, counts)
+
+    def _check_time(self, ent: EntityState, kept: list[Message], lengths: np.ndarray, ts: np.ndarray,
+                    out: Outputs) -> np.ndarray | None:
+        """Rows to keep (None: all): timestamps must increase strictly per entity and must not lie more
+        than ``max_future`` seconds ahead of their record's Kafka timestamp.
+
+        A row from the future is refused before it can move the entity's clock, so one glitch (a
+        device clock jumping to the year 3000) costs that row only, not every reading after it.
+        """
+        limit = self.settings.max_future
+        future = None
+        if limit > 0:
+            ahead = np.array([math.inf if m.timestamp is None else m.timestamp + limit for m in kept])
+            future = ts > np.repeat(ahead, lengths)
+        clock = ts if future is None or not future.any() else np.where(future, -math.inf, ts)
+        before = np.maximum.accumulate(np.concatenate([[ent.last_ts], clock[:-1]]))
+        bad_order = ts <= before
+        if future is not None:
+            bad_order &= ~future
+        if not bad_order.any() and (future is None or not future.any()):
+            return None
+        owner = np.repeat(np.arange(len(kept)), lengths)
+        first_row = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        kinds = [("future_ts", future, "more than {limit:g} s ahead of the record's Kafka timestamp"),
+                 ("order", bad_order, "not after the entity's last timestamp")]
+        for code, bad, why in kinds:
+            if bad is None or not bad.any():
+                continue
+            for j in np.unique(owner[bad]).tolist():
+                rows = np.flatnonzero(bad & (owner == j))
+                if code == "order":
+                    code_j = "duplicate_ts" if (ts[rows] == before[rows]).any() else "out_of_order"
+                else:
+                    code_j = code
+                self._reject(out, kept[j], f"{code_j}: {len(rows)} of {lengths[j]} rows are "
+                             f"{why.format(limit=limit)}", ent,
+                             rows=(rows - first_row[j]).tolist() if len(rows) < lengths[j] else None)
+        return ~(bad_order | future) if future is not None else ~bad_order
 
     async def _score(self, blocks: list["Block"]) -> None:
         """One detector call per model over the windows of all its entities, off the event loop."""
@@ -295,17 +375,18 @@ class Pipeline:
 
     def _finish(self, block: "Block", out: Outputs) -> None:
         ent, ts, s = block.entity, block.ts, block.scores
-        score = fuse(s, self.settings.fusion, self.settings.fusion_weight)
+        score = self._finite(fuse(s, self.settings.fusion, self.settings.fusion_weight))
+        channel = self._finite(s.channel)
         threshold, alarm = self._threshold(ent, score)
         ent.counts["scored"] += len(ts)
-        alerts = ent.incidents.observe(ts, score, threshold, alarm, s.channel, s.reconstruction, s.divergence,
+        alerts = ent.incidents.observe(ts, score, threshold, alarm, channel, s.reconstruction, s.divergence,
                                        ent.names, ent.model)
         if self.board is not None:
-            self.board.observe(ent, ts, score, threshold, s.channel, alerts)
+            self.board.observe(ent, ts, score, threshold, channel, alerts)
         key = ent.entity.encode()
         fresh = np.flatnonzero(ts > ent.suppress_scores_ts)
-        # A micro-batch can hold 100k points of one entity: cut its scores into messages of about
-        # SCORE_MESSAGE_VALUES numbers, well under any broker's message limit.
+        # A micro-batch can hold 100k points of one entity: cut its scores into messages of at most
+        # SCORE_MESSAGE_VALUES numbers, under any broker's message limit.
         per_point = 3 + (len(ent.names) if self.settings.score_channels else 0)
         step = max(1, SCORE_MESSAGE_VALUES // per_point)
         for start in range(0, len(fresh), step):
@@ -313,12 +394,20 @@ class Pipeline:
             msg = {"entity": ent.entity, "ts": ts[rows], "score": score[rows],
                    "threshold": threshold[rows], "model": ent.model}
             if self.settings.score_channels:
-                msg["channels"] = s.channel[rows].astype(np.float32)
+                msg["channels"] = channel[rows].astype(np.float32)
             out.scores.append(Record(ent.partition, key, orjson.dumps(msg, option=orjson.OPT_SERIALIZE_NUMPY)))
         for a in alerts:
             if a["ts"] > ent.suppress_alerts_ts:
                 out.alerts.append(Record(ent.partition, key, orjson.dumps(a)))
                 self.metrics[f"alerts_{a['state']}"] += 1
+
+    def _finite(self, x: np.ndarray) -> np.ndarray:
+        """Scores that overflowed inside a detector (inf, NaN) become SCORE_CAP, counted."""
+        bad = ~np.isfinite(x)
+        if not bad.any():
+            return x
+        self.metrics["nonfinite_scores"] += int(bad.sum())
+        return np.where(bad, SCORE_CAP, np.minimum(x, SCORE_CAP))
 
     def _threshold(self, ent: EntityState, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Threshold and alarm per point; NaN threshold and no alarm while calibrating."""
@@ -327,7 +416,8 @@ class Pipeline:
         start = 0
         if ent.threshold is None:
             need = self.settings.calibration_points - len(ent.calib)
-            ent.calib.extend(float(s) for s in score[:need])
+            # an overflowed score says nothing about the normal range: not a calibration point
+            ent.calib.extend(float(s) for s in score[:need] if s < SCORE_CAP)
             start = min(need, len(score))
             if len(ent.calib) >= self.settings.calibration_points:
                 ent.threshold = make_threshold(self.settings.threshold, **self.settings.threshold_config())
@@ -338,21 +428,32 @@ class Pipeline:
         return thr, alarm
 
     def _reject(self, out: Outputs, msg: Message, reason: str, ent: EntityState | None = None,
-                rows: list | None = None) -> None:
+                rows: list | None = None, last_offset: int | None = None) -> None:
+        """A dead letter, bounded whatever the message held: the first DLQ_PAYLOAD_BYTES of the value
+        (with its size and SHA-256 when cut), at most DLQ_ROWS row numbers."""
         code = reason.split(":", 1)[0]
         self.metrics[f"dlq_{code}"] += 1
         self.metrics["dlq"] += 1
         if ent is not None:
             ent.counts["dlq"] += 1
-        if msg.offset <= self.partitions[msg.partition].dlq_suppress_offset:
+        if (msg.offset if last_offset is None else last_offset) <= self.partitions[msg.partition].dlq_suppress_offset:
             return
-        record = {"reason": reason, "code": code, "topic": self.settings.topics.readings,
+        record = {"reason": reason[:2000], "code": code, "topic": self.settings.topics.readings,
                   "partition": msg.partition, "offset": msg.offset,
-                  "key": None if msg.key is None else base64.b64encode(msg.key).decode(),
-                  "value": None if msg.value is None else base64.b64encode(msg.value).decode()}
+                  "key": None if msg.key is None else base64.b64encode(msg.key[:DLQ_PAYLOAD_BYTES]).decode(),
+                  "value": None if msg.value is None else base64.b64encode(msg.value[:DLQ_PAYLOAD_BYTES]).decode()}
+        if last_offset is not None:
+            record["last_offset"] = last_offset
+        for part, data in (("key", msg.key), ("value", msg.value)):
+            if data is not None and len(data) > DLQ_PAYLOAD_BYTES:
+                record[f"{part}_bytes"] = len(data)
+                record[f"{part}_sha256"] = hashlib.sha256(data).hexdigest()
+                record[f"{part}_truncated"] = True
         if rows is not None:
-            record["rows"] = rows
-        out.dlq.append(Record(msg.partition, msg.key or b"", orjson.dumps(record)))
+            record["rows"] = rows[:DLQ_ROWS]
+            if len(rows) > DLQ_ROWS:
+                record["rows_total"] = len(rows)
+        out.dlq.append(Record(msg.partition, (msg.key or b"")[:DLQ_KEY_BYTES], orjson.dumps(record)))
 
     # ---- model swaps ----------------------------------------------------------------------------
     def swap(self, entity: str, detector: Detector) -> None:
@@ -360,7 +461,8 @@ class Pipeline:
 
         The entity keeps its timestamp order, window history, imputation state, counts and open
         incident, so no point is dropped or scored twice; its threshold recalibrates from the new
-        model's training scores (or its next points, with ``calibration="first"``).
+        model's training scores (or its next points, with ``calibration="first"``). An evicted
+        entity picks the new model up when it is loaded again.
         """
         self.models[entity] = detector
         old = self.entities.get(entity)
@@ -370,6 +472,7 @@ class Pipeline:
         new = EntityState(entity, old.partition, list(detector.channels), detector, self.settings)
         new.last_ts, new.counts, new.incidents = old.last_ts, old.counts, old.incidents
         new.suppress_scores_ts, new.suppress_alerts_ts = old.suppress_scores_ts, old.suppress_alerts_ts
+        new.stored_at = old.stored_at
         if new.names == old.names:
             keep = new.window.window - 1
             new.window.history = old.window.history[-keep:] if keep else old.window.history[:0]
@@ -377,25 +480,95 @@ class Pipeline:
         self.entities[entity] = new
         self.partitions[old.partition].dirty.add(entity)
 
-    # ---- checkpoints and recovery ---------------------------------------------------------------
+    # ---- checkpoints, eviction and recovery -----------------------------------------------------
     def checkpoint(self, partition: int) -> list[tuple[bytes, bytes]]:
         """State records for a partition's changed entities, then its offsets; clears the dirty set."""
         part = self.partitions[partition]
-        records = [(e.encode(), orjson.dumps(self.entities[e].to_state(), option=orjson.OPT_SERIALIZE_NUMPY))
-                   for e in sorted(part.dirty) if e in self.entities]
+        records = []
+        for e in sorted(part.dirty):
+            if e in self.entities:
+                value = self._state_record(self.entities[e])
+                if value is not None:
+                    records.append((e.encode(), value))
         part.dirty.clear()
         meta = {"input_offset": part.input_offset, "out": part.out_offsets}
         records.append((META_KEY, orjson.dumps(meta)))
         return records
 
-    def restore(self, partition: int, states: dict[bytes, bytes]) -> None:
-        """Load a partition's last checkpoint (key -> latest value)."""
-        part = self.partitions[partition] = PartitionState()
-        meta = states.pop(META_KEY, None)
-        if meta is not None:
-            m = orjson.loads(meta)
-            part.input_offset, part.out_offsets = m["input_offset"], dict(m["out"])
-        for key, raw in states.items():
+    def _state_record(self, ent: EntityState) -> bytes | None:
+        """An entity's checkpoint, under OUTPUT_LIMIT: the codec's limits keep it there (a test checks
+        the widest entity); were it still too large, the window's rows are left out, and failing that
+        the entity is not checkpointed (its last durable state serves a restart), never a crash."""
+        for history in (True, False):
+            value = orjson.dumps(ent.to_state(history), option=orjson.OPT_SERIALIZE_NUMPY)
+            if len(value) < OUTPUT_LIMIT:
+                if not history:
+                    self.metrics["state_without_history"] += 1
+                return value
+        log.error("entity %r: checkpoint of %d bytes is too large to write; keeping its previous one",
+                  ent.entity, len(value))
+        self.metrics["state_too_large"] += 1
+        return None
+
+    def stored(self, partition: int, key: bytes, offset: int) -> None:
+        """A checkpoint record is durable at ``offset``: an evicted entity is read back from there."""
+        ent = self.entities.get(key.decode()) if key != META_KEY else None
+        if ent is not None:
+            ent.stored_at = offset
+
+    def evict(self, now: float | None = None) -> int:
+        """Take entities out of memory whose state is durable and unchanged since: those idle for
+        ``entity_ttl`` seconds, then the least recently seen beyond ``max_live_entities``.
+        Called right after a checkpoint; an evicted entity is loaded back on its next reading."""
+        now = time.monotonic() if now is None else now
+        ttl, cap = self.settings.entity_ttl, self.settings.max_live_entities
+        if len(self.entities) <= cap and (ttl <= 0 or not any(now - e.touched > ttl for e in self.entities.values())):
+            return 0
+        clean = [e for e in self.entities.values()
+                 if e.stored_at is not None and e.entity not in self.partitions[e.partition].dirty]
+        clean.sort(key=lambda e: e.touched)
+        go = [e for e in clean if ttl > 0 and now - e.touched > ttl]
+        over = len(self.entities) - len(go) - cap
+        if over > 0:
+            go += clean[len(go):len(go) + over]
+        for e in go:
+            self.partitions[e.partition].evicted[e.entity] = e.stored_at
+            if e.suppress_scores_ts > -math.inf or e.suppress_alerts_ts > -math.inf:
+                self._suppress[e.entity] = (e.suppress_scores_ts, e.suppress_alerts_ts)
+            del self.entities[e.entity]
+            if self.board is not None:
+                self.board.forget(e.entity)
+        self.metrics["evicted"] += len(go)
+        return len(go)
+
+    async def _load_evicted(self, by_entity: dict[str, list]) -> None:
+        """Bring the batch's evicted entities back into memory, from their last state records."""
+        wanted: dict[int, list[str]] = defaultdict(list)
+        for name, items in by_entity.items():
+            if name not in self.entities:
+                for p, part in self.partitions.items():
+                    if name in part.evicted:
+                        wanted[p].append(name)
+                        break
+        for p, names in wanted.items():
+            part = self.partitions[p]
+            offsets = [part.evicted.pop(n) for n in names]
+            raws = await self.loader(p, offsets) if self.loader is not None else [None] * len(names)
+            for name, offset, raw in zip(names, offsets, raws):
+                ent = self._revive(p, raw) if raw is not None else None
+                if ent is None or ent.entity != name:
+                    log.error("state of entity %r at offset %d of partition %d could not be read back; it "
+                              "starts afresh", name, offset, p)
+                    self.metrics["state_lost"] += 1
+                    continue
+                ent.stored_at = offset
+                ent.suppress_scores_ts, ent.suppress_alerts_ts = self._suppress.pop(name, (-math.inf, -math.inf))
+                self.entities[name] = ent
+                self.metrics["loaded"] += 1
+
+    def _revive(self, partition: int, raw: bytes) -> EntityState | None:
+        """An entity from its checkpointed state (None if the record cannot be read)."""
+        try:
             state = orjson.loads(raw)
             det = self._model_for(state["entity"], state["names"], len(state["names"]))
             names = list(det.channels) if det is not None else state["names"]
@@ -404,8 +577,22 @@ class Pipeline:
                 ent.load_state(state)
             else:  # the model now serving it has other channels: start over, keeping timestamp order
                 ent.last_ts = state["last_ts"]
-            self.entities[ent.entity] = ent
-        self.metrics["restored_entities"] += len(states)
+            return ent
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.error("unreadable entity state in partition %d: %s", partition, exc)
+            return None
+
+    def restore(self, partition: int, meta: dict | None, index: dict[bytes, int]) -> None:
+        """Start a partition from its last checkpoint: ``meta`` (offsets) and ``index`` (entity key ->
+        offset of its latest state record). Entities stay on the broker until they read again."""
+        part = self.partitions[partition] = PartitionState()
+        if meta is not None:
+            part.input_offset, part.out_offsets = meta["input_offset"], dict(meta["out"])
+        for key, offset in index.items():
+            name = key.decode(errors="replace")
+            self.entities.pop(name, None)
+            part.evicted[name] = offset
+        self.metrics["restored_entities"] += len(index)
 
     def suppress(self, partition: int, scores_ts: dict[str, float], alerts_ts: dict[str, float],
                  dlq_offset: int) -> None:
@@ -420,6 +607,10 @@ class Pipeline:
 
     def drop(self, partition: int) -> None:
         """Forget a partition's state after it was revoked (its new owner restores it)."""
-        self.partitions.pop(partition, None)
+        part = self.partitions.pop(partition, None)
         for name in [e for e, s in self.entities.items() if s.partition == partition]:
             del self.entities[name]
+            if self.board is not None:
+                self.board.forget(name)
+        for name in (part.evicted if part is not None else ()):
+            self._suppress.pop(name, None)

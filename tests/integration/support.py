@@ -87,3 +87,66 @@ def match_events(alerts, labels, slack_before=2, slack_after=15):
     precision = true_pos / max(1, len(opens))
     channel_hit = hits / max(1, len(detected))
     return recall, precision, channel_hit, len(opens)
+
+
+def send_with(broker, messages, codec=None, topic="vigil.readings", partition=None):
+    """Produce (key, value) pairs with aiokafka compressing batches with ``codec`` (gzip, snappy, lz4,
+    zstd or None), in order."""
+    async def run():
+        p = producer(broker, compression_type=codec, linger_ms=20)
+        await p.start()
+        try:
+            futures = [await p.send(topic, value, key=key, partition=partition) for key, value in messages]
+            for f in futures:
+                await f
+        finally:
+            await p.stop()
+    asyncio.run(run())
+
+
+def send_librdkafka(broker, messages, codec, topic="vigil.readings", partition=None):
+    """Produce with librdkafka (confluent-kafka), the client of most non-Java producers."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": broker, "compression.type": codec, "linger.ms": 20})
+    errors = []
+    for key, value in messages:
+        kw = {} if partition is None else {"partition": partition}
+        p.produce(topic, value, key, on_delivery=lambda err, msg: err and errors.append(err), **kw)
+    p.flush(30)
+    assert not errors, errors
+
+
+def send_corrupt_batch(broker, messages, kind, topic="vigil.readings", partition=0):
+    """Produce one record batch that no client can decode: ``kind`` "gzip" (flagged gzip, payload not
+    gzip) or "crc" (a flipped byte under the CRC). A stock producer never writes these; a damaged disk
+    or a buggy proxy can, and the embedded broker stores them as they come."""
+    import struct
+
+    from aiokafka.producer import message_accumulator
+    from aiokafka.record.util import calc_crc32c
+
+    original = message_accumulator.BatchBuilder._build
+
+    def damaged(self):
+        b = bytearray(original(self))
+        if kind == "gzip":
+            attrs = struct.unpack_from(">h", b, 21)[0]
+            struct.pack_into(">h", b, 21, (attrs & ~7) | 1)
+            struct.pack_into(">I", b, 17, calc_crc32c(bytes(b[21:])))
+        else:
+            b[-1] ^= 0xFF
+        self._buffer = b
+        return b
+
+    async def run():
+        p = producer(broker, linger_ms=50)
+        await p.start()
+        message_accumulator.BatchBuilder._build = damaged
+        try:
+            futures = [await p.send(topic, value, key=key, partition=partition) for key, value in messages]
+            return [(await f).offset for f in futures]
+        finally:
+            message_accumulator.BatchBuilder._build = original
+            await p.stop()
+    return asyncio.run(run())

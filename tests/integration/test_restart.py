@@ -2,6 +2,7 @@
 import collections
 import os
 import signal
+import time
 
 import pytest
 
@@ -45,3 +46,48 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(broker, procs, tmp_path
     assert opens, "the simulated anomalies raised alerts"
     print(f"\nkilled after {killed_at} of {total} points; {len(opens)} incidents; restart log:\n"
           + "\n".join(line for line in procs.log("worker2").splitlines() if "recovered" in line))
+
+
+def test_a_stalled_worker_loses_its_partitions_and_comes_back_without_doubling_anything(broker, procs, tmp_path):
+    """SIGSTOP a worker past its session timeout while a newcomer forces a rebalance, then SIGCONT it:
+    its partitions were taken over, it must publish nothing for them, rejoin, and score on."""
+    n, points = 8, 2000  # plant-01 ... plant-08 land on all four partitions
+    entities = [f"plant-{i:02d}" for i in range(1, n + 1)]
+    models = train_models(entities, CHANNELS, START, SEED, tmp_path / "models")
+    args = ["worker", "--broker", broker, *models, *WORKER_FAST, "--web-port", "0"]
+    stalled = procs.vigil(*args, name="worker1")
+    procs.vigil(*args, name="worker2")
+    wait_until(lambda: all("assigned partitions" in procs.log(f"worker{i}") for i in (1, 2)), 90, 1,
+               lambda: procs.log("worker1")[-2000:])
+    procs.vigil("simulate", "--broker", broker, "--entities", str(n), "--channels", str(CHANNELS),
+                "--points", str(points), "--rate", "100", "--start", str(START), "--seed", str(SEED),
+                name="simulate")
+    total = n * points
+
+    def scored():
+        return len(scored_points(read_topic(broker, "vigil.scores", 4)))
+
+    wait_until(lambda: scored() >= total // 4, 120, 0.5, lambda: procs.log("worker1")[-3000:])
+    os.kill(stalled.pid, signal.SIGSTOP)
+    stopped_at = scored()
+    procs.vigil(*args, name="worker3")  # its join rebalances the group; the stalled member misses it
+    wait_until(lambda: "assigned partitions" in procs.log("worker3"), 60, 0.5, lambda: procs.log("worker2")[-2000:])
+    wait_until(lambda: scored() >= stopped_at + total // 8, 120, 0.5, lambda: procs.log("worker2")[-2000:])
+    os.kill(stalled.pid, signal.SIGCONT)
+    resumed_at = scored()
+    wait_until(lambda: len(set(scored_points(read_topic(broker, "vigil.scores", 4)))) >= total, 240, 2,
+               lambda: "\n".join(procs.log(f"worker{i}")[-1500:] for i in (1, 2, 3)))
+    time.sleep(5)  # anything the resumed worker would still publish
+
+    counts = collections.Counter(scored_points(read_topic(broker, "vigil.scores", 4)))
+    assert len(counts) == total, "every point scored"
+    dupes = [k for k, v in counts.items() if v > 1]
+    assert not dupes, f"{len(dupes)} points scored twice, e.g. {dupes[:3]}"
+    alerts = read_topic(broker, "vigil.alerts", 4)
+    per_state = collections.Counter((a["alert_id"], a["state"]) for a in alerts)
+    assert all(v == 1 for (aid, st), v in per_state.items() if st in ("open", "close")), "no incident doubles"
+    assert stalled.poll() is None, "the stalled worker is alive again"
+    log1 = procs.log("worker1")
+    assert log1.count("assigned partitions") >= 2, "the stalled worker rejoined the group"
+    print(f"\nstopped at {stopped_at}, resumed at {resumed_at} of {total} points; stalled worker's view:\n"
+          + "\n".join(line for line in log1.splitlines() if "partitions" in line or "lost" in line))

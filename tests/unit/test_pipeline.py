@@ -8,7 +8,7 @@ import orjson
 from detectors.pca import PCADetector
 from stream.codec import encode_readings
 from stream.config import Settings
-from stream.pipeline import Message, Pipeline
+from stream.pipeline import META_KEY, SCORE_MESSAGE_VALUES, Message, Pipeline
 from stream.simulate import normal_history, simulate_entity
 
 START = 1_700_000_000.0
@@ -30,6 +30,20 @@ def messages(live, batch=1, partition=0, offset=0):
             v = encode_readings(live.entity, live.ts[j:j + batch], live.values[j:j + batch], live.channels)
         out.append(Message(partition, offset + len(out), live.entity.encode(), v))
     return out
+
+
+def restore_from(pipe, partition, records):
+    """Restore ``pipe`` from checkpoint records as the worker does: the records stand for the state
+    topic's log, the pipeline gets an index of offsets and reads entities back on their next reading."""
+    log = list(records)
+    meta = orjson.loads(dict(log)[META_KEY])
+    index = {k: i for i, (k, _) in enumerate(log) if k != META_KEY}
+
+    async def loader(p, offsets):
+        return [log[o][1] for o in offsets]
+
+    pipe.loader = loader
+    pipe.restore(partition, meta, index)
 
 
 def run(pipe, msgs, size=97):
@@ -81,11 +95,11 @@ def test_checkpoint_restore_then_replay_is_seamless():
     # crash after 700 messages, with the checkpoint taken at 500
     first = Pipeline(Settings(), {"*": det})
     out1 = run(first, msgs[:500])
-    saved = dict(first.checkpoint(0))
+    saved = first.checkpoint(0)
     out1 += run(first, msgs[500:700])
     published = collect(out1)
     second = Pipeline(Settings(), {"*": det})
-    second.restore(0, saved)
+    restore_from(second, 0, saved)
     last_score_ts = max(t for _, t, _ in points(published[0]))
     last_alert_ts = max([a["ts"] for a in published[1]], default=-1)
     second.suppress(0, {live.entity: last_score_ts}, {live.entity: last_alert_ts}, -1)
@@ -137,9 +151,9 @@ def test_restore_under_a_new_model_keeps_timestamp_order_and_switches_model():
     msgs = messages(live)
     cold = Pipeline(Settings(calibration_points=50))
     run(cold, msgs[:100])
-    saved = dict(cold.checkpoint(0))
+    saved = cold.checkpoint(0)
     served = Pipeline(Settings(), {"*": det})
-    served.restore(0, saved)
+    restore_from(served, 0, saved)
     scores, _, dlq = collect(run(served, [Message(0, 100, b"k", msgs[50].value)] + msgs[101:]))
     assert [d["code"] for d in dlq] == ["out_of_order"]  # ordering survived the model change
     assert {m["model"] for m in scores} == {"pca@1"}
@@ -172,7 +186,7 @@ def test_a_large_micro_batch_publishes_its_scores_in_bounded_messages():
     live, det = setup(6000)
     pipe = Pipeline(Settings(score_channels=True), {"*": det})
     scores, _, _ = collect(run(pipe, messages(live, batch=500), size=1000))  # one micro-batch, 6000 points
-    assert len(scores) > 1 and all(len(m["ts"]) * (3 + 8) <= 50_000 for m in scores)
+    assert len(scores) > 1 and all(len(m["ts"]) * (3 + 8) <= SCORE_MESSAGE_VALUES for m in scores)
     assert [t for m in scores for t in m["ts"]] == live.ts.tolist()
     assert all(len(row) == 8 for m in scores for row in m["channels"])
 
@@ -193,3 +207,22 @@ def test_swap_between_micro_batches_scores_every_point_once_and_recalibrates():
     assert after[0]["threshold"][0] == fresh[0]["threshold"][0], "calibrated on the new model's training scores"
     state = dict(pipe.checkpoint(0))[b"plant-01"]
     assert orjson.loads(state)["model"] == "pca@2", "a restart restores the swapped-in model's state"
+
+
+def test_the_widest_entity_the_codec_admits_checkpoints_under_the_output_limit():
+    from stream.codec import MAX_CHANNELS, MAX_NAME
+    from stream.pipeline import OUTPUT_LIMIT
+
+    names = [f"{i:04d}".ljust(MAX_NAME, "x") for i in range(MAX_CHANNELS)]
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(1300, MAX_CHANNELS))
+    values[1210:1220] += 50  # an incident open at the checkpoint
+    pipe = Pipeline(Settings(threshold="percentile"))
+    msgs = [Message(0, j // 20, b"w", encode_readings("wide", START + np.arange(j, j + 20), values[j:j + 20], names))
+            for j in range(0, 1210, 20)]
+    run(pipe, msgs, size=len(msgs))
+    ent = pipe.entities["wide"]
+    assert ent.threshold is not None and ent.incidents.open is not None and len(ent.threshold.to_state()["values"]) > 200
+    (key, value), _meta = pipe.checkpoint(0)
+    assert len(value) < OUTPUT_LIMIT and pipe.metrics["state_without_history"] == 0
+    print(f"\nwidest checkpoint: {len(value):,} bytes")

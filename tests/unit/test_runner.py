@@ -1,0 +1,101 @@
+"""The worker's Kafka side with fake clients: fencing after a stall, commits after checkpoints, and
+isolating records that cannot be decoded."""
+import asyncio
+import gzip
+import time
+
+import orjson
+import pytest
+from aiokafka.errors import CommitFailedError, CorruptRecordException, UnsupportedCodecError
+
+from stream.agents import Runner, undecodable
+from stream.config import Settings
+from stream.pipeline import Message, Pipeline
+
+
+class FakeProducer:
+    def __init__(self):
+        self.sent = []
+
+    async def send(self, topic, value, key=None, partition=None):
+        self.sent.append((topic, partition, key, value))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(type("Meta", (), {"offset": len(self.sent) - 1})())
+        return fut
+
+
+class FakeConsumer:
+    def __init__(self, refuse=False):
+        self.refuse, self.commits = refuse, []
+
+    async def commit(self, offsets):
+        if self.refuse:
+            raise CommitFailedError("the group rebalanced")
+        self.commits.append({tp.partition: om.offset for tp, om in offsets.items()})
+
+    def highwater(self, tp):
+        return None
+
+
+def reading(entity, ts, offset):
+    return Message(0, offset, entity.encode(), orjson.dumps({"entity": entity, "ts": ts, "values": [1.0, 2.0]}))
+
+
+def runner(refuse=False):
+    r = Runner(Settings(session_timeout=6, rebalance_timeout=3), Pipeline(Settings()))
+    r.producer, r.consumer = FakeProducer(), FakeConsumer(refuse)
+    r.recovered = {0}
+    return r
+
+
+def test_a_worker_that_stalled_past_the_group_timeouts_confirms_before_it_publishes():
+    r = runner(refuse=True)
+    r.confirmed_at = time.monotonic() - 60  # as after a SIGSTOP
+    asyncio.run(r.handle([reading("a", 1.0, 0), reading("a", 2.0, 1)]))
+    assert r.producer.sent == [], "nothing published for partitions that may belong to another worker now"
+    assert r.recovered == set() and 0 not in r.pipeline.partitions, "their state is dropped"
+    asyncio.run(r.checkpoint())
+    assert r.producer.sent == [] and r.consumer.commits == []
+
+
+def test_a_confirmed_member_publishes_then_commits_only_after_the_checkpoint():
+    r = runner()
+    r.confirmed_at = time.monotonic() - 60
+    asyncio.run(r.handle([reading("a", 1.0, 0), reading("a", 2.0, 1)]))
+    assert r.consumer.commits == [{0: 0}], "the stall probe commits what was already committed"
+    assert [t for t, *_ in r.producer.sent] == ["vigil.scores"]
+    asyncio.run(r.checkpoint())
+    topics = [t for t, *_ in r.producer.sent]
+    assert topics[-2:] == ["vigil.state", "vigil.state"], "entity state, then the partition's offsets"
+    assert r.consumer.commits[-1] == {0: 2}, "offsets after the last message, once the state is written"
+
+
+def test_errors_of_undecodable_records_are_told_apart_from_other_failures():
+    assert undecodable(CorruptRecordException("Invalid CRC"))
+    assert undecodable(UnsupportedCodecError("lz4"))
+    assert undecodable(gzip.BadGzipFile("Not a gzipped file"))
+    assert not undecodable(CommitFailedError("rebalanced"))
+    assert not undecodable(asyncio.CancelledError())
+
+
+def test_an_undecodable_range_is_one_dead_letter_and_moves_the_partition_on():
+    pipe = Pipeline(Settings())
+    msgs = [reading("a", 1.0, 0), Message(0, 1, None, None, None, (4, "undecodable: BadGzipFile: x")),
+            reading("a", 2.0, 5)]
+    out = asyncio.run(pipe.process(msgs))
+    dlq = [orjson.loads(r.value) for r in out.dlq]
+    assert [(d["code"], d["offset"], d["last_offset"]) for d in dlq] == [("undecodable", 1, 4)]
+    assert pipe.partitions[0].input_offset == 5 and pipe.metrics["points"] == 2
+    again = asyncio.run(pipe.process(msgs))  # a replay after a restart skips them all
+    assert not again.dlq and not again.scores
+
+
+@pytest.mark.parametrize("size", [5 << 20])
+def test_dead_letters_are_bounded_whatever_the_message_holds(size):
+    pipe = Pipeline(Settings())
+    big = b'{"entity": "a", "ts": 1, "values": [1], "pad": "' + b"x" * size + b'"}'
+    out = asyncio.run(pipe.process([Message(0, 0, b"k" * size, big)]))
+    (record,) = out.dlq
+    d = orjson.loads(record.value)
+    assert len(record.value) < 300_000 and len(record.key) <= 1024
+    assert d["code"] == "oversized" and d["value_bytes"] == len(big) and d["key_bytes"] == size
