@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
         value_serializer="raw",  # the pipeline decodes, so one bad message can never crash the agent
         key_serializer="raw",
         store="memory://",
+        # Faust wants a data directory even with in-memory tables: keep it out of the working directory
+        datadir=str(Path(tempfile.gettempdir()) / "vigil-faust-{conf.id}"),
         web_enabled=False,
         topic_partitions=settings.partitions,
         consumer_auto_offset_reset="earliest",

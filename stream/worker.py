@@ -26,6 +26,13 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> int:
             print(f"vigil: {exc}", file=sys.stderr)
             return 2
     check_broker(settings.broker)
+    from aiokafka import codec
+
+    missing = [name for name, ok in (("snappy", codec.has_snappy()), ("lz4", codec.has_lz4()),
+                                     ("zstd", codec.has_zstd())) if not ok]
+    if missing:  # a packaging fault: those batches would be dead-lettered as undecodable
+        log.error("no %s codec in this environment (install cramjam): such batches will be dead-lettered",
+                  ", ".join(missing))
     # The readings topic may already exist (producers came first): outputs follow its partition count.
     readings = asyncio.run(ensure_topics(settings.broker, [settings.topics.readings], settings.partitions,
                                          settings.replication))[settings.topics.readings]
