@@ -28,4 +28,4 @@ bench: install
 	$(PY) bench/scale_out.py
 
 clean:
-	rm -rf $(VENV) .vigil .pytest_cache
+	rm -rf $(VENV) .vigil .pytest_cache .hypothesis

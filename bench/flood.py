@@ -26,15 +26,15 @@ import tracemalloc
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scoring.settings import Topics  # noqa: E402
 from stream.broker import free_port, start_broker  # noqa: E402
 from stream.kafka import ensure_topics, producer  # noqa: E402
 
-TOPICS = ["vigil.readings", "vigil.scores", "vigil.alerts", "vigil.dlq", "vigil.state", "vigil.models"]
+TOPICS = Topics().all()
 
 
 def flood_messages(n: int, start: float, channels: int = 4, readings: int = 3) -> list[tuple[bytes, bytes]]:
@@ -48,8 +48,8 @@ def flood_messages(n: int, start: float, channels: int = 4, readings: int = 3) -
 
 def in_process(n: int) -> dict:
     """tracemalloc of the pipeline: live entities, then the same entities evicted."""
-    from stream.config import Settings
-    from stream.pipeline import Message, Pipeline
+    from scoring.pipeline import Message, Pipeline
+    from scoring.settings import Settings
 
     pipe = Pipeline(Settings(max_live_entities=0, entity_ttl=0, max_entities=n + 1))
     msgs = [Message(0, i, k, v) for i, (k, v) in enumerate(flood_messages(n, time.time() - 7200))]
@@ -100,7 +100,8 @@ def worker_run(n: int, code: Path, extra: list[str]) -> dict:
     proc, broker = start_broker(log=open(tmp / "broker.log", "wb"))
     port = free_port()
     asyncio.run(ensure_topics(broker, TOPICS, 4))
-    w = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", "--broker", broker, "--web-port", str(port),
+    entry = "cli" if (code / "cli").is_dir() else "stream.cli"  # the CLI's home before the layers
+    w = subprocess.Popen([sys.executable, "-m", entry, "worker", "--broker", broker, "--web-port", str(port),
                           *extra], cwd=code, stdout=open(tmp / "worker.log", "wb"), stderr=subprocess.STDOUT,
                          start_new_session=True, env={**os.environ, "PYTHONPATH": str(code)})
     url = f"http://127.0.0.1:{port}"

@@ -28,15 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from throughput import _all, make_messages, produce, raw_consume  # noqa: E402
 
 from detectors import artefacts  # noqa: E402
+from producers.simulate import normal_history, simulate_plant  # noqa: E402
 from stream.broker import free_port, start_broker  # noqa: E402
-from stream.simulate import normal_history, simulate_plant  # noqa: E402
 
 START = 1_700_000_000.0
 PARTITIONS = 6
 
 
 def spawn(args, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "stream.cli", *args], stdout=open(log, "wb"),
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 

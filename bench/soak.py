@@ -1,7 +1,9 @@
 """Soak: a worker held at about 80% of its measured maximum rate for 30 minutes, its RSS sampled.
 
-1. Burst: a backlog of batch-form messages is produced, then the worker is timed through it (readings
-   per second from its /metrics): the maximum rate on this machine, with this producer beside it.
+1. Overload: the producer sends as fast as it can for ``--overload`` seconds (60) while the worker's
+   readings per second are read from its /metrics over the second half: the maximum rate the worker
+   sustains on this machine with this producer beside it (a backlog consumed with the producer idle
+   overstates it: the first run, timed that way, could not keep up with 80% of it).
 2. Soak: the same plant is produced at ``--load`` (0.8) of that rate for ``--minutes`` (30); the
    worker's RSS is sampled every 10 s. Reported: RSS at the end of the warm-up (``--warmup`` minutes,
    5) and at the end, and the growth between them (goal < 10%), plus consumer lag at the end.
@@ -30,12 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detectors import artefacts  # noqa: E402
 from detectors.pca import PCADetector  # noqa: E402
+from producers.simulate import normal_history, simulate_plant  # noqa: E402
+from scoring.codec import encode_readings  # noqa: E402
+from scoring.settings import Topics  # noqa: E402
 from stream.broker import free_port, start_broker  # noqa: E402
-from stream.codec import encode_readings  # noqa: E402
 from stream.kafka import ensure_topics, producer  # noqa: E402
-from stream.simulate import normal_history, simulate_plant  # noqa: E402
 
-TOPICS = ["vigil.readings", "vigil.scores", "vigil.alerts", "vigil.dlq", "vigil.state", "vigil.models"]
+TOPICS = Topics().all()
 STEP = 0.001  # seconds between a simulated entity's points: 30 minutes of load stay in the past
 
 
@@ -106,7 +109,7 @@ def main() -> int:
     ap.add_argument("--entities", type=int, default=20)
     ap.add_argument("--channels", type=int, default=8)
     ap.add_argument("--batch", type=int, default=10)
-    ap.add_argument("--burst-rounds", type=int, default=3000)
+    ap.add_argument("--overload", type=float, default=60.0, help="seconds of the unthrottled run")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="vigil-soak-"))
@@ -117,7 +120,7 @@ def main() -> int:
     model = artefacts.save(PCADetector(hist.channels).fit(hist.values), tmp / "model")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    w = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", "--broker", broker, "--model", str(model),
+    w = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--broker", broker, "--model", str(model),
                           "--web-port", str(port)], stdout=open(tmp / "worker.log", "wb"),
                          stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -128,20 +131,23 @@ def main() -> int:
             except OSError:
                 time.sleep(0.5)
         plant = Plant(args.entities, args.channels, args.batch, start)
-        # 1. the burst: a backlog first, then the worker is timed through it
-        backlog = asyncio.run(produce(broker, plant, None, 0, rounds=args.burst_rounds))
-        t0, first = None, None
-        while True:
-            m = metrics(url)
-            done = m.get("vigil_readings_total", 0.0)
-            if t0 is None and done > 0:
-                t0, first = time.monotonic(), done
-            if done >= backlog:
-                break
-            time.sleep(0.2)
-        max_rate = (done - first) / max(time.monotonic() - t0, 1e-3)
+        # 1. the overload: what the worker sustains while the producer runs flat out beside it
+        samples_max = []
+
+        async def overload():
+            task = asyncio.create_task(produce(broker, plant, None, args.overload))
+            await asyncio.sleep(args.overload / 2)
+            while not task.done():
+                samples_max.append((time.monotonic(), metrics(url).get("vigil_readings_total", 0.0)))
+                await asyncio.sleep(2)
+            return await task
+        backlog = asyncio.run(overload())
+        (t0, first), (t1, last) = samples_max[0], samples_max[-1]
+        max_rate = (last - first) / max(t1 - t0, 1e-3)
+        while metrics(url).get("vigil_consumer_lag", 0.0) > 0:  # let it catch up before the soak
+            time.sleep(1)
         rate = args.load * max_rate
-        print(orjson.dumps({"burst_readings": backlog, "max_rate": round(max_rate), "soak_rate": round(rate)}).decode(),
+        print(orjson.dumps({"overload_readings": backlog, "max_rate": round(max_rate), "soak_rate": round(rate)}).decode(),
               flush=True)
         # 2. the soak
         samples = []

@@ -30,12 +30,12 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 
 from detectors import artefacts  # noqa: E402
 from detectors.pca import PCADetector  # noqa: E402
+from producers.simulate import normal_history, simulate_plant  # noqa: E402
+from scoring.codec import decode, encode_readings  # noqa: E402
+from scoring.pipeline import Message, Pipeline  # noqa: E402
+from scoring.settings import Settings  # noqa: E402
 from stream.broker import start_broker  # noqa: E402
-from stream.codec import decode, encode_readings  # noqa: E402
-from stream.config import Settings  # noqa: E402
 from stream.kafka import ensure_topics, producer, read_partition  # noqa: E402
-from stream.pipeline import Message, Pipeline  # noqa: E402
-from stream.simulate import normal_history, simulate_plant  # noqa: E402
 
 START = 1_700_000_000.0
 
@@ -97,7 +97,7 @@ def pipeline_seconds(messages, models, settings, batch_size) -> tuple[float, flo
 
 def worker_seconds(broker, model_args, n_points, partitions, workdir: Path) -> tuple[float, str]:
     log = open(workdir / "worker.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", "--broker", broker, *model_args,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--broker", broker, *model_args,
                              "--partitions", str(partitions), "--rebalance-timeout", "3",
                              "--session-timeout", "6", "--log-level", "warn"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

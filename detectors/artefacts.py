@@ -18,16 +18,28 @@ from .base import Detector
 
 FORMAT = 2  # 2: training reconstruction and divergence stored apart
 # name -> "module:class", imported on first use so that a worker serving PCA never imports the rest.
+# Baselines first, then the papers' models: the order of every listing and benchmark table.
 MODELS: dict[str, str] = {
     "pca": "detectors.pca:PCADetector",
-    "lstm_ae": "detectors.lstm_ae:LSTMAutoencoder",
     "iforest": "detectors.iforest:IsolationForestDetector",
     "hst": "detectors.hst:HalfSpaceTreesDetector",
+    "lstm_ae": "detectors.lstm_ae:LSTMAutoencoder",
     "post": "detectors.post:POST",
     "amad": "detectors.amad:AMAD",
     "mimgan": "detectors.mimgan:MIMGAN",
     "genias": "detectors.genias:GenIAS",
 }
+
+
+# Streaming detectors (``detectors.base.StreamingDetector``): what scores an entity without a model.
+STREAMING: dict[str, str] = {
+    "coldstart": "detectors.coldstart:ColdStartDetector",
+}
+
+
+def streaming_class(name: str) -> type:
+    module, cls = STREAMING[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def model_class(name: str) -> type[Detector]:

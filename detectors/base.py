@@ -37,7 +37,7 @@ class ModelInfo:
 
 
 class Detector:
-    """Base class: subclasses set ``name`` and implement fit/score/tensors/from_tensors."""
+    """Base class: subclasses set ``name`` and implement fit/score/tensors/load_tensors."""
 
     name: str = "base"
     # Rows of context a model needs to score the last row of a window: None means the whole window.
@@ -77,6 +77,34 @@ class Detector:
         raise NotImplementedError
 
     def load_tensors(self, tensors: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+
+class StreamingDetector:
+    """A detector that learns while it scores, one instance per entity: the cold start of an entity that
+    has no trained model yet. Nothing is fitted beforehand and no windows are built: rows are scored
+    in order against what was learnt before them. Its whole state is JSON, saved with the entity's
+    checkpoint. The pipeline serves each entity either a shared ``Detector`` (batched windows) or a
+    ``StreamingDetector`` of its own; ``detectors.artefacts.STREAMING`` names the available ones.
+    """
+
+    name: str = "streaming"
+    model_id: str = "streaming@1"  # what scores and alerts name as their model
+
+    def __init__(self, channels: int, **config):
+        self.channels = channels
+
+    def score_learn(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Score each row of ``[n, C]`` against the state before it, then learn it.
+
+        Returns point scores ``[n]`` and channel scores ``[n, C]``, normalised like a ``Detector``'s
+        (about 1 when normal)."""
+        raise NotImplementedError
+
+    def to_state(self) -> dict:
+        raise NotImplementedError
+
+    def load_state(self, state: dict) -> "StreamingDetector":
         raise NotImplementedError
 
 

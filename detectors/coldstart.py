@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import StreamingDetector
 
-class ColdStartDetector:
+
+class ColdStartDetector(StreamingDetector):
     name = "coldstart"
     model_id = "coldstart@1"
 
     def __init__(self, channels: int, half_life: float = 600.0, clip: float = 4.0, min_var: float = 1e-6):
-        self.channels = channels
+        super().__init__(channels)
         self.alpha = 1.0 - 0.5 ** (1.0 / half_life)
         self.clip = clip
         self.min_var = min_var

@@ -1,6 +1,6 @@
 """POST: Prior-Observation adversarial learning of Spatio-Temporal associations (arXiv 2605.18128).
 
-Follows the authors' code (anocodetest1/POST, read through /work/shared/notes/post.md), in brief:
+Follows the authors' code (anocodetest1/POST; notes in the project's shared notes on POST), in brief:
 
 * every encoder layer runs SAGA (spatial graph attention: channels are nodes; structural *prior*
   P_s = softmax(g / tau) from a learnable adjacency-logit matrix g initialised from a kNN graph of the

@@ -1,7 +1,7 @@
 """The Faust app: the readings consumer's task, the checkpoint timer, the models follower, the dashboard.
 
 Faust runs the application (lifecycle, signals, logging, timers and tasks); the readings are consumed
-by ``stream.agents.Runner``, an aiokafka group member of its own that hands whole fetches to the
+by ``stream.runner.Runner``, an aiokafka group member of its own that hands whole fetches to the
 pipeline (docs/design.md says why). Faust's own consumer group is named ``GROUP-app`` so that it never
 joins the readings group.
 """
@@ -10,21 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faust
 
-from .agents import Runner
+from scoring.pipeline import Pipeline
+from scoring.settings import Settings
+
 from .board import Board
-from .config import Settings
 from .kafka import security_options
 from .model_updates import follow, load_served
-from .pipeline import Pipeline
+from .runner import Runner
 from .web import serve
 
 log = logging.getLogger("vigil.worker")
+FAUST_DATA = Path(".vigil") / "faust"
 
 
 def broker_credentials():
@@ -39,6 +40,7 @@ def broker_credentials():
 
 
 def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.App, Runner]:
+    FAUST_DATA.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.group}-app",
         broker=f"kafka://{settings.broker}",
@@ -46,8 +48,8 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
         value_serializer="raw",  # the pipeline decodes, so one bad message can never crash the agent
         key_serializer="raw",
         store="memory://",
-        # Faust wants a data directory even with in-memory tables: keep it out of the working directory
-        datadir=str(Path(tempfile.gettempdir()) / "vigil-faust-{conf.id}"),
+        # Faust wants a data directory even with in-memory tables: under .vigil/, with the demo's files
+        datadir=str(FAUST_DATA / "{conf.id}"),
         web_enabled=False,
         topic_partitions=settings.partitions,
         consumer_auto_offset_reset="earliest",

@@ -60,9 +60,9 @@ class DetectorServer:
     def _score(self, path: str, windows: np.ndarray) -> Scores:
         det = self.models.get(path)
         if det is None:
-            from .model_updates import load_model
+            from detectors import artefacts
 
-            det = self.models[path] = load_model(path, self.device)
+            det = self.models[path] = artefacts.load(path).to(self.device)
             log.warning("loaded %s from %s on %s", det.model_id, path, det.device)
         return det.score(windows)
 

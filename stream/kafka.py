@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -181,5 +183,29 @@ async def offsets_for_time(broker: str, topic: str, since_wall: float | None) ->
         found = await c.offsets_for_times({tp: int(since_wall * 1000) for tp in tps})
         end = await c.end_offsets(tps)
         return {tp.partition: found[tp].offset if found.get(tp) else end[tp] for tp in tps}
+    finally:
+        await c.stop()
+
+
+async def tail_json(broker: str, topic: str, follow: bool, from_beginning: bool = True, idle: float = 2.0):
+    """Yield decoded JSON messages of a topic; without ``follow``, stop when it has been idle for ``idle`` s."""
+    c = consumer(broker, topic, auto_offset_reset="earliest" if from_beginning else "latest")
+    await c.start()
+    try:
+        last = time.monotonic()
+        while True:
+            batch = await c.getmany(timeout_ms=200, max_records=1000)
+            got = False
+            for records in batch.values():
+                for rec in records:
+                    got = True
+                    try:
+                        yield orjson.loads(rec.value)
+                    except orjson.JSONDecodeError:
+                        continue
+            if got:
+                last = time.monotonic()
+            elif not follow and time.monotonic() - last > idle:
+                return
     finally:
         await c.stop()

@@ -10,7 +10,6 @@ events and swaps each promoted model in between two micro-batches (``Pipeline.sw
 from __future__ import annotations
 
 import logging
-import time
 
 import orjson
 from aiokafka import TopicPartition
@@ -36,10 +35,6 @@ def load_served(path: str, device: str = "auto", detector: str | None = None):
     from .detector_service import RemoteDetector
 
     return RemoteDetector(load_model(path, "cpu"), path, detector)
-
-
-def event(kind: str, entity: str, **fields) -> dict:
-    return {"event": kind, "entity": entity, "ts": time.time(), **fields}
 
 
 async def publish(broker: str, topic: str, events: list[dict]) -> None:

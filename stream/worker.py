@@ -5,7 +5,8 @@ import asyncio
 import logging
 import sys
 
-from .config import Settings
+from scoring.settings import Settings
+
 from .kafka import check_broker, ensure_topics
 from .model_updates import load_served
 

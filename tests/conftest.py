@@ -25,7 +25,7 @@ class Procs:
 
     def vigil(self, *args, name="proc", env=None):
         log = open(self.tmp_path / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "stream.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True)
         self.procs.append(proc)
         return proc

@@ -25,12 +25,12 @@ import orjson
 
 from detectors import artefacts
 from detectors.base import Detector, Scores
-from stream.config import Settings
+from scoring.settings import Settings
 
 from .data import Dataset, load
 from .evaluate import report, stream_offline
 
-MODELS = ["pca", "iforest", "hst", "lstm_ae", "post", "amad", "mimgan", "genias"]
+MODELS = list(artefacts.MODELS)  # every registered model, in the registry's order
 SMD = ["machine-1-6", "machine-1-7", "machine-2-1", "machine-2-2", "machine-2-7", "machine-2-8",
        "machine-3-3", "machine-3-4"]
 

@@ -1,6 +1,7 @@
-"""The retraining service: recent history from Kafka -> candidate -> label-free comparison -> promotion.
+"""Retraining decisions: an entity's recent history -> candidate -> label-free comparison -> promotion.
 
-For each entity: read its recent readings from the readings topic, leave out the points inside alert
+The service around it (reading history from Kafka, publishing the decisions on the models topic,
+running every few hours) is ``stream.retraining``. For each entity: its recent readings, less the points inside alert
 incidents (anomalies must not be learnt as normal), train a candidate on the older part and hold out
 the most recent part, then compare candidate and champion without labels (``Rule``, written down in
 docs/retraining.md):
@@ -14,7 +15,6 @@ The decision is published on the models topic; workers swap a promoted model in.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -25,19 +25,22 @@ import orjson
 
 from detectors import artefacts
 from detectors.base import Detector, Scores, sliding_windows
-from stream.codec import Readings, decode
-from stream.config import Settings
-from stream.fusion import fuse
-from stream.kafka import offsets_for_time, read_partition
-from stream.model_updates import event, publish
-from stream.thresholds import make_threshold
-from stream.windows import EntityWindow
+from scoring.codec import Readings
+from scoring.fusion import fuse
+from scoring.settings import Settings
+from scoring.thresholds import make_threshold
+from scoring.windows import EntityWindow
 
 from .data import Dataset
 from .evaluate import stream_offline
 from .registry import Registry, Version, data_hash
 
 log = logging.getLogger("vigil.trainer")
+
+
+def event(kind: str, entity: str, **fields) -> dict:
+    """A model lifecycle event, as published on the models topic (docs/contract.md)."""
+    return {"event": kind, "entity": entity, "ts": time.time(), **fields}
 
 
 @dataclass
@@ -95,20 +98,13 @@ class TrainerConfig:
     rule: Rule = field(default_factory=Rule)
 
 
-# ---- reading history ------------------------------------------------------------------------------
-async def _read_topic(broker: str, topic: str, since_wall: float | None) -> list:
-    """Every record of every partition, from the first whose Kafka timestamp is >= ``since_wall``."""
-    starts = await offsets_for_time(broker, topic, since_wall)
-    parts = await asyncio.gather(*(read_partition(broker, topic, p, start) for p, start in starts.items()))
-    return [r for part in parts for r in part]
-
-
-def incidents_from_alerts(records: list) -> dict[str, list[tuple[float, float]]]:
-    """Entity -> (start, end) of every incident, as of its latest alert message."""
+# ---- history -------------------------------------------------------------------------------------
+def incidents_from_alerts(values: list[bytes]) -> dict[str, list[tuple[float, float]]]:
+    """Entity -> (start, end) of every incident, as of its latest alert message (raw alert records)."""
     latest = {}
-    for r in records:
+    for value in values:
         try:
-            a = orjson.loads(r.value)
+            a = orjson.loads(value)
             latest[a["alert_id"]] = a
         except (orjson.JSONDecodeError, KeyError, TypeError):
             continue
@@ -161,17 +157,6 @@ def build_histories(readings: list[Readings], incidents: dict, history: float,
         keep &= ~inside
         out[entity] = History(entity, names[entity], ts[keep], vals[keep].astype(np.float32), excluded)
     return out
-
-
-def read_histories(settings: Settings, history: float, since_wall: float | None = None,
-                   known_names: dict[str, list[str]] | None = None,
-                   max_incident: float = float("inf")) -> dict[str, History]:
-    async def run():
-        return await asyncio.gather(_read_topic(settings.broker, settings.topics.readings, since_wall),
-                                    _read_topic(settings.broker, settings.topics.alerts, since_wall))
-    readings, alerts = asyncio.run(run())
-    decoded = [d for d in (decode(r.value, settings.max_message_bytes) for r in readings) if isinstance(d, Readings)]
-    return build_histories(decoded, incidents_from_alerts(alerts), history, known_names, max_incident)
 
 
 # ---- label-free comparison --------------------------------------------------------------------------
@@ -251,36 +236,3 @@ def retrain_entity(hist: History, registry: Registry, config: TrainerConfig, set
             registry.set_status(entity, cand_version.model, cand_version.version, "failed", reason)
         return event("failed", entity, model=config.model, reason=reason,
                      champion=champion.model_id if champion else None)
-
-
-def run_once(settings: Settings, registry: Registry, config: TrainerConfig, entities: list[str] | None = None,
-             progress: bool = True) -> list[dict]:
-    """One retraining round over every entity with history (or ``entities``); publishes the decisions."""
-    champions = {e: registry.champion(e) for e in {v.entity for v in registry.versions()}}
-    names = {e: artefacts.metadata(v.path)["channels"] for e, v in champions.items() if v is not None}
-    # Kafka timestamps (wall clock) bound the read; the entity's own clock then picks the history.
-    since = time.time() - config.history - config.read_slack
-    histories = read_histories(settings, config.history, since, names, config.max_incident)
-    todo = [e for e in sorted(histories) if entities is None or e in entities]
-    events = []
-    for entity in todo:
-        t0 = time.perf_counter()
-        e = retrain_entity(histories[entity], registry, config, settings, progress)
-        e["seconds"] = round(time.perf_counter() - t0, 1)
-        events.append(e)
-        log.warning("%s: %s %s", entity, e["event"], e.get("reason", ""))
-    if events:
-        asyncio.run(publish(settings.broker, settings.topics.models, events))
-    return events
-
-
-def run_every(settings: Settings, registry: Registry, config: TrainerConfig, every: float,
-              entities: list[str] | None = None) -> None:
-    """The long-running service: a round, then sleep until the next one is due."""
-    while True:
-        started = time.monotonic()
-        try:
-            run_once(settings, registry, config, entities)
-        except Exception:  # noqa: BLE001 - a broker hiccup must not end the service
-            log.exception("retraining round failed; the next one is in %.0fs", every)
-        time.sleep(max(0.0, every - (time.monotonic() - started)))

@@ -6,8 +6,8 @@ import orjson
 
 from detectors import artefacts
 from detectors.pca import PCADetector
+from producers.simulate import normal_history
 from stream.kafka import producer, read_partition
-from stream.simulate import normal_history
 
 WORKER_FAST = ["--session-timeout", "6", "--rebalance-timeout", "3", "--checkpoint-interval", "0.5",
                "--batch-wait", "0.05"]

@@ -6,9 +6,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from producers.simulate import simulate_plant
+from scoring.codec import encode_readings
 from stream.broker import free_port
-from stream.codec import encode_readings
-from stream.simulate import simulate_plant
 
 from .support import WORKER_FAST, read_topic, send, train_models, wait_until
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 def test_demo_prints_localised_alerts_and_cleans_up(tmp_path):
     port, web = free_port(), free_port()
     workdir = tmp_path / "demo"
-    out = subprocess.run([sys.executable, "-m", "stream.cli", "demo", "--duration", "45", "--rate", "40",
+    out = subprocess.run([sys.executable, "-m", "cli", "demo", "--duration", "45", "--rate", "40",
                           "--port", str(port), "--web-port", str(web), "--workdir", str(workdir)],
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]

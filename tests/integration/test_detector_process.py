@@ -10,13 +10,14 @@ import pytest
 
 from detectors import artefacts
 from detectors.base import sliding_windows
+from scoring.settings import Settings
 from stream.broker import free_port
-from stream.config import Settings
 from stream.detector_service import RemoteDetector
-from training.evaluate import stream_offline, stream_through_kafka
+from stream.evaluation import stream_through_kafka
+from training.evaluate import stream_offline
 
+from ..helpers import TINY, small_dataset
 from ..unit.test_detectors import correlated
-from .test_eval_stream import TINY, small_dataset
 
 pytestmark = pytest.mark.integration
 

@@ -4,26 +4,14 @@ import pytest
 import torch
 
 from detectors import artefacts
-from stream.config import Settings
-from training.data import Dataset
-from training.evaluate import report, stream_offline, stream_through_kafka
+from scoring.settings import Settings
+from stream.evaluation import stream_through_kafka
+from training.evaluate import report, stream_offline
 
-from ..unit.test_detectors import correlated
+from ..helpers import TINY, small_dataset
 
 pytestmark = pytest.mark.integration
 
-TINY = {"epochs": 2, "window": 16, "stride": 4, "batch_size": 32}
-
-
-def small_dataset():
-    """1500 normal training points; 800 test points with five 10-point shifts on known channels."""
-    test, label, interpretation = correlated(800, seed=4), np.zeros(800, np.int8), []
-    for i, start in enumerate(range(100, 800, 150)):
-        ch = i % 6
-        test[start:start + 10, ch] += 2.5
-        label[start:start + 10] = 1
-        interpretation.append((start, start + 10, ch))
-    return Dataset("small", correlated(1500), test, label, [f"c{i}" for i in range(6)], np.array(interpretation))
 
 
 def test_every_model_served_through_kafka_scores_as_the_offline_pipeline(broker, tmp_path):

@@ -10,12 +10,20 @@ import numpy as np
 import orjson
 import pytest
 
+from scoring.codec import encode_readings
 from stream.broker import free_port
-from stream.codec import encode_readings
 from stream.kafka import producer
 
-from .support import (WORKER_FAST, read_topic, scored_points, send, send_corrupt_batch, send_librdkafka,
-                      send_with, wait_until)
+from .support import (
+    WORKER_FAST,
+    read_topic,
+    scored_points,
+    send,
+    send_corrupt_batch,
+    send_librdkafka,
+    send_with,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -9,11 +9,12 @@ import pytest
 
 from detectors import artefacts
 from detectors.pca import PCADetector
-from stream.codec import encode_readings
+from producers.simulate import normal_history
+from scoring.codec import encode_readings
 from stream.kafka import producer
-from stream.model_updates import event, publish
-from stream.simulate import normal_history
+from stream.model_updates import publish
 from training.registry import Registry, data_hash
+from training.trainer import event
 
 from .support import WORKER_FAST, read_topic, send, wait_until
 

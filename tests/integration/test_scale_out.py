@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from stream.simulate import simulate_plant
+from producers.simulate import simulate_plant
 
 from .support import WORKER_FAST, match_events, read_topic, scored_points, train_models, wait_until
 

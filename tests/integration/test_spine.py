@@ -5,8 +5,8 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.codec import encode_readings
-from stream.simulate import simulate_plant
+from producers.simulate import simulate_plant
+from scoring.codec import encode_readings
 
 from .support import WORKER_FAST, match_events, read_topic, scored_points, send, train_models, wait_until
 

@@ -6,7 +6,7 @@ import torch
 from detectors.amad import AMAD, AutoMaskBlock, cad, contrastive, js_rows
 from detectors.base import sliding_windows
 
-from .test_detectors import correlated
+from ..helpers import correlated
 
 TINY = {"epochs": 1, "window": 16, "stride": 4, "batch_size": 32, "d_model": 32, "heads": 4, "layers": 2,
         "d_ff": 32}

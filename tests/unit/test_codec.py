@@ -2,7 +2,7 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.codec import Readings, Rejection, decode, encode_readings
+from scoring.codec import Readings, Rejection, decode, encode_readings
 
 
 def code(raw):

@@ -7,7 +7,7 @@ from detectors import artefacts
 from detectors.base import sliding_windows
 from detectors.torch_base import TorchDetector
 
-from .test_detectors import correlated
+from ..helpers import correlated
 
 DEEP = [n for n in artefacts.available() if issubclass(artefacts.model_class(n), TorchDetector)]
 TINY = {"epochs": 2, "window": 16, "stride": 4, "batch_size": 32}

@@ -24,8 +24,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from stream.cli import build_parser
-from stream.config import Settings
+from cli.main import build_parser
+from scoring.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -346,7 +346,8 @@ def test_the_gpu_detector_process_is_deployed_and_the_workers_use_it(capsys):
 
 
 def test_every_vigil_variable_in_deploy_is_read_by_the_code():
-    code = "".join(p.read_text() for d in ("stream", "training", "detectors") for p in (ROOT / d).rglob("*.py"))
+    code = "".join(p.read_text() for d in ("cli", "producers", "stream", "training", "scoring", "detectors")
+                   for p in (ROOT / d).rglob("*.py"))
     texts = [DEPLOY / "README.md", DEPLOY / "compose.yaml", *K8S.glob("*.yaml")]
     names = {n for p in texts for n in re.findall(r"\bVIGIL_[A-Z_]+\b", p.read_text())}
     assert {"VIGIL_BROKER", "VIGIL_WEB_TOKEN", "VIGIL_KAFKA_SECURITY_PROTOCOL"} <= names

@@ -8,12 +8,7 @@ from detectors.base import sliding_windows
 from detectors.coldstart import ColdStartDetector
 from detectors.pca import PCADetector
 
-
-def correlated(n, c=6, seed=0):
-    """Two latent factors mixed into c channels (fixed mixing), plus noise drawn from ``seed``."""
-    mixing = np.random.default_rng(42).normal(size=(2, c))
-    rng = np.random.default_rng(seed)
-    return (rng.normal(size=(n, 2)) @ mixing + 0.1 * rng.normal(size=(n, c))).astype(np.float32)
+from ..helpers import correlated
 
 
 def test_pca_scores_shapes_normalisation_and_localisation():

@@ -4,12 +4,12 @@ import orjson
 import pytest
 
 from detectors.pca import PCADetector
-from stream.config import Settings
+from scoring.settings import Settings
 from training import quality
 from training.data import Dataset
 from training.evaluate import START, Stream, alarm_cells, collect, report, stream_offline
 
-from .test_detectors import correlated
+from ..helpers import correlated
 
 
 def small_dataset(n_test=600):

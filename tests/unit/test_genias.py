@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from detectors.base import sliding_windows
-from detectors.genias import (GenIAS, compact_kl, deviation_patch, perturb_loss,
-                              zero_perturbation_loss)
+from detectors.genias import GenIAS, compact_kl, deviation_patch, perturb_loss, zero_perturbation_loss
 
-from .test_detectors import correlated
+from ..helpers import correlated
 
 W = 16
 CFG = {"window": W, "stride": 4, "epochs": 5, "batch_size": 32}

@@ -1,6 +1,6 @@
 import numpy as np
 
-from stream.incidents import IncidentTracker, alert_id
+from scoring.incidents import IncidentTracker, alert_id
 
 
 def run(tracker, alarm, channel=None):

@@ -4,8 +4,17 @@ import math
 import numpy as np
 import pytest
 
-from training.metrics import (auc_pr, best_f1, channel_label_matrix, event_f1, hit_rate, ndcg,
-                              point_adjusted_f1, prf, segments)
+from training.metrics import (
+    auc_pr,
+    best_f1,
+    channel_label_matrix,
+    event_f1,
+    hit_rate,
+    ndcg,
+    point_adjusted_f1,
+    prf,
+    segments,
+)
 
 
 def test_segments_are_half_open_runs():

@@ -8,7 +8,7 @@ import torch
 from detectors.base import sliding_windows
 from detectors.mimgan import MIMGAN, mim_d_loss, mim_g_loss
 
-from .test_detectors import correlated
+from ..helpers import correlated
 
 CH = [f"c{i}" for i in range(4)]
 TINY = {"window": 8, "stride": 4, "epochs": 1, "batch_size": 32, "g_hidden": 16, "d_hidden": 16,

@@ -6,10 +6,10 @@ import numpy as np
 import orjson
 
 from detectors.pca import PCADetector
-from stream.codec import encode_readings
-from stream.config import Settings
-from stream.pipeline import META_KEY, SCORE_MESSAGE_VALUES, Message, Pipeline
-from stream.simulate import normal_history, simulate_entity
+from producers.simulate import normal_history, simulate_entity
+from scoring.codec import SCORE_MESSAGE_VALUES, encode_readings
+from scoring.pipeline import META_KEY, Message, Pipeline
+from scoring.settings import Settings
 
 START = 1_700_000_000.0
 
@@ -210,8 +210,7 @@ def test_swap_between_micro_batches_scores_every_point_once_and_recalibrates():
 
 
 def test_the_widest_entity_the_codec_admits_checkpoints_under_the_output_limit():
-    from stream.codec import MAX_CHANNELS, MAX_NAME
-    from stream.pipeline import OUTPUT_LIMIT
+    from scoring.codec import MAX_CHANNELS, MAX_NAME, OUTPUT_LIMIT
 
     names = [f"{i:04d}".ljust(MAX_NAME, "x") for i in range(MAX_CHANNELS)]
     rng = np.random.default_rng(0)
@@ -226,3 +225,13 @@ def test_the_widest_entity_the_codec_admits_checkpoints_under_the_output_limit()
     (key, value), _meta = pipe.checkpoint(0)
     assert len(value) < OUTPUT_LIMIT and pipe.metrics["state_without_history"] == 0
     print(f"\nwidest checkpoint: {len(value):,} bytes")
+
+
+def test_every_output_list_of_a_micro_batch_has_its_topic():
+    from dataclasses import fields
+
+    from scoring.pipeline import Outputs
+    from scoring.settings import BATCH_OUTPUTS, Topics
+
+    assert tuple(f.name for f in fields(Outputs)) == BATCH_OUTPUTS
+    assert all(getattr(Topics(), kind) in Topics().outputs() for kind in BATCH_OUTPUTS)

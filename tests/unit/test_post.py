@@ -7,7 +7,7 @@ from detectors import artefacts
 from detectors.base import sliding_windows
 from detectors.post import POST, feature_smoothing, kl, knn_adjacency_logits, prox_l1_on_sigmoid
 
-from .test_detectors import correlated
+from ..helpers import correlated
 
 TINY = {"epochs": 2, "window": 16, "stride": 4, "batch_size": 32, "d_model": 16, "heads": 2}
 CH = [f"c{i}" for i in range(6)]

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detectors.pca import PCADetector
-from stream.codec import Readings, Rejection, decode
-from stream.config import Settings
-from stream.pipeline import META_KEY, OUTPUT_LIMIT, Message, Pipeline
-from stream.simulate import normal_history
+from producers.simulate import normal_history
+from scoring.codec import OUTPUT_LIMIT, Readings, Rejection, decode
+from scoring.pipeline import META_KEY, Message, Pipeline
+from scoring.settings import Settings
 
 CODES = {"malformed", "missing_field", "bad_type", "bad_values", "non_finite", "too_many_values",
          "out_of_order", "duplicate_ts", "oversized", "future_ts", "too_many_entities"}

@@ -8,9 +8,9 @@ import orjson
 import pytest
 from aiokafka.errors import CommitFailedError, CorruptRecordException, UnsupportedCodecError
 
-from stream.agents import Runner, undecodable
-from stream.config import Settings
-from stream.pipeline import Message, Pipeline
+from scoring.pipeline import Message, Pipeline
+from scoring.settings import Settings
+from stream.runner import Runner, undecodable
 
 
 class FakeProducer:

@@ -4,9 +4,18 @@ import time
 import numpy as np
 import pytest
 
-from stream.simulate import (
-    CHANNEL_BASES, KINDS, MIN_GAP, Anomaly, EntitySeries, _physics, channel_names, noise_std,
-    normal_history, simulate_entity, simulate_plant,
+from producers.simulate import (
+    CHANNEL_BASES,
+    KINDS,
+    MIN_GAP,
+    Anomaly,
+    EntitySeries,
+    _physics,
+    channel_names,
+    noise_std,
+    normal_history,
+    simulate_entity,
+    simulate_plant,
 )
 
 T0 = 1_700_000_000.0

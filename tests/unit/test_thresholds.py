@@ -1,4 +1,4 @@
-"""Unit tests for stream.thresholds: SPOT, DSPOT and percentile online thresholds."""
+"""Unit tests for scoring.thresholds: SPOT, DSPOT and percentile online thresholds."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import orjson
 import pytest
 from scipy import stats
 
-from stream.thresholds import (
+from scoring.thresholds import (
     KINDS,
     DSpotThreshold,
     PercentileThreshold,

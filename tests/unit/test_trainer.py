@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from detectors.pca import PCADetector
-from stream.codec import Readings
-from stream.config import Settings
-from stream.simulate import normal_history
+from producers.simulate import normal_history
+from scoring.codec import Readings
+from scoring.settings import Settings
 from training.registry import Registry, data_hash
 from training.trainer import History, Rule, TrainerConfig, build_histories, retrain_entity
 

@@ -7,11 +7,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from detectors.pca import PCADetector
+from producers.simulate import normal_history, simulate_entity
+from scoring.codec import encode_readings
+from scoring.pipeline import Message, Pipeline
+from scoring.settings import Settings
 from stream.board import Board
-from stream.codec import encode_readings
-from stream.config import Settings
-from stream.pipeline import Message, Pipeline
-from stream.simulate import normal_history, simulate_entity
 from stream.web import build_app, check_exposure
 
 START = 1_700_000_000.0

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from stream.windows import EntityWindow
+from scoring.windows import EntityWindow
 
 
 def test_chunks_follow_hop_and_cover_every_row_once():

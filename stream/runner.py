@@ -34,10 +34,11 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from .config import Settings
+from scoring.pipeline import META_KEY, Message, Outputs, Pipeline
+from scoring.settings import BATCH_OUTPUTS, Settings
+
 from .kafka import consumer as kafka_consumer
 from .kafka import iter_partition, producer, read_offsets, read_partition
-from .pipeline import META_KEY, Message, Outputs, Pipeline
 
 log = logging.getLogger("vigil.worker")
 
@@ -88,7 +89,9 @@ class Runner:
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         if self.producer is None:
-            self.producer = producer(self.settings.broker)
+            # no linger: a batch's records leave the process as soon as they are handed over, which
+            # keeps the window in which a stall can hold them back (docs/design.md) to the minimum
+            self.producer = producer(self.settings.broker, linger_ms=0)
             await self.producer.start()
         if self.consumer is None:
             s = self.settings
@@ -191,9 +194,9 @@ class Runner:
     async def publish(self, out: Outputs) -> None:
         topics = self.settings.topics
         futures = []
-        for kind, records in (("scores", out.scores), ("alerts", out.alerts), ("dlq", out.dlq)):
+        for kind in BATCH_OUTPUTS:
             name = getattr(topics, kind)
-            for r in records:
+            for r in getattr(out, kind):
                 futures.append((kind, r.partition,
                                 await self.producer.send(name, r.value, key=r.key, partition=r.partition)))
         for kind, partition, fut in futures:
@@ -235,12 +238,12 @@ class Runner:
             if self.producer is None or not self.recovered:
                 return
             t0 = time.perf_counter()
+            if not await self.confirm():
+                return
             parts = set(self.pending) | {p for p, s in self.pipeline.partitions.items() if s.dirty}
             parts &= self.recovered
             if not parts:
                 self.pipeline.evict()
-                return
-            if not await self.confirm():
                 return
             futures = []
             for p in sorted(parts):

@@ -21,6 +21,7 @@ not learnt from (a NaN would otherwise poison the tail, window or moving mean).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import deque
 
@@ -29,7 +30,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from river.stats import RollingQuantile
 
 __all__ = ["Threshold", "SpotThreshold", "DSpotThreshold", "PercentileThreshold",
-           "make_threshold", "threshold_from_state", "fit_gpd", "KINDS"]
+           "make_threshold", "threshold_from_state", "fit_gpd", "KINDS", "DEFAULTS", "parameters"]
 
 _STATE_VERSION = 1
 
@@ -563,21 +564,28 @@ KINDS: dict[str, type[Threshold]] = {
     "percentile": PercentileThreshold,
 }
 
-_PARAMS = {
-    "spot": ("q", "level", "max_excess", "refit_every"),
-    "dspot": ("q", "level", "max_excess", "refit_every", "depth"),
-    "percentile": ("q", "window"),
-}
+# Vigil's serving defaults, under the user's --threshold-param values. SPOT refits its tail every 10
+# new peaks (the threshold still moves with the counts at every peak): the same alerts as refitting at
+# every peak on the simulator, at a tenth of the cost (docs/design.md). The classes keep the faithful
+# defaults of the papers.
+DEFAULTS: dict[str, dict] = {"spot": {"refit_every": 10}, "dspot": {"refit_every": 10}, "percentile": {}}
+
+
+def parameters(kind: str) -> dict[str, type]:
+    """A kind's parameters and their types, read from its constructor (the one place they are written)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown threshold kind {kind!r}; expected one of {sorted(KINDS)}")
+    sig = inspect.signature(KINDS[kind].__init__)
+    return {name: type(p.default) for name, p in sig.parameters.items() if name != "self"}
 
 
 def make_threshold(kind: str, **params) -> Threshold:
     """A new, uncalibrated threshold of ``kind``; bad kinds or parameters raise ValueError."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown threshold kind {kind!r}; expected one of {sorted(KINDS)}")
-    unknown = sorted(set(params) - set(_PARAMS[kind]))
+    accepted = parameters(kind)
+    unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {kind!r}; "
-                         f"accepted: {list(_PARAMS[kind])}")
+                         f"accepted: {list(accepted)}")
     return KINDS[kind](**params)
 
 

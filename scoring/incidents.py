@@ -14,6 +14,7 @@ import hashlib
 
 import numpy as np
 
+from .codec import Alert
 from .fusion import top_channels
 
 
@@ -31,7 +32,7 @@ class IncidentTracker:
         self.seen = 0  # points observed so far, to age candidate alarms
         self.candidates: list[list] = []  # recent alarms while no incident is open: [point no, ts, channels]
 
-    def observe(self, ts, score, threshold, alarm, channel, recon, divergence, names, model) -> list[dict]:
+    def observe(self, ts, score, threshold, alarm, channel, recon, divergence, names, model) -> list[Alert]:
         """Feed points in order; return the alert messages they cause."""
         first = self.seen
         self.seen += len(ts)
@@ -82,14 +83,14 @@ class IncidentTracker:
                      "quiet": 0, "since_update": 0, "top": []}
         return self.open
 
-    def _message(self, inc: dict, state: str, ts, names, model) -> dict:
+    def _message(self, inc: dict, state: str, ts, names, model) -> Alert:
         channels = top_channels(inc["channel_sum"], names, self.top_k)
         inc["top"] = [c["channel"] for c in channels]
         inc["since_update"] = 0
-        return {"alert_id": inc["alert_id"], "entity": self.entity, "state": state, "ts": float(ts),
-                "start": inc["start"], "end": inc["end"], "score": round(inc["peak"], 6),
-                "threshold": round(inc["threshold"], 6), "channels": channels, "model": model,
-                "detail": {"reconstruction": inc["recon"], "divergence": inc["div"]}}
+        return Alert(alert_id=inc["alert_id"], entity=self.entity, state=state, ts=float(ts), start=inc["start"],
+                     end=inc["end"], score=round(inc["peak"], 6), threshold=round(inc["threshold"], 6),
+                     channels=channels, model=model,
+                     detail={"reconstruction": inc["recon"], "divergence": inc["div"]})
 
     def to_state(self) -> dict:
         inc = None if self.open is None else {**self.open, "channel_sum": self.open["channel_sum"].tolist()}

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 DEFAULT_BROKER = "127.0.0.1:9092"
+# Where an entity's threshold is calibrated: on the model's training scores, or on its first points
+CALIBRATIONS = ("train", "first")
 
-# Vigil's defaults under the user's --threshold-param values. SPOT refits its tail every 10 new peaks
-# (the threshold still moves with the counts at every peak): the same alerts as refitting at every
-# peak on the simulator, at a tenth of the cost (docs/design.md).
-THRESHOLD_DEFAULTS = {"spot": {"refit_every": 10}, "dspot": {"refit_every": 10}, "percentile": {}}
 
 
 def broker_from_env(value: str | None = None) -> str:
     return value or os.environ.get("VIGIL_BROKER") or DEFAULT_BROKER
+
+
+# The topics a micro-batch writes, one list each in ``scoring.pipeline.Outputs``, in this order
+BATCH_OUTPUTS = ("scores", "alerts", "dlq")
 
 
 @dataclass
@@ -26,15 +28,16 @@ class Topics:
     models: str = "vigil.models"  # model lifecycle events from the trainer (promotions, failures)
 
     @classmethod
-    def named(cls, prefix: str) -> "Topics":
+    def named(cls, prefix: str = "vigil") -> "Topics":
         """Topics ``PREFIX.readings``, ``PREFIX.scores``, ...: one set per deployment or evaluation run."""
-        return cls(**{k: f"{prefix}.{k}" for k in ("readings", "scores", "alerts", "dlq", "state", "models")})
+        return cls(**{f.name: f"{prefix}.{f.name}" for f in fields(cls)})
 
     def outputs(self) -> list[str]:
-        return [self.scores, self.alerts, self.dlq, self.state]
+        """What a worker writes: each micro-batch's outputs (``scoring.pipeline.Outputs``) and its state."""
+        return [getattr(self, kind) for kind in BATCH_OUTPUTS] + [self.state]
 
     def all(self) -> list[str]:
-        return [self.readings, *self.outputs(), self.models]
+        return [getattr(self, f.name) for f in fields(self)]
 
 
 @dataclass
@@ -53,13 +56,14 @@ class Settings:
     # models: entity -> artefact directory; "*" is the default for entities with matching channels
     models: dict[str, str] = field(default_factory=dict)
     device: str = "auto"
+    cold_start: str = "coldstart"  # the streaming detector of entities without a model (detectors.artefacts.STREAMING)
     detector: str | None = None  # HOST:PORT of a `vigil detector` process that scores; None: in process
     # scoring
     fusion: str = "sum"
     fusion_weight: float = 1.0
     threshold: str = "spot"
     threshold_params: dict = field(default_factory=dict)
-    calibration: str = "train"  # "train": the model's training scores; "first": an entity's first points
+    calibration: str = "train"  # one of CALIBRATIONS
     calibration_points: int = 1000  # with SPOT's level 0.98: 20 peaks to fit the tail on
     # incidents
     top_k: int = 3
@@ -87,4 +91,6 @@ class Settings:
     rebalance_timeout: float = 5.0
 
     def threshold_config(self) -> dict:
-        return {**THRESHOLD_DEFAULTS.get(self.threshold, {}), **self.threshold_params}
+        from .thresholds import DEFAULTS
+
+        return {**DEFAULTS.get(self.threshold, {}), **self.threshold_params}

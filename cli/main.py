@@ -12,8 +12,9 @@ from pathlib import Path
 
 import orjson
 
-from .config import DEFAULT_BROKER, Settings, Topics, broker_from_env
-from .kafka import BrokerUnavailable, check_broker
+from detectors import artefacts
+from scoring.settings import CALIBRATIONS, DEFAULT_BROKER, Settings, Topics, broker_from_env
+from stream.kafka import BrokerUnavailable, check_broker
 
 
 def _broker_arg(p: argparse.ArgumentParser) -> None:
@@ -25,7 +26,14 @@ def _param(text: str) -> tuple[str, float]:
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return key, float(value)
+    try:
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in {text!r}") from None
+
+
+def _topics_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--topic-prefix", default="vigil", help="topics PREFIX.readings, PREFIX.scores, ...")
 
 
 def _duration(text: str) -> float:
@@ -44,16 +52,18 @@ def _model_config(args) -> dict:
 
 def _scoring_args(p: argparse.ArgumentParser, publishes: bool = True) -> None:
     """How points are scored, thresholded and grouped into incidents: shared by worker, eval and trainer."""
+    from scoring import fusion, thresholds
+
     d = Settings()
     p.add_argument("--window", type=int, default=d.window)
     p.add_argument("--hop", type=int, default=d.hop)
-    p.add_argument("--threshold", choices=["spot", "dspot", "percentile"], default=d.threshold)
+    p.add_argument("--threshold", choices=sorted(thresholds.KINDS), default=d.threshold)
     p.add_argument("--threshold-param", type=_param, action="append", default=[], metavar="NAME=VALUE",
-                   help="e.g. q=1e-3, level=0.98, depth=100 (dspot), window=5000 (percentile)")
-    p.add_argument("--calibration", choices=["train", "first"], default=d.calibration,
+                   help="; ".join(f"{k}: {', '.join(thresholds.parameters(k))}" for k in sorted(thresholds.KINDS)))
+    p.add_argument("--calibration", choices=CALIBRATIONS, default=d.calibration,
                    help="calibrate thresholds on the model's training scores or on each entity's first points")
     p.add_argument("--calibration-points", type=int, default=d.calibration_points)
-    p.add_argument("--fusion", choices=["sum", "product"], default=d.fusion)
+    p.add_argument("--fusion", choices=fusion.RULES, default=d.fusion)
     p.add_argument("--top-k", type=int, default=d.top_k)
     p.add_argument("--open-after", type=int, default=d.open_after,
                    help="alarms within --open-window points that open an incident")
@@ -85,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replication", type=int, default=d.replication,
                    help="replication factor of the topics created on first start")
     p.add_argument("--group", default=d.group)
-    p.add_argument("--topic-prefix", default="vigil", help="topics PREFIX.readings, PREFIX.scores, ...")
+    _topics_arg(p)
     p.add_argument("--detector", default=None, metavar="HOST:PORT",
                    help="score in a `vigil detector` process (e.g. one per GPU) instead of in this process")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="messages per micro-batch")
@@ -145,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("trainer", help="retrain models from Kafka history, compare without labels, promote")
     _broker_arg(p)
+    _topics_arg(p)
     p.add_argument("--registry", default="./registry", help="model registry directory (shared with workers)")
-    p.add_argument("--model", default="pca", help="model to train per entity")
+    p.add_argument("--model", default="pca", choices=list(artefacts.MODELS), help="model to train per entity")
     p.add_argument("--preset", default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--every", type=_duration, default=_duration("6h"), help="interval, e.g. 30m, 6h, 1d")
@@ -163,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("promote", help="make a registered version the champion and tell the workers "
                                        "(roll back or forward by hand)")
     _broker_arg(p)
+    _topics_arg(p)
     p.add_argument("entity")
     p.add_argument("version", metavar="MODEL@VERSION", help="e.g. pca@1 (see `vigil models`)")
     p.add_argument("--registry", default="./registry")
@@ -173,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="publish readings of a simulated plant with injected anomalies")
     _broker_arg(p)
+    _topics_arg(p)
     p.add_argument("--entities", type=int, default=4)
     p.add_argument("--channels", type=int, default=12)
     p.add_argument("--points", type=int, default=3000, help="points per entity")
@@ -186,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="publish a dataset split (.npz) as readings")
     _broker_arg(p)
+    _topics_arg(p)
     p.add_argument("file")
     p.add_argument("--entity", default=None, help="entity id (default: the file name)")
     p.add_argument("--split", default="test")
@@ -196,10 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("alerts", help="print alerts as JSON lines")
     _broker_arg(p)
     p.add_argument("--follow", "-f", action="store_true", help="keep waiting for new alerts")
-    p.add_argument("--topic", default="vigil.alerts")
+    _topics_arg(p)
+    p.add_argument("--topic", default=None, help="another topic to print (default: PREFIX.alerts)")
 
     p = sub.add_parser("train", help="train a detector on a dataset's train split and save an artefact")
-    p.add_argument("--model", default="pca", help="pca, lstm_ae, ... (detectors.artefacts.MODELS)")
+    p.add_argument("--model", default="pca", choices=list(artefacts.MODELS))
     p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default="auto")
@@ -220,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args) -> Settings:
+    from scoring import thresholds
+
     s = Settings(broker=broker_from_env(args.broker))
     for name in ("partitions", "replication", "group", "window", "hop", "batch_size", "batch_wait", "threshold",
                  "calibration", "calibration_points", "fusion", "top_k", "open_after", "open_window", "close_after",
@@ -227,15 +244,15 @@ def settings_from_args(args) -> Settings:
                  "web_host", "web_port", "web_token", "detector", "max_message_bytes", "max_future",
                  "entity_ttl", "max_live_entities", "max_entities"):
         setattr(s, name, getattr(args, name, getattr(s, name)))
-    if getattr(args, "topic_prefix", "vigil") != "vigil":
-        s.topics = Topics.named(args.topic_prefix)
-    s.threshold_params = {k: int(v) if k in ("refit_every", "max_excess", "depth", "window") else v
+    s.topics = Topics.named(getattr(args, "topic_prefix", "vigil"))
+    types = thresholds.parameters(s.threshold)
+    s.threshold_params = {k: types[k](v) if types.get(k) is int and float(v).is_integer() else v
                           for k, v in args.threshold_param}
     return s
 
 
 def cmd_worker(args) -> int:
-    from .worker import run_worker
+    from stream.worker import run_worker
 
     settings = settings_from_args(args)
     for spec in args.model:
@@ -245,7 +262,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_detector(args) -> int:
-    from .detector_service import serve
+    from stream.detector_service import serve
 
     print(f"vigil: detector process on {args.host}:{args.port}", file=sys.stderr, flush=True)
     try:
@@ -256,8 +273,9 @@ def cmd_detector(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from stream.evaluation import stream_through_kafka
     from training.data import load
-    from training.evaluate import report, stream_offline, stream_through_kafka, train_or_load
+    from training.evaluate import report, stream_offline, train_or_load
     from training.report import print_report
 
     settings = settings_from_args(args)
@@ -316,8 +334,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_trainer(args) -> int:
+    from stream.retraining import run_every, run_once
     from training.registry import Registry
-    from training.trainer import TrainerConfig, run_every, run_once
+    from training.trainer import TrainerConfig
 
     settings = settings_from_args(args)
     check_broker(settings.broker)
@@ -338,9 +357,9 @@ def cmd_trainer(args) -> int:
 
 
 def cmd_promote(args) -> int:
+    from stream.model_updates import publish
     from training.registry import Registry
-
-    from .model_updates import event, publish
+    from training.trainer import event
 
     broker = broker_from_env(args.broker)
     check_broker(broker)
@@ -352,7 +371,7 @@ def cmd_promote(args) -> int:
     except (KeyError, ValueError) as exc:
         print(f"vigil: {args.entity} has no version {args.version} in {args.registry} ({exc})", file=sys.stderr)
         return 2
-    asyncio.run(publish(broker, Settings().topics.models, [event(
+    asyncio.run(publish(broker, Topics.named(args.topic_prefix).models, [event(
         "promoted", args.entity, model=v.model, version=v.version, path=str(v.path.resolve()),
         reason="promoted by hand", replaces=previous.model_id if previous else None)]))
     print(f"vigil: {args.entity} is now served by {v.model_id} (was {previous.model_id if previous else 'none'})",
@@ -376,8 +395,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from .producers import produce_series, write_labels
-    from .simulate import simulate_plant
+    from producers.publish import produce_series, write_labels
+    from producers.simulate import simulate_plant
 
     broker = broker_from_env(args.broker)
     check_broker(broker)
@@ -388,24 +407,26 @@ def cmd_simulate(args) -> int:
                            anomalies=not args.no_anomalies)
     if args.labels:
         write_labels(args.labels, [a for s in plant for a in s.anomalies])
-    n = asyncio.run(produce_series(broker, "vigil.readings", plant, args.rate, args.batch, progress=True))
+    topic = Topics.named(args.topic_prefix).readings
+    n = asyncio.run(produce_series(broker, topic, plant, args.rate, args.batch, progress=True))
     print(f"vigil: sent {args.points} points for each of {args.entities} entities in {n} messages", file=sys.stderr)
     return 0
 
 
 def cmd_replay(args) -> int:
-    from .producers import dataset_series, produce_series
+    from producers.publish import dataset_series, produce_series
 
     broker = broker_from_env(args.broker)
     check_broker(broker)
     series = dataset_series(args.file, args.entity, args.split, args.start)
-    n = asyncio.run(produce_series(broker, "vigil.readings", [series], args.rate, args.batch, progress=True))
+    topic = Topics.named(args.topic_prefix).readings
+    n = asyncio.run(produce_series(broker, topic, [series], args.rate, args.batch, progress=True))
     print(f"vigil: replayed {len(series.ts)} points of {series.entity} in {n} messages", file=sys.stderr)
     return 0
 
 
 def cmd_alerts(args) -> int:
-    from .producers import consume
+    from stream.kafka import tail_json
 
     broker = broker_from_env(args.broker)
     check_broker(broker)
@@ -413,7 +434,7 @@ def cmd_alerts(args) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `vigil alerts | head` ends quietly
 
     async def run():
-        async for msg in consume(broker, args.topic, args.follow):
+        async for msg in tail_json(broker, args.topic or Topics.named(args.topic_prefix).alerts, args.follow):
             sys.stdout.buffer.write(orjson.dumps(msg) + b"\n")
             sys.stdout.flush()
 
@@ -445,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "broker":
-        from .broker import run_foreground
+        from stream.broker import run_foreground
 
         return run_foreground(args.host, args.port)
     handler = {"worker": cmd_worker, "simulate": cmd_simulate, "replay": cmd_replay, "alerts": cmd_alerts,

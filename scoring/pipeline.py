@@ -1,7 +1,7 @@
 """The path of a micro-batch of readings, with no Kafka in it.
 
 ``Pipeline.process`` takes raw messages (partition, offset, key, bytes) and returns the messages to
-publish on ``vigil.scores``, ``vigil.alerts`` and ``vigil.dlq``. The Faust agent (``stream.agents``)
+publish on ``vigil.scores``, ``vigil.alerts`` and ``vigil.dlq``. The Faust agent (``stream.runner``)
 only moves bytes in and out, so every step here is testable on its own.
 
 Order inside a batch: decode and validate every message, push rows into entity windows, score all
@@ -12,42 +12,43 @@ a replay of the same messages after a restart gives the same scores and alert id
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
 import math
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import orjson
 
-from detectors.base import Detector, Scores
-from detectors.coldstart import ColdStartDetector
+from detectors import artefacts
+from detectors.base import Detector, Scores, StreamingDetector
 
-from .board import Board
-from .codec import Readings, Rejection, decode
-from .config import Settings
+from .codec import OUTPUT_LIMIT, Readings, Rejection, decode, encode_alert, encode_dead_letter, encode_scores
 from .fusion import fuse
 from .incidents import IncidentTracker
+from .settings import Settings
 from .thresholds import make_threshold, threshold_from_state
 from .windows import EntityWindow
 
 log = logging.getLogger("vigil.worker")
 
 META_KEY = b"__partition__"
-# Every output record stays under OUTPUT_LIMIT, the default message.max.bytes of an Apache Kafka
-# broker (1,048,588) less room for the record's overhead:
-OUTPUT_LIMIT = 1_000_000
-SCORE_MESSAGE_VALUES = 30_000  # numbers per vigil.scores message: at most 25 bytes of JSON each
-DLQ_PAYLOAD_BYTES = 64 << 10  # bytes of a rejected message a dead letter carries (base64: 88 kB)
-DLQ_KEY_BYTES = 1024  # a dead letter's own key: the original key, cut to this length
-DLQ_ROWS = 1000  # row numbers listed in a dead letter; "rows_total" counts them all
 # A score that overflowed (inf, NaN) is reported as this: above every threshold, never learnt from.
 SCORE_CAP = 1e30
+
+
+class Observer(Protocol):
+    """What the pipeline tells whoever watches it (the worker's dashboard, ``stream.board.Board``)."""
+
+    def observe(self, entity: "EntityState", ts: np.ndarray, score: np.ndarray, threshold: np.ndarray,
+                channel: np.ndarray, alerts: list[dict]) -> None: ...
+
+    def inference(self, seconds: float) -> None: ...
+
+    def forget(self, entity: str) -> None: ...
 
 
 class Message(NamedTuple):
@@ -68,6 +69,8 @@ class Record(NamedTuple):
 
 @dataclass
 class Outputs:
+    """The records of one micro-batch, a list per output topic (``settings.BATCH_OUTPUTS``)."""
+
     scores: list[Record] = field(default_factory=list)
     alerts: list[Record] = field(default_factory=list)
     dlq: list[Record] = field(default_factory=list)
@@ -96,18 +99,22 @@ class PartitionState:
 
 
 class EntityState:
-    """Everything that one entity's scoring depends on."""
+    """Everything that one entity's scoring depends on.
+
+    Scored by ``detector`` (a trained model, shared with other entities, over batched windows) or,
+    without one, by ``streaming``: a ``StreamingDetector`` of its own (``settings.cold_start``)."""
 
     def __init__(self, entity: str, partition: int, names: list[str], detector: Detector | None,
                  settings: Settings):
         self.entity, self.partition, self.names = entity, partition, names
         self.detector = detector
-        self.model = detector.model_id if detector else ColdStartDetector.model_id
+        self.streaming: StreamingDetector | None = (
+            None if detector else artefacts.streaming_class(settings.cold_start)(len(names)))
+        self.model = (detector or self.streaming).model_id
         fill = getattr(detector, "mean", None)
         # A model trained on windows of a fixed length is served windows of that length.
         length = int(detector.info.config.get("window", settings.window)) if detector else settings.window
         self.window = EntityWindow(length, min(settings.hop, length), len(names), fill=fill)
-        self.coldstart = None if detector else ColdStartDetector(len(names))
         self.last_ts = -math.inf
         self.threshold = None
         self.calib: list[float] = []
@@ -130,7 +137,7 @@ class EntityState:
         return {"entity": self.entity, "names": self.names, "model": self.model, "last_ts": self.last_ts,
                 "window": self.window.to_state(history),
                 "threshold": self.threshold.to_state() if self.threshold else None,
-                "calib": self.calib, "coldstart": self.coldstart.to_state() if self.coldstart else None,
+                "calib": self.calib, "streaming": self.streaming.to_state() if self.streaming else None,
                 "incident": self.incidents.to_state(), "counts": dict(self.counts)}
 
     def load_state(self, state: dict) -> None:
@@ -142,13 +149,14 @@ class EntityState:
             if state["threshold"] is not None:
                 self.threshold = threshold_from_state(state["threshold"])
             self.calib = list(state["calib"])
-            if self.coldstart is not None and state["coldstart"] is not None:
-                self.coldstart.load_state(state["coldstart"])
+            streaming = state.get("streaming", state.get("coldstart"))  # "coldstart": before 2026-11-30
+            if self.streaming is not None and streaming is not None:
+                self.streaming.load_state(streaming)
 
 
 class Pipeline:
     def __init__(self, settings: Settings, models: dict[str, Detector] | None = None,
-                 executor: Executor | None = None, board: "Board | None" = None):
+                 executor: Executor | None = None, board: Observer | None = None):
         """``models`` maps entity ids to detectors; key ``"*"`` serves every entity whose channels match.
         ``board`` (optional) records recent points and health for the dashboard and /metrics."""
         self.settings = settings
@@ -301,9 +309,9 @@ class Pipeline:
         self.metrics["points"] += len(ts)
         self.partitions[ent.partition].dirty.add(ent.entity)
         rows = ent.window.impute(values)
-        if ent.detector is None:  # scored row by row: the window only keeps its history
+        if ent.streaming is not None:  # scored row by row: the window only keeps its history
             ent.window.extend(rows)
-            return Block(ent, ts, scores=Scores(*ent.coldstart.score_learn(rows)))
+            return Block(ent, ts, scores=Scores(*ent.streaming.score_learn(rows)))
         windows, counts = ent.window.push(rows, lengths)
         return Block(ent, ts, windows, counts)
 
@@ -385,20 +393,13 @@ class Pipeline:
             self.board.observe(ent, ts, score, threshold, channel, alerts)
         key = ent.entity.encode()
         fresh = np.flatnonzero(ts > ent.suppress_scores_ts)
-        # A micro-batch can hold 100k points of one entity: cut its scores into messages of at most
-        # SCORE_MESSAGE_VALUES numbers, under any broker's message limit.
-        per_point = 3 + (len(ent.names) if self.settings.score_channels else 0)
-        step = max(1, SCORE_MESSAGE_VALUES // per_point)
-        for start in range(0, len(fresh), step):
-            rows = fresh[start:start + step]
-            msg = {"entity": ent.entity, "ts": ts[rows], "score": score[rows],
-                   "threshold": threshold[rows], "model": ent.model}
-            if self.settings.score_channels:
-                msg["channels"] = channel[rows].astype(np.float32)
-            out.scores.append(Record(ent.partition, key, orjson.dumps(msg, option=orjson.OPT_SERIALIZE_NUMPY)))
+        if len(fresh):
+            records = encode_scores(ent.entity, ts[fresh], score[fresh], threshold[fresh], ent.model,
+                                    channel[fresh] if self.settings.score_channels else None)
+            out.scores.extend(Record(ent.partition, key, value) for value in records)
         for a in alerts:
             if a["ts"] > ent.suppress_alerts_ts:
-                out.alerts.append(Record(ent.partition, key, orjson.dumps(a)))
+                out.alerts.append(Record(ent.partition, key, encode_alert(a)))
                 self.metrics[f"alerts_{a['state']}"] += 1
 
     def _finite(self, x: np.ndarray) -> np.ndarray:
@@ -429,8 +430,7 @@ class Pipeline:
 
     def _reject(self, out: Outputs, msg: Message, reason: str, ent: EntityState | None = None,
                 rows: list | None = None, last_offset: int | None = None) -> None:
-        """A dead letter, bounded whatever the message held: the first DLQ_PAYLOAD_BYTES of the value
-        (with its size and SHA-256 when cut), at most DLQ_ROWS row numbers."""
+        """A dead letter (bounded: ``codec.encode_dead_letter``), counted by its reason code."""
         code = reason.split(":", 1)[0]
         self.metrics[f"dlq_{code}"] += 1
         self.metrics["dlq"] += 1
@@ -438,22 +438,9 @@ class Pipeline:
             ent.counts["dlq"] += 1
         if (msg.offset if last_offset is None else last_offset) <= self.partitions[msg.partition].dlq_suppress_offset:
             return
-        record = {"reason": reason[:2000], "code": code, "topic": self.settings.topics.readings,
-                  "partition": msg.partition, "offset": msg.offset,
-                  "key": None if msg.key is None else base64.b64encode(msg.key[:DLQ_PAYLOAD_BYTES]).decode(),
-                  "value": None if msg.value is None else base64.b64encode(msg.value[:DLQ_PAYLOAD_BYTES]).decode()}
-        if last_offset is not None:
-            record["last_offset"] = last_offset
-        for part, data in (("key", msg.key), ("value", msg.value)):
-            if data is not None and len(data) > DLQ_PAYLOAD_BYTES:
-                record[f"{part}_bytes"] = len(data)
-                record[f"{part}_sha256"] = hashlib.sha256(data).hexdigest()
-                record[f"{part}_truncated"] = True
-        if rows is not None:
-            record["rows"] = rows[:DLQ_ROWS]
-            if len(rows) > DLQ_ROWS:
-                record["rows_total"] = len(rows)
-        out.dlq.append(Record(msg.partition, (msg.key or b"")[:DLQ_KEY_BYTES], orjson.dumps(record)))
+        key, value = encode_dead_letter(reason, self.settings.topics.readings, msg.partition, msg.offset, msg.key,
+                                        msg.value, rows, last_offset)
+        out.dlq.append(Record(msg.partition, key, value))
 
     # ---- model swaps ----------------------------------------------------------------------------
     def swap(self, entity: str, detector: Detector) -> None:

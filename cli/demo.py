@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from .broker import free_port, port_is_free, start_broker
+from stream.broker import free_port, port_is_free, start_broker
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -40,8 +40,7 @@ def train_models(entities: list[str], channels: int, end_ts: float, seed: int, w
 
     from detectors import artefacts
     from detectors.pca import PCADetector
-
-    from .simulate import normal_history
+    from producers.simulate import normal_history
 
     out = {}
     for entity in tqdm(entities, desc="training models", unit="entity"):
@@ -79,7 +78,7 @@ def _interrupt(signum, frame):
 
 
 def run_demo(args) -> int:
-    from .simulate import simulate_plant
+    from producers.simulate import simulate_plant
 
     # Ctrl-C and `kill` both stop the demo cleanly, also when a shell started it with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -105,7 +104,7 @@ def run_demo(args) -> int:
         entities = [s.entity for s in simulate_plant(args.entities, args.channels, 1, start, seed)]
         models = train_models(entities, args.channels, start, seed, workdir)
         model_args = [f"--model={e}={p}" for e, p in models.items()]
-        cli = [sys.executable, "-m", "stream.cli"]
+        cli = [sys.executable, "-m", "cli"]
         env = {**os.environ, "VIGIL_BROKER": broker, "PYTHONUNBUFFERED": "1"}
         web = args.web_port if port_is_free("127.0.0.1", args.web_port) else free_port()
         worker = subprocess.Popen([*cli, "worker", *model_args, "--web-port", str(web)],
@@ -136,14 +135,14 @@ def run_demo(args) -> int:
 
 
 async def _print_alerts(broker: str, labels: Path, duration: float | None, worker: subprocess.Popen) -> None:
-    from .producers import consume
+    from stream.kafka import tail_json
 
     deadline = None if duration is None else time.monotonic() + duration
     opened = 0
 
     async def watch():
         nonlocal opened
-        async for alert in consume(broker, "vigil.alerts", follow=True):
+        async for alert in tail_json(broker, "vigil.alerts", follow=True):
             if alert["state"] == "open":
                 opened += 1
             print(_describe(alert, _truth(labels)), flush=True)

@@ -1,4 +1,5 @@
-"""Bytes -> readings, or a rejection reason.
+"""Every message format in one place: readings in (bytes -> readings, or a rejection reason), and the
+records the worker writes out (scores, alerts, dead letters; docs/contract.md).
 
 Two message forms on ``vigil.readings`` (see docs/contract.md):
 single  ``{"entity": "pump-7", "ts": 1700000000.0, "values": {"temp": 61.2, ...} | [61.2, ...]}``
@@ -16,8 +17,11 @@ Values must fit float32 (the precision windows are scored in): a larger magnitud
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 import orjson
@@ -209,3 +213,73 @@ def encode_readings(entity: str, ts, values, names: list[str] | None = None) -> 
     if names:
         msg["channels"] = list(names)
     return orjson.dumps(msg, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# ---- outputs ------------------------------------------------------------------------------------
+# Every record written stays under OUTPUT_LIMIT, the default message.max.bytes of an Apache Kafka
+# broker (1,048,588) less room for the record's overhead.
+OUTPUT_LIMIT = 1_000_000
+SCORE_MESSAGE_VALUES = 30_000  # numbers per vigil.scores message: at most 25 bytes of JSON each
+DLQ_PAYLOAD_BYTES = 64 << 10  # bytes of a rejected message a dead letter carries (base64: 88 kB)
+DLQ_KEY_BYTES = 1024  # a dead letter's own key: the original key, cut to this length
+DLQ_ROWS = 1000  # row numbers listed in a dead letter; "rows_total" counts them all
+
+
+class Alert(TypedDict):
+    """A ``vigil.alerts`` record: one incident's open, update or close."""
+
+    alert_id: str
+    entity: str
+    state: str  # open | update | close
+    ts: float
+    start: float
+    end: float
+    score: float
+    threshold: float
+    channels: list[dict]  # [{"channel": name, "score": summed score}], highest first
+    model: str
+    detail: dict  # {"reconstruction": float, "divergence": float | None} at the peak
+
+
+def encode_scores(entity: str, ts: np.ndarray, score: np.ndarray, threshold: np.ndarray, model: str,
+                  channels: np.ndarray | None = None) -> list[bytes]:
+    """``vigil.scores`` records for an entity's points, cut into messages of at most
+    SCORE_MESSAGE_VALUES numbers (a micro-batch can hold 100k points of one entity)."""
+    per_point = 3 + (channels.shape[1] if channels is not None else 0)
+    step = max(1, SCORE_MESSAGE_VALUES // per_point)
+    out = []
+    for start in range(0, len(ts), step):
+        rows = slice(start, start + step)
+        msg = {"entity": entity, "ts": ts[rows], "score": score[rows], "threshold": threshold[rows], "model": model}
+        if channels is not None:
+            msg["channels"] = channels[rows].astype(np.float32)
+        out.append(orjson.dumps(msg, option=orjson.OPT_SERIALIZE_NUMPY))
+    return out
+
+
+def encode_alert(alert: Alert) -> bytes:
+    return orjson.dumps(alert)
+
+
+def encode_dead_letter(reason: str, topic: str, partition: int, offset: int, key: bytes | None,
+                       value: bytes | None, rows: list | None = None,
+                       last_offset: int | None = None) -> tuple[bytes, bytes]:
+    """A ``vigil.dlq`` record (its key and value), bounded whatever the message held: the first
+    DLQ_PAYLOAD_BYTES of the key and value (with their size and SHA-256 when cut), at most DLQ_ROWS
+    row numbers. ``last_offset``: the end of a range of offsets the Kafka client could not decode."""
+    record = {"reason": reason[:2000], "code": reason.split(":", 1)[0], "topic": topic,
+              "partition": partition, "offset": offset,
+              "key": None if key is None else base64.b64encode(key[:DLQ_PAYLOAD_BYTES]).decode(),
+              "value": None if value is None else base64.b64encode(value[:DLQ_PAYLOAD_BYTES]).decode()}
+    if last_offset is not None:
+        record["last_offset"] = last_offset
+    for part, data in (("key", key), ("value", value)):
+        if data is not None and len(data) > DLQ_PAYLOAD_BYTES:
+            record[f"{part}_bytes"] = len(data)
+            record[f"{part}_sha256"] = hashlib.sha256(data).hexdigest()
+            record[f"{part}_truncated"] = True
+    if rows is not None:
+        record["rows"] = rows[:DLQ_ROWS]
+        if len(rows) > DLQ_ROWS:
+            record["rows_total"] = len(rows)
+    return (key or b"")[:DLQ_KEY_BYTES], orjson.dumps(record)

@@ -1,4 +1,4 @@
-"""Producers and consumers for people and tests: simulated plants, dataset replay, alert printing."""
+"""Producing readings to Kafka for people and tests: simulated plants and dataset replays."""
 from __future__ import annotations
 
 import asyncio
@@ -9,9 +9,8 @@ from typing import Iterable
 import numpy as np
 import orjson
 
-from .codec import encode_readings
-from .kafka import consumer as kafka_consumer
-from .kafka import producer
+from scoring.codec import encode_readings
+from stream.kafka import producer
 
 
 async def produce_series(broker: str, topic: str, series: list, rate: float = 0.0, batch: int = 1,
@@ -80,25 +79,3 @@ def dataset_series(path: str, entity: str | None = None, split: str = "test", st
     return Series(entity or Path(path).stem, names, t0 + np.arange(len(values), dtype=np.float64), values)
 
 
-async def consume(broker: str, topic: str, follow: bool, from_beginning: bool = True, idle: float = 2.0):
-    """Yield decoded JSON messages of a topic; without ``follow``, stop when it has been idle for ``idle`` s."""
-    consumer = kafka_consumer(broker, topic, auto_offset_reset="earliest" if from_beginning else "latest")
-    await consumer.start()
-    try:
-        last = time.monotonic()
-        while True:
-            batch = await consumer.getmany(timeout_ms=200, max_records=1000)
-            got = False
-            for records in batch.values():
-                for rec in records:
-                    got = True
-                    try:
-                        yield orjson.loads(rec.value)
-                    except orjson.JSONDecodeError:
-                        continue
-            if got:
-                last = time.monotonic()
-            elif not follow and time.monotonic() - last > idle:
-                return
-    finally:
-        await consumer.stop()

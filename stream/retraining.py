@@ -1,0 +1,75 @@
+"""The retraining service: reads recent history from Kafka, lets ``training.trainer`` decide, publishes.
+
+``vigil trainer`` runs ``run_once`` (``--once``) or ``run_every``. Each round reads the readings and
+alerts topics from the Kafka timestamp that bounds ``--history``, builds every entity's history
+(incidents left out), retrains and compares per entity, and publishes each decision on the models
+topic, where workers pick promotions up.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from detectors import artefacts
+from scoring.codec import Readings, decode
+from scoring.settings import Settings
+from training.registry import Registry
+from training.trainer import History, TrainerConfig, build_histories, incidents_from_alerts, retrain_entity
+
+from .kafka import offsets_for_time, read_partition
+from .model_updates import publish
+
+log = logging.getLogger("vigil.trainer")
+
+
+async def _read_topic(broker: str, topic: str, since_wall: float | None) -> list:
+    """Every record of every partition, from the first whose Kafka timestamp is >= ``since_wall``."""
+    starts = await offsets_for_time(broker, topic, since_wall)
+    parts = await asyncio.gather(*(read_partition(broker, topic, p, start) for p, start in starts.items()))
+    return [r for part in parts for r in part]
+
+
+def read_histories(settings: Settings, history: float, since_wall: float | None = None,
+                   known_names: dict[str, list[str]] | None = None,
+                   max_incident: float = float("inf")) -> dict[str, History]:
+    async def run():
+        return await asyncio.gather(_read_topic(settings.broker, settings.topics.readings, since_wall),
+                                    _read_topic(settings.broker, settings.topics.alerts, since_wall))
+    readings, alerts = asyncio.run(run())
+    decoded = [d for d in (decode(r.value, settings.max_message_bytes) for r in readings) if isinstance(d, Readings)]
+    return build_histories(decoded, incidents_from_alerts([r.value for r in alerts]), history, known_names,
+                           max_incident)
+
+
+def run_once(settings: Settings, registry: Registry, config: TrainerConfig, entities: list[str] | None = None,
+             progress: bool = True) -> list[dict]:
+    """One retraining round over every entity with history (or ``entities``); publishes the decisions."""
+    champions = {e: registry.champion(e) for e in {v.entity for v in registry.versions()}}
+    names = {e: artefacts.metadata(v.path)["channels"] for e, v in champions.items() if v is not None}
+    # Kafka timestamps (wall clock) bound the read; the entity's own clock then picks the history.
+    since = time.time() - config.history - config.read_slack
+    histories = read_histories(settings, config.history, since, names, config.max_incident)
+    todo = [e for e in sorted(histories) if entities is None or e in entities]
+    events = []
+    for entity in todo:
+        t0 = time.perf_counter()
+        e = retrain_entity(histories[entity], registry, config, settings, progress)
+        e["seconds"] = round(time.perf_counter() - t0, 1)
+        events.append(e)
+        log.warning("%s: %s %s", entity, e["event"], e.get("reason", ""))
+    if events:
+        asyncio.run(publish(settings.broker, settings.topics.models, events))
+    return events
+
+
+def run_every(settings: Settings, registry: Registry, config: TrainerConfig, every: float,
+              entities: list[str] | None = None) -> None:
+    """The long-running service: a round, then sleep until the next one is due."""
+    while True:
+        started = time.monotonic()
+        try:
+            run_once(settings, registry, config, entities)
+        except Exception:  # noqa: BLE001 - a broker hiccup must not end the service
+            log.exception("retraining round failed; the next one is in %.0fs", every)
+        time.sleep(max(0.0, every - (time.monotonic() - started)))
