@@ -63,6 +63,8 @@ def _scoring_args(p: argparse.ArgumentParser, publishes: bool = True) -> None:
     p.add_argument("--calibration", choices=CALIBRATIONS, default=d.calibration,
                    help="calibrate thresholds on the model's training scores or on each entity's first points")
     p.add_argument("--calibration-points", type=int, default=d.calibration_points)
+    p.add_argument("--cold-calibration-points", type=int, default=d.cold_calibration_points,
+                   help="points after the cold-start detector's warm-up that calibrate a model-less entity's threshold")
     p.add_argument("--fusion", choices=fusion.RULES, default=d.fusion)
     p.add_argument("--top-k", type=int, default=d.top_k)
     p.add_argument("--open-after", type=int, default=d.open_after,
@@ -239,7 +241,7 @@ def settings_from_args(args) -> Settings:
 
     s = Settings(broker=broker_from_env(args.broker))
     for name in ("partitions", "replication", "group", "window", "hop", "batch_size", "batch_wait", "threshold",
-                 "calibration", "calibration_points", "fusion", "top_k", "open_after", "open_window", "close_after",
+                 "calibration", "calibration_points", "cold_calibration_points", "fusion", "top_k", "open_after", "open_window", "close_after",
                  "checkpoint_interval", "session_timeout", "rebalance_timeout", "device", "score_channels",
                  "web_host", "web_port", "web_token", "detector", "max_message_bytes", "max_future",
                  "entity_ttl", "max_live_entities", "max_entities"):

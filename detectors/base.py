@@ -94,6 +94,11 @@ class StreamingDetector:
     def __init__(self, channels: int, **config):
         self.channels = channels
 
+    def ready_from(self) -> int:
+        """Rows still to learn before its scores mean anything (its warm-up): the stream sets no
+        threshold on them and never calibrates a threshold on them."""
+        return 0
+
     def score_learn(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Score each row of ``[n, C]`` against the state before it, then learn it.
 

@@ -30,7 +30,7 @@ from .codec import OUTPUT_LIMIT, Readings, Rejection, decode, encode_alert, enco
 from .fusion import fuse
 from .incidents import IncidentTracker
 from .settings import Settings
-from .thresholds import make_threshold, threshold_from_state
+from .thresholds import make_threshold, threshold_from_state, trim_far_out
 from .windows import EntityWindow
 
 log = logging.getLogger("vigil.worker")
@@ -85,6 +85,7 @@ class Block:
     windows: np.ndarray | None = None  # [B, W, C] windows covering them (None: scored row by row)
     counts: np.ndarray | None = None  # [B] new rows per window (its last rows)
     scores: Scores | None = None  # per row, once scored
+    warming: int = 0  # leading rows scored during a streaming detector's warm-up: no threshold
 
 
 @dataclass
@@ -311,7 +312,8 @@ class Pipeline:
         rows = ent.window.impute(values)
         if ent.streaming is not None:  # scored row by row: the window only keeps its history
             ent.window.extend(rows)
-            return Block(ent, ts, scores=Scores(*ent.streaming.score_learn(rows)))
+            warming = min(len(rows), ent.streaming.ready_from())
+            return Block(ent, ts, scores=Scores(*ent.streaming.score_learn(rows)), warming=warming)
         windows, counts = ent.window.push(rows, lengths)
         return Block(ent, ts, windows, counts)
 
@@ -385,7 +387,7 @@ class Pipeline:
         ent, ts, s = block.entity, block.ts, block.scores
         score = self._finite(fuse(s, self.settings.fusion, self.settings.fusion_weight))
         channel = self._finite(s.channel)
-        threshold, alarm = self._threshold(ent, score)
+        threshold, alarm = self._threshold(ent, score, block.warming)
         ent.counts["scored"] += len(ts)
         alerts = ent.incidents.observe(ts, score, threshold, alarm, channel, s.reconstruction, s.divergence,
                                        ent.names, ent.model)
@@ -410,19 +412,22 @@ class Pipeline:
         self.metrics["nonfinite_scores"] += int(bad.sum())
         return np.where(bad, SCORE_CAP, np.minimum(x, SCORE_CAP))
 
-    def _threshold(self, ent: EntityState, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Threshold and alarm per point; NaN threshold and no alarm while calibrating."""
+    def _threshold(self, ent: EntityState, score: np.ndarray, warming: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Threshold and alarm per point; NaN threshold and no alarm while the detector warms up (the
+        first ``warming`` points) and while the threshold calibrates on the points after them."""
         thr = np.full(len(score), np.nan)
         alarm = np.zeros(len(score), bool)
-        start = 0
+        start = warming
         if ent.threshold is None:
-            need = self.settings.calibration_points - len(ent.calib)
+            points = self.settings.calibration_points if ent.streaming is None else self.settings.cold_calibration_points
+            need = points - len(ent.calib)
             # an overflowed score says nothing about the normal range: not a calibration point
-            ent.calib.extend(float(s) for s in score[:need] if s < SCORE_CAP)
-            start = min(need, len(score))
-            if len(ent.calib) >= self.settings.calibration_points:
+            ent.calib.extend(float(s) for s in score[warming:warming + need] if s < SCORE_CAP)
+            start = min(warming + need, len(score))
+            if len(ent.calib) >= points:
                 ent.threshold = make_threshold(self.settings.threshold, **self.settings.threshold_config())
-                ent.threshold.calibrate(np.asarray(ent.calib))
+                calib = np.asarray(ent.calib)
+                ent.threshold.calibrate(trim_far_out(calib) if ent.streaming is not None else calib)
                 ent.calib = []
         if ent.threshold is not None and start < len(score):
             thr[start:], alarm[start:] = ent.threshold.step(score[start:].astype(np.float64))

@@ -65,6 +65,10 @@ class Settings:
     threshold_params: dict = field(default_factory=dict)
     calibration: str = "train"  # one of CALIBRATIONS
     calibration_points: int = 1000  # with SPOT's level 0.98: 20 peaks to fit the tail on
+    # Entities on the cold start calibrate on this many points after the detector's warm-up: with
+    # SPOT's level 0.98, 6 peaks (its GPD fit needs 5), so alerts start minutes after the first
+    # reading; SPOT keeps learning the tail from there.
+    cold_calibration_points: int = 300
     # incidents
     top_k: int = 3
     score_channels: bool = False  # per-channel scores in vigil.scores (evaluation, dashboards)

@@ -30,7 +30,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from river.stats import RollingQuantile
 
 __all__ = ["Threshold", "SpotThreshold", "DSpotThreshold", "PercentileThreshold",
-           "make_threshold", "threshold_from_state", "fit_gpd", "KINDS", "DEFAULTS", "parameters"]
+           "make_threshold", "threshold_from_state", "fit_gpd", "KINDS", "DEFAULTS", "parameters", "trim_far_out"]
 
 _STATE_VERSION = 1
 
@@ -577,6 +577,19 @@ def parameters(kind: str) -> dict[str, type]:
         raise ValueError(f"unknown threshold kind {kind!r}; expected one of {sorted(KINDS)}")
     sig = inspect.signature(KINDS[kind].__init__)
     return {name: type(p.default) for name, p in sig.parameters.items() if name != "self"}
+
+
+def trim_far_out(scores: np.ndarray) -> np.ndarray:
+    """Calibration scores less the far-out ones (above Q3 + 3 IQR, Tukey's fence for far-out values).
+
+    For calibration on an entity's own first points, which nobody has checked: an anomaly there
+    would be fitted as the tail of normal and raise the threshold for a long time (SPOT keeps its
+    peaks). Training scores are not trimmed: the model was trained on them as normal."""
+    x = np.asarray(scores, dtype=np.float64)
+    if x.size < 20:
+        return x
+    q1, q3 = np.quantile(x, [0.25, 0.75])
+    return x[x <= q3 + 3.0 * (q3 - q1)]
 
 
 def make_threshold(kind: str, **params) -> Threshold:

@@ -30,6 +30,7 @@ def worker_args(settings: Settings) -> list[str]:
     """``vigil worker`` flags that reproduce ``settings``' scoring."""
     args = ["--window", str(settings.window), "--hop", str(settings.hop), "--threshold", settings.threshold,
             "--calibration", settings.calibration, "--calibration-points", str(settings.calibration_points),
+            "--cold-calibration-points", str(settings.cold_calibration_points),
             "--fusion", settings.fusion, "--top-k", str(settings.top_k), "--open-after", str(settings.open_after),
             "--open-window", str(settings.open_window), "--close-after", str(settings.close_after),
             "--device", settings.device]

@@ -15,6 +15,7 @@ The decision is published on the models topic; workers swap a promoted model in.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -25,14 +26,15 @@ import orjson
 
 from detectors import artefacts
 from detectors.base import Detector, Scores, sliding_windows
-from scoring.codec import Readings
+from scoring.codec import Readings, encode_readings
 from scoring.fusion import fuse
+from scoring.pipeline import SCORE_CAP, Message, Pipeline
 from scoring.settings import Settings
 from scoring.thresholds import make_threshold
 from scoring.windows import EntityWindow
 
 from .data import Dataset
-from .evaluate import stream_offline
+from .evaluate import START, stream_offline
 from .registry import Registry, Version, data_hash
 
 log = logging.getLogger("vigil.trainer")
@@ -56,25 +58,54 @@ class History:
 
 @dataclass
 class Rule:
-    """When a candidate replaces the champion: at least as good on both label-free measures."""
+    """When a candidate replaces what serves the entity now, on two label-free measures.
+
+    Detection is the mean over the generator's seeds; a difference counts only beyond the noise of the
+    measure: ``detection_tolerance``, or twice the seeds' combined standard deviation when larger.
+    - Against a champion: at least as good on both (alarms within ``alarm_tolerance``).
+    - An entity's first model, against the cold start it has now: promoted unless it is clearly broken
+      (scores not finite, or alarming on ``first_alarm_margin`` more of the held-out points than the cold
+      start does). Detection is reported beside the cold start's but does not decide: generated
+      anomalies favour some model families over others (a VAE's windows are smoother than real ones,
+      and a reconstruction model finds them *more* normal), while an entity left on the cold start
+      because a noisy measure missed a floor is the worse outcome.
+    """
 
     alarm_tolerance: float = 0.002  # the candidate may alarm on at most this larger share of held-out points
     detection_tolerance: float = 0.05  # and detect at most this smaller share of generated anomalies
-    first_max_alarm_rate: float = 0.05  # an entity's first model: alarms on at most 5% of held-out points
-    first_min_detection: float = 0.5  # and detects at least half of the generated anomalies
+    first_alarm_margin: float = 0.05  # a first model alarming on 5 points in 100 more than the cold start is broken
+    first_max_alarm_rate: float = 0.05  # without a cold-start measure: at most 5% of held-out points alarm
 
-    def decide(self, cand: dict, champ: dict | None) -> tuple[bool, str]:
+    def _noise(self, a: dict, b: dict) -> float:
+        return max(self.detection_tolerance, 2.0 * math.hypot(a.get("detection_sd", 0.0), b.get("detection_sd", 0.0)))
+
+    def decide(self, cand: dict, champ: dict | None, cold: dict | None = None) -> tuple[bool, str]:
         if champ is None:
-            ok = cand["alarm_rate"] <= self.first_max_alarm_rate and cand["detection"] >= self.first_min_detection
-            return ok, (f"first model: alarm rate {cand['alarm_rate']:.4f} (max {self.first_max_alarm_rate}), "
-                        f"detection {cand['detection']:.3f} (min {self.first_min_detection})")
+            return self._first(cand, cold)
         alarms_ok = cand["alarm_rate"] <= champ["alarm_rate"] + self.alarm_tolerance
         # NaN: the champion's window is longer than the generated windows; judged on alarms alone
         detect_ok = (math.isnan(cand["detection"]) or math.isnan(champ["detection"])
-                     or cand["detection"] >= champ["detection"] - self.detection_tolerance)
+                     or cand["detection"] >= champ["detection"] - self._noise(cand, champ))
         why = (f"alarm rate {cand['alarm_rate']:.4f} vs champion {champ['alarm_rate']:.4f}, "
-               f"detection {cand['detection']:.3f} vs champion {champ['detection']:.3f}")
+               f"detection {_detection(cand)} vs champion {_detection(champ)}")
         return alarms_ok and detect_ok, why
+
+    def _first(self, cand: dict, cold: dict | None) -> tuple[bool, str]:
+        if not math.isfinite(cand["alarm_rate"]) or not cand.get("score_max", 0.0) < SCORE_CAP:
+            return False, f"first model: broken (alarm rate {cand['alarm_rate']}, scores overflow)"
+        if cold is None:
+            return (cand["alarm_rate"] <= self.first_max_alarm_rate,
+                    f"first model: alarm rate {cand['alarm_rate']:.4f} (max {self.first_max_alarm_rate}), "
+                    f"detection {_detection(cand)}")
+        why = (f"first model vs cold start: alarm rate {cand['alarm_rate']:.4f} vs {cold['alarm_rate']:.4f}, "
+               f"detection {_detection(cand)} vs {_detection(cold)}")
+        if cand["alarm_rate"] > cold["alarm_rate"] + self.first_alarm_margin:
+            return False, why + " (alarms far above the cold start's)"
+        return True, why
+
+
+def _detection(m: dict) -> str:
+    return f"{m['detection']:.3f} ± {m.get('detection_sd', 0.0):.3f}"
 
 
 # GenIAS's literal patching swaps most channels of a window on data like SMD's and yields windows a
@@ -93,6 +124,7 @@ class TrainerConfig:
     min_points: int = 1000
     generator_config: dict = field(default_factory=dict)  # GenIAS, for the generated anomalies
     generated_windows: int = 256
+    generator_seeds: int = 3  # generated sets (one per seed): detection is their mean, its spread the noise
     read_slack: float = 3600.0  # seconds of Kafka time read before the history, for late producers
     seed: int = 0
     rule: Rule = field(default_factory=Rule)
@@ -168,22 +200,69 @@ def serving_threshold(det: Detector, settings: Settings) -> float:
     return float(thr.threshold)
 
 
-def label_free(det: Detector, holdout: History, normal: np.ndarray, generated: np.ndarray,
+def _flagged_share(scores_of, windows: np.ndarray, threshold: float) -> float:
+    """The share of windows whose highest fused point score crosses ``threshold``."""
+    return float((scores_of(windows).max(axis=1) > threshold).mean()) if len(windows) else float("nan")
+
+
+def _detection_stats(flag, normal: np.ndarray, generated: list[np.ndarray]) -> dict:
+    """Detection per generated set: the share of generated windows flagged minus the share of the
+    normal windows they came from (a model that flags everything detects nothing); mean and spread."""
+    base = flag(normal)
+    per_seed = [flag(g) - base for g in generated]
+    return {"normal_flagged": base, "generated_flagged": float(np.mean([d + base for d in per_seed])),
+            "detection": float(np.mean(per_seed)), "detection_sd": float(np.std(per_seed)),
+            "detection_per_seed": [round(d, 4) for d in per_seed]}
+
+
+def label_free(det: Detector, holdout: History, normal: np.ndarray, generated: list[np.ndarray],
                settings: Settings) -> dict:
-    """Alarm rate on held-out data streamed through the pipeline, and detection of generated anomalies:
-    the share of generated windows flagged minus the share of the normal windows they came from
-    (a model that flags everything detects nothing)."""
+    """Alarm rate on held-out data streamed through the pipeline, and detection of generated anomalies
+    (one set per generator seed)."""
     n = len(holdout.ts)
     data = Dataset(holdout.entity, holdout.values[:0], holdout.values, np.zeros(n, np.int8), det.channels)
     stream = stream_offline(det, data, settings)
-    out = {"alarm_rate": float(stream.alarm.mean()), "detection": float("nan")}
-    length = int(det.info.config.get("window", generated.shape[1]))
-    if length <= generated.shape[1] and len(generated):
+    out = {"alarm_rate": float(stream.alarm.mean()), "detection": float("nan"),
+           "score_max": float(np.max(stream.score)) if len(stream.score) else float("nan")}
+    length = int(det.info.config.get("window", normal.shape[1]))
+    if length <= normal.shape[1] and len(normal):
         thr = serving_threshold(det, settings)
-        flagged = lambda w: float((fuse(det.score(np.ascontiguousarray(w[:, -length:])), settings.fusion,  # noqa: E731
-                                        settings.fusion_weight).max(axis=1) > thr).mean())
-        out["generated_flagged"], out["normal_flagged"] = flagged(generated), flagged(normal)
-        out["detection"] = out["generated_flagged"] - out["normal_flagged"]
+
+        def fused(w):
+            return fuse(det.score(np.ascontiguousarray(w[:, -length:])), settings.fusion, settings.fusion_weight)
+        out.update(_detection_stats(lambda w: _flagged_share(fused, w, thr), normal, generated))
+    return out
+
+
+def cold_start_label_free(hist: History, n_hold: int, normal: np.ndarray, generated: list[np.ndarray],
+                          settings: Settings) -> dict:
+    """The same two measures for what the entity has now, the cold start: the worker's pipeline without
+    a model streams the history; the alarm rate is taken over the held-out part, and generated windows
+    are scored from the cold start's state (and threshold) at the end of the training part."""
+    pipe = Pipeline(settings)
+    ts = START + np.arange(len(hist.ts), dtype=np.float64)
+    cut = len(ts) - n_hold
+
+    def run(lo: int, hi: int) -> list[dict]:
+        msgs = [Message(0, i, b"e", encode_readings("e", ts[i:min(i + 100, hi)], hist.values[i:min(i + 100, hi)],
+                                                    hist.names)) for i in range(lo, hi, 100)]
+        out = asyncio.run(pipe.process(msgs))
+        return [orjson.loads(r.value) for r in out.scores]
+
+    run(0, cut)
+    ent = pipe.entities["e"]
+    state, thr = ent.streaming.to_state(), ent.threshold.threshold if ent.threshold is not None else None
+    held = run(cut, len(ts))
+    alarms = [t is not None and x > t for m in held for x, t in zip(m["score"], m["threshold"])]
+    out = {"alarm_rate": float(np.mean(alarms)) if alarms else float("nan"), "detection": float("nan")}
+    if thr is not None and len(normal):
+        def scores_of(windows):
+            rows = []
+            for w in windows:  # each window scored by a copy of the cold start as it stood
+                det = type(ent.streaming)(len(hist.names)).load_state(state)
+                rows.append(det.score_learn(w)[0])
+            return np.array(rows)
+        out.update(_detection_stats(lambda w: _flagged_share(scores_of, w, thr), normal, generated))
     return out
 
 
@@ -209,15 +288,17 @@ def retrain_entity(hist: History, registry: Registry, config: TrainerConfig, set
         normal = sliding_windows(hold.values, window, max(1, window // 2))
         pick = np.random.default_rng(config.seed).permutation(len(normal))[:config.generated_windows]
         normal = normal[np.sort(pick)]
-        generated, _ = gen.generate(normal, seed=config.seed)
+        generated = [gen.generate(normal, seed=config.seed + k)[0] for k in range(config.generator_seeds)]
         cand_m = label_free(cand, hold, normal, generated, settings)
-        champ_m = None
+        champ_m = cold_m = None
         if champion is not None:
             champ_det = registry.load(champion).to(settings.device)
             if list(champ_det.channels) == list(hist.names):
                 champ_m = label_free(champ_det, hold, normal, generated, settings)
-        promote, why = config.rule.decide(cand_m, champ_m)
-        metrics = {"candidate": cand_m, "champion": champ_m, "points": int(len(hist.ts)),
+        else:  # what the entity has now: the cold start
+            cold_m = cold_start_label_free(hist, n_hold, normal, generated, settings)
+        promote, why = config.rule.decide(cand_m, champ_m, cold_m)
+        metrics = {"candidate": cand_m, "champion": champ_m, "cold_start": cold_m, "points": int(len(hist.ts)),
                    "excluded_incident_points": hist.excluded, "holdout_points": int(n_hold)}
         cand_version = registry.register(entity, cand, trained_from=float(hist.ts[0]),
                                          trained_to=float(hist.ts[-n_hold - 1]), data_hash=data_hash(train),

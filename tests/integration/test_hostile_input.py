@@ -160,7 +160,7 @@ def test_an_entity_flood_is_evicted_capped_and_evicted_entities_come_back_whole(
     now = time.time() - 3600
     port = free_port()
     worker = start_worker(procs, broker, "--web-port", str(port), "--entity-ttl", "0", "--max-live-entities", "200",
-                          "--max-entities", "3000", "--calibration-points", "20")
+                          "--max-entities", "3000", "--cold-calibration-points", "20")
     url = f"http://127.0.0.1:{port}"
     flood = [(f"e{i:05d}".encode(), encode_readings(f"e{i:05d}", now + np.arange(3), np.ones((3, 2)) * i))
              for i in range(3500)]
@@ -172,15 +172,17 @@ def test_an_entity_flood_is_evicted_capped_and_evicted_entities_come_back_whole(
     assert m['vigil_entities{state="live"}'] + m['vigil_entities{state="evicted"}'] == 3000
     assert m["vigil_entity_evictions_total"] >= 2800
 
-    # e00001 was evicted after 3 of its 20 calibration points: it must go on calibrating where it was
-    back = [(b"e00001", encode_readings("e00001", now + 3 + np.arange(20), np.ones((20, 2)))),
+    # e00001 was evicted after 3 of the 50 rows of its detector's warm-up (20 calibration points follow
+    # it): it must go on from row 4, so its first threshold comes at row 71, not 74
+    rng = np.random.default_rng(0)
+    back = [(b"e00001", encode_readings("e00001", now + 3 + np.arange(70), 1 + 0.1 * rng.normal(size=(70, 2)))),
             (b"e00002", encode_readings("e00002", [now + 1.5], np.ones((1, 2))))]  # before its last reading
     send(broker, back)
-    wait_until(lambda: any(s["entity"] == "e00001" and s["ts"][-1] == now + 22
+    wait_until(lambda: any(s["entity"] == "e00001" and s["ts"][-1] == now + 72
                            for s in read_topic(broker, "vigil.scores", 1)), 60, 1)
     late = [t for s in read_topic(broker, "vigil.scores", 1) if s["entity"] == "e00001" and s["ts"][0] > now + 2
             for t in s["threshold"]]
-    assert late[:17] == [None] * 17 and None not in late[17:], "calibration resumed at point 4 of 20"
+    assert late[:67] == [None] * 67 and None not in late[67:], "warm-up and calibration resumed at row 4"
     codes = collections.Counter(d["code"] for d in read_topic(broker, "vigil.dlq", 1))
     assert codes == {"too_many_entities": 500, "out_of_order": 1}, "the evicted entity kept its clock"
     assert fetch_metrics(url)["vigil_entity_loads_total"] >= 2

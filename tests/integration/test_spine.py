@@ -73,7 +73,7 @@ def test_alerts_localise_injected_anomalies_and_bad_input_is_dead_lettered(broke
     counts = collections.Counter(points)
     assert len(counts) == expected_points, "every valid point is scored"
     assert max(counts.values()) == 1, "no point is scored twice"
-    assert {m["model"] for m in scores if m["entity"] == "newcomer"} == {"coldstart@1"}
+    assert {m["model"] for m in scores if m["entity"] == "newcomer"} == {"coldstart@2"}
 
     dlq = read_topic(broker, "vigil.dlq", 4)
     assert sorted(d["code"] for d in dlq) == sorted(expected_dlq)

@@ -114,3 +114,29 @@ def test_isolation_forest_path_length_constant():
     from detectors.iforest import _c
 
     assert _c(np.array([2.0]))[0] == 1.0 and abs(_c(np.array([256.0]))[0] - 10.24) < 0.01  # Liu et al.
+
+
+def test_coldstart_sees_a_shift_hidden_in_a_channels_range_through_its_neighbours():
+    """Three channels share a load signal several times their noise: a shift of 5 noise stds on one
+    is well within its range (a per-channel z-score misses it) but breaks its relation to the others."""
+    rng = np.random.default_rng(1)
+    load = np.cumsum(rng.normal(size=3000)) * 0.05 + np.sin(np.arange(3000) / 20)
+    x = np.stack([5 * load + rng.normal(size=3000), 4 * load + rng.normal(size=3000),
+                  -6 * load + rng.normal(size=3000), rng.normal(size=3000)], 1)
+    x[2500:2520, 0] += 5.0
+    assert 5.0 < x[:2500, 0].std()  # inside the channel's own range
+    det = ColdStartDetector(4)
+    point, channel = det.score_learn(x)
+    normal = point[det.warmup:2500]
+    assert point[2500:2520].mean() > np.quantile(normal, 0.99)
+    assert (channel[2500:2520].mean(0).argmax()) == 0
+    restored = ColdStartDetector(4).load_state(json.loads(json.dumps(det.to_state())))
+    more = rng.normal(size=(50, 4))
+    assert np.array_equal(det.score_learn(more)[1], restored.score_learn(more)[1])
+
+
+def test_coldstart_of_a_wide_entity_scores_channels_alone_and_stays_small():
+    det = ColdStartDetector(300)
+    assert not det.full and det.warmup == 50
+    det.score_learn(np.random.default_rng(0).normal(size=(60, 300)))
+    assert len(json.dumps(ColdStartDetector(128).to_state())) < 250_000  # the widest full covariance

@@ -128,22 +128,24 @@ def test_bad_rows_go_to_dlq_and_good_rows_are_kept():
 
 def test_missing_values_are_imputed_and_counted_and_unknown_entities_cold_start():
     live, det = setup(50)
-    pipe = Pipeline(Settings(calibration_points=20), {"plant-01": det})
+    pipe = Pipeline(Settings(calibration_points=20, cold_calibration_points=20), {"plant-01": det})
     row = dict(zip(live.channels, live.values[0].tolist()))
     row[live.channels[1]] = None
     del row[live.channels[2]]
     msgs = [Message(0, 0, b"k", orjson.dumps({"entity": "plant-01", "ts": 1.0, "values": row}))]
     rng = np.random.default_rng(0)
-    for i in range(40):
+    for i in range(100):
         msgs.append(Message(0, i + 1, b"x", orjson.dumps({"entity": "other", "ts": float(i),
                                                           "values": rng.normal(size=3).tolist()})))
     scores, _, dlq = collect(run(pipe, msgs))
     assert not dlq and pipe.metrics["imputed"] == 2
     by_model = collections.Counter(m["model"] for m in scores)
-    assert set(by_model) == {"pca@1", "coldstart@1"}
+    assert set(by_model) == {"pca@1", "coldstart@2"}
     cold = [m for m in scores if m["entity"] == "other"]
     thr = [t for m in cold for t in m["threshold"]]
-    assert thr[:20] == [None] * 20 and all(t is not None for t in thr[20:])
+    warmup = pipe.entities["other"].streaming.warmup  # 50 rows: the detector's own warm-up
+    # no threshold while the detector warms up, then 20 calibration points after it, then alerts
+    assert thr[:warmup + 20] == [None] * (warmup + 20) and all(t is not None for t in thr[warmup + 20:])
 
 
 def test_restore_under_a_new_model_keeps_timestamp_order_and_switches_model():
@@ -235,3 +237,23 @@ def test_every_output_list_of_a_micro_batch_has_its_topic():
 
     assert tuple(f.name for f in fields(Outputs)) == BATCH_OUTPUTS
     assert all(getattr(Topics(), kind) in Topics().outputs() for kind in BATCH_OUTPUTS)
+
+
+def test_the_hand_over_from_cold_start_to_a_first_model_keeps_every_point_and_the_open_incident():
+    live, det = setup(1200)
+    values = live.values.copy()
+    values[1000:1060, 0] += 40 * values[:900, 0].std()  # a fault that is still going on at the swap
+    msgs = [Message(0, j // 20, b"plant-01", encode_readings(live.entity, live.ts[j:j + 20], values[j:j + 20],
+                                                             live.channels)) for j in range(0, 1200, 20)]
+    pipe = Pipeline(Settings())
+    before = collect(run(pipe, msgs[:51], size=51))  # up to point 1020: the incident is open
+    assert pipe.entities["plant-01"].incidents.open is not None
+    pipe.swap("plant-01", det)
+    after = collect(run(pipe, msgs[51:], size=9))
+    ts = [t for m in before[0] + after[0] for t in m["ts"]]
+    assert ts == live.ts.tolist(), "every point once, in order, across the hand-over"
+    assert {m["model"] for m in before[0]} == {"coldstart@2"} and {m["model"] for m in after[0]} == {"pca@1"}
+    opened = [a for a in before[1] + after[1] if a["state"] == "open" and live.ts[990] <= a["start"] <= live.ts[1060]]
+    assert len(opened) == 1, "the fault is one incident, opened once"
+    closed = [a for a in after[1] if a["state"] == "close" and a["alert_id"] == opened[0]["alert_id"]]
+    assert closed and closed[0]["end"] >= live.ts[1040], "the first model carries it on and closes it"

@@ -92,3 +92,29 @@ def test_a_failed_run_leaves_the_champion_serving(tmp_path, make_history, cfg):
     e = retrain_entity(make_history(values), registry, config(**cfg), Settings())
     assert e["event"] == "failed" and e["reason"] and e["champion"] == champ.model_id
     assert registry.champion("plant-01").version == champ.version
+
+
+def test_a_first_model_is_judged_against_the_cold_start_and_promoted_whatever_the_generator_seed(tmp_path):
+    """The noisy case of a new plant: a first model on live data with its anomalies, where generated
+    anomalies rank the two unevenly; it alarms less than the cold start and must be promoted for every
+    seed of the generator (the old absolute floor on detection rejected such models)."""
+    from producers.simulate import simulate_entity
+
+    live = simulate_entity("plant-01", 6, 2500, START, 3)
+    decisions = []
+    for seed in (0, 1, 2):
+        registry = Registry(tmp_path / f"seed{seed}")
+        e = retrain_entity(history(live.values), registry, config(seed=seed), Settings())
+        decisions.append(e["event"])
+        cand, cold = e["metrics"]["candidate"], e["metrics"]["cold_start"]
+        assert cold is not None and len(cand["detection_per_seed"]) == 3 and cand["detection_sd"] >= 0
+        assert cand["alarm_rate"] <= cold["alarm_rate"] + Rule().first_alarm_margin
+    assert decisions == ["promoted"] * 3
+
+
+def test_a_first_model_that_alarms_far_more_than_the_cold_start_is_rejected():
+    rule = Rule()
+    cold = {"alarm_rate": 0.01, "detection": 0.2, "detection_sd": 0.02}
+    assert rule.decide({"alarm_rate": 0.02, "detection": -0.1, "score_max": 9.0}, None, cold)[0]
+    assert not rule.decide({"alarm_rate": 0.2, "detection": 0.9, "score_max": 9.0}, None, cold)[0]
+    assert not rule.decide({"alarm_rate": 0.01, "detection": 0.9, "score_max": 1e30}, None, cold)[0]
