@@ -41,11 +41,12 @@ def train_models(entities: list[str], channels: int, end_ts: float, seed: int, w
     from detectors import artefacts
     from detectors.pca import PCADetector
     from producers.simulate import normal_history
+    from training.calibration import fit_for_serving
 
     out = {}
     for entity in tqdm(entities, desc="training models", unit="entity"):
         hist = normal_history(entity, channels, points, end_ts, seed)
-        det = PCADetector(hist.channels).fit(hist.values, progress=False)
+        det = fit_for_serving(PCADetector(hist.channels), hist.values, progress=False)
         out[entity] = artefacts.save(det, workdir / "models" / entity)
     return out
 

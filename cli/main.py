@@ -66,6 +66,10 @@ def _scoring_args(p: argparse.ArgumentParser, publishes: bool = True) -> None:
     p.add_argument("--cold-calibration-points", type=int, default=d.cold_calibration_points,
                    help="points after the cold-start detector's warm-up that calibrate a model-less entity's threshold")
     p.add_argument("--fusion", choices=fusion.RULES, default=d.fusion)
+    p.add_argument("--smooth", type=int, default=d.smooth, help="points a score is averaged over (1: none)")
+    p.add_argument("--level-window", type=int, default=d.level_window,
+                   help="points of recent scores the threshold's level follows (default: as many as it was "
+                        "calibrated on, within 500..5000; 0: off)")
     p.add_argument("--top-k", type=int, default=d.top_k)
     p.add_argument("--open-after", type=int, default=d.open_after,
                    help="alarms within --open-window points that open an incident")
@@ -130,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
 
     p = sub.add_parser("eval", help="score datasets' test splits as the worker does and report honest metrics")
-    p.add_argument("--model", required=True, help="a model name (trained on each dataset's train split) "
-                                                  "or an artefact directory")
+    p.add_argument("--model", default=artefacts.DEFAULT_MODEL,
+                   help="a model name (trained on each dataset's train split) or an artefact directory "
+                        f"(default: {artefacts.DEFAULT_MODEL}, Vigil's measured default)")
     p.add_argument("--data", action="append", required=True,
                    help="dataset: .npz, a folder of .npz (SMAP/MSL), SMD text, telemanom or CSV; repeatable")
     p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
@@ -159,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_arg(p)
     _topics_arg(p)
     p.add_argument("--registry", default="./registry", help="model registry directory (shared with workers)")
-    p.add_argument("--model", default="pca", choices=list(artefacts.MODELS), help="model to train per entity")
+    p.add_argument("--model", default=artefacts.DEFAULT_MODEL, choices=list(artefacts.MODELS),
+                   help="model to train per entity")
     p.add_argument("--preset", default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--every", type=_duration, default=_duration("6h"), help="interval, e.g. 30m, 6h, 1d")
@@ -168,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-incident", type=_duration, default=_duration("1h"),
                    help="incidents longer than this are a new operating mode and stay in the history")
     p.add_argument("--once", action="store_true", help="one round, then exit (for cron)")
+    p.add_argument("--drift-poll", type=_duration, default=_duration("30s"),
+                   help="between rounds, how often to look for drift events and retrain those entities")
     p.add_argument("--entities", default=None, help="comma-separated subset")
     p.add_argument("--min-points", type=int, default=1000)
     p.add_argument("--generator-epochs", type=int, default=None, help="GenIAS epochs for the generated anomalies")
@@ -216,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default=None, help="another topic to print (default: PREFIX.alerts)")
 
     p = sub.add_parser("train", help="train a detector on a dataset's train split and save an artefact")
-    p.add_argument("--model", default="pca", choices=list(artefacts.MODELS))
+    p.add_argument("--model", default=artefacts.DEFAULT_MODEL, choices=list(artefacts.MODELS))
     p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default="auto")
@@ -241,7 +249,7 @@ def settings_from_args(args) -> Settings:
 
     s = Settings(broker=broker_from_env(args.broker))
     for name in ("partitions", "replication", "group", "window", "hop", "batch_size", "batch_wait", "threshold",
-                 "calibration", "calibration_points", "cold_calibration_points", "fusion", "top_k", "open_after", "open_window", "close_after",
+                 "calibration", "calibration_points", "cold_calibration_points", "fusion", "smooth", "level_window", "top_k", "open_after", "open_window", "close_after",
                  "checkpoint_interval", "session_timeout", "rebalance_timeout", "device", "score_channels",
                  "web_host", "web_port", "web_token", "detector", "max_message_bytes", "max_future",
                  "entity_ttl", "max_live_entities", "max_entities"):
@@ -276,7 +284,7 @@ def cmd_detector(args) -> int:
 
 def cmd_eval(args) -> int:
     from stream.evaluation import stream_through_kafka
-    from training.data import load
+    from training.data import load, seal
     from training.evaluate import report, stream_offline, train_or_load
     from training.report import print_report
 
@@ -284,7 +292,7 @@ def cmd_eval(args) -> int:
     settings.score_channels = True
     config = _model_config(args)
     for path in args.data:
-        data = load(path)
+        data = seal(load(path))  # no label can be read before report(), after scoring
         det = train_or_load(args.model, data, args.device, **config)
         if args.through_kafka:
             import tempfile
@@ -309,13 +317,16 @@ def cmd_bench(args) -> int:
 
     results = Path(args.results or f"bench/results/quality{'-quick' if args.quick else ''}.jsonl")
     datasets = quality.dataset_paths(args.data_root)
-    if args.datasets:
-        wanted = args.datasets.split(",")
-        missing = [d for d in wanted if d not in datasets]
-        if missing:
-            print(f"vigil: no dataset {', '.join(missing)} under {args.data_root}", file=sys.stderr)
-            return 2
-        datasets = {d: datasets[d] for d in wanted}
+    if args.datasets:  # names, or a column: SMD, SMAP, MSL
+        chosen = {}
+        for want in args.datasets.split(","):
+            found = {d: p for d, p in datasets.items()
+                     if d == want or quality.group(d) == want or (want == "SMD" and d.startswith("machine-"))}
+            if not found:
+                print(f"vigil: no dataset {want} under {args.data_root}", file=sys.stderr)
+                return 2
+            chosen.update(found)
+        datasets = chosen
     if not args.no_run:
         if not datasets:
             print(f"vigil: no shared datasets under {args.data_root}", file=sys.stderr)
@@ -354,7 +365,7 @@ def cmd_trainer(args) -> int:
             print(f"vigil: {e['entity']}: {e['event']} {e.get('model', '')}@{e.get('version', '')} "
                   f"({e.get('reason', '')})", file=sys.stderr)
         return 1 if any(e["event"] == "failed" for e in events) else 0
-    run_every(settings, registry, config, args.every, entities)
+    run_every(settings, registry, config, args.every, entities, poll=args.drift_poll)
     return 0
 
 
@@ -452,7 +463,9 @@ def cmd_train(args) -> int:
     from training.data import load
 
     data = load(args.data)
-    det = artefacts.create(args.model, data.channels, **_model_config(args)).to(args.device).fit(data.train)
+    from training.calibration import fit_for_serving
+
+    det = fit_for_serving(artefacts.create(args.model, data.channels, **_model_config(args)).to(args.device), data.train)
     path = artefacts.save(det, args.out)
     print(f"vigil: trained {det.model_id} on {data.train.shape[0]} points x {data.train.shape[1]} channels -> {path}")
     return 0

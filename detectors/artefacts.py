@@ -31,6 +31,9 @@ MODELS: dict[str, str] = {
 }
 
 
+# What Vigil trains when the user names no model: the best measured default (docs/benchmarks.md).
+DEFAULT_MODEL = "pca"
+
 # Streaming detectors (``detectors.base.StreamingDetector``): what scores an entity without a model.
 STREAMING: dict[str, str] = {
     "coldstart": "detectors.coldstart:ColdStartDetector",
@@ -84,6 +87,7 @@ def save(detector: Detector, path: str | os.PathLike) -> Path:
     save_file(tensors, str(tmp / "model.safetensors"))
     meta = {"format": FORMAT, "name": detector.info.name, "version": detector.info.version,
             "channels": detector.channels, "config": detector.info.config, "created": time.time(),
+            "calibration": detector.calibration_source,
             "train_score_stats": {"reconstruction": _stats(detector.train_reconstruction),
                                   "divergence": _stats(detector.train_divergence)}}
     (tmp / "model.json").write_text(json.dumps(meta, indent=2))
@@ -124,6 +128,7 @@ def load(path: str | os.PathLike) -> Detector:
     tensors = load_file(str(path / "model.safetensors"))
     detector.train_reconstruction = tensors.pop("train_reconstruction")
     detector.train_divergence = tensors.pop("train_divergence", None)
+    detector.calibration_source = meta.get("calibration", "train")
     detector.load_tensors(tensors)
     return detector
 

@@ -46,10 +46,13 @@ class Detector:
 
     def __init__(self, channels: list[str], **config):
         self.info = ModelInfo(name=self.name, channels=list(channels), config=dict(config))
-        # Scores of the training points, kept apart so that a threshold can be calibrated under
-        # whichever fusion rule the stream uses (divergence None: the model has none).
+        # Calibration scores, kept apart so that a threshold can be calibrated under whichever fusion
+        # rule the stream uses (divergence None: the model has none): the scores of the training
+        # points ("train"), or of a tail of the training split held out from fitting ("holdout",
+        # training.calibration.fit_for_serving), in time order.
         self.train_reconstruction = np.zeros(0, dtype=np.float32)
         self.train_divergence: np.ndarray | None = None
+        self.calibration_source = "train"
 
     @property
     def channels(self) -> list[str]:

@@ -2,7 +2,9 @@
 
 Channels are standardised on training data, projected on the top-k principal components and
 reconstructed; the squared error per channel, divided by that channel's mean training error, is the
-channel score and its mean over channels the point score. The score of a point does not depend on
+channel score and its mean over channels the point score. A channel's mean error is floored at
+``min_scale`` (0.01% of its variance): a channel the components reconstruct almost perfectly (a constant,
+a duplicate of another) would otherwise have its rounding noise multiplied into scores of 1e10. The score of a point does not depend on
 the rest of its window, so any window length and hop give the same scores.
 """
 from __future__ import annotations
@@ -17,8 +19,9 @@ class PCADetector(Detector):
     name = "pca"
     context = 1
 
-    def __init__(self, channels: list[str], variance: float = 0.95, max_components: int | None = None):
-        super().__init__(channels, variance=variance, max_components=max_components)
+    def __init__(self, channels: list[str], variance: float = 0.95, max_components: int | None = None,
+                 min_scale: float = 1e-4):
+        super().__init__(channels, variance=variance, max_components=max_components, min_scale=min_scale)
         c = len(channels)
         self.mean = np.zeros(c, np.float32)
         self.std = np.ones(c, np.float32)
@@ -43,7 +46,7 @@ class PCADetector(Detector):
         k = max(1, min(k, cap, len(self.channels)))
         self.components = vt[:k].T.astype(np.float32)
         err = self._channel_error(z.astype(np.float32))
-        self.channel_scale = np.maximum(err.mean(0), 1e-6).astype(np.float32)
+        self.channel_scale = np.maximum(err.mean(0), self.info.config.get("min_scale", 1e-4)).astype(np.float32)
         self.train_reconstruction = (err / self.channel_scale).mean(1).astype(np.float32)
         return self
 

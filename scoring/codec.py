@@ -230,7 +230,7 @@ class Alert(TypedDict):
 
     alert_id: str
     entity: str
-    state: str  # open | update | close
+    state: str  # open | update | close (an incident), drift | drift_end (the entity's level)
     ts: float
     start: float
     end: float
@@ -255,6 +255,16 @@ def encode_scores(entity: str, ts: np.ndarray, score: np.ndarray, threshold: np.
             msg["channels"] = channels[rows].astype(np.float32)
         out.append(orjson.dumps(msg, option=orjson.OPT_SERIALIZE_NUMPY))
     return out
+
+
+def drift_alert(entity: str, state: str, ts: float, start: float, level, model: str) -> Alert:
+    """A ``drift`` (or ``drift_end``) record on ``vigil.alerts``: the entity's scores as a whole left the
+    level its model was calibrated at (``scoring.conditioning.Level``); the trainer retrains it."""
+    median = level.median() or level.base
+    return Alert(alert_id=hashlib.blake2b(f"{entity}|drift|{start!r}".encode(), digest_size=8).hexdigest(),
+                 entity=entity, state=state, ts=ts, start=start, end=ts, score=round(float(median), 6),
+                 threshold=round(float(level.base_threshold), 6), channels=[], model=model,
+                 detail={"level_ratio": round(float(median / level.base), 3), "retrain": state == "drift"})
 
 
 def encode_alert(alert: Alert) -> bytes:

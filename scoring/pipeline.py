@@ -26,7 +26,17 @@ import orjson
 from detectors import artefacts
 from detectors.base import Detector, Scores, StreamingDetector
 
-from .codec import OUTPUT_LIMIT, Readings, Rejection, decode, encode_alert, encode_dead_letter, encode_scores
+from .codec import (
+    OUTPUT_LIMIT,
+    Readings,
+    Rejection,
+    decode,
+    drift_alert,
+    encode_alert,
+    encode_dead_letter,
+    encode_scores,
+)
+from .conditioning import Level, Smoother
 from .fusion import fuse
 from .incidents import IncidentTracker
 from .settings import Settings
@@ -99,6 +109,16 @@ class PartitionState:
     evicted: dict = field(default_factory=dict)  # entity -> offset of its state record, not in memory
 
 
+def _level(settings: Settings, calibration_points: int, calibration: np.ndarray, threshold: float) -> Level | None:
+    """The level tracker of a freshly calibrated threshold: over ``settings.level_window`` points, by
+    default as many as the calibration had (the normal it was calibrated on), within 500..5000;
+    ``level_window=0`` turns it off."""
+    if settings.level_window == 0:
+        return None
+    window = settings.level_window or int(np.clip(calibration_points, 500, 5000))
+    return Level.calibrated(window, calibration, threshold)
+
+
 class EntityState:
     """Everything that one entity's scoring depends on.
 
@@ -118,11 +138,12 @@ class EntityState:
         self.window = EntityWindow(length, min(settings.hop, length), len(names), fill=fill)
         self.last_ts = -math.inf
         self.threshold = None
+        self.level: Level | None = None  # the recent level of its scores (set with the threshold)
         self.calib: list[float] = []
+        self.smoother = Smoother(settings.smooth, len(names))
         if detector is not None and settings.calibration == "train" and len(detector.train_reconstruction):
             train = Scores(detector.train_reconstruction, None, detector.train_divergence)
-            self.threshold = make_threshold(settings.threshold, **settings.threshold_config())
-            self.threshold.calibrate(fuse(train, settings.fusion, settings.fusion_weight).astype(np.float64))
+            self.calibrate(fuse(train, settings.fusion, settings.fusion_weight).astype(np.float64), settings)
         self.incidents = IncidentTracker(entity, settings.close_after, settings.update_every, settings.top_k,
                                          settings.open_after, settings.open_window)
         self.counts = Counter()
@@ -131,24 +152,43 @@ class EntityState:
         # Set by recovery: outputs at or before these timestamps were already published.
         self.suppress_scores_ts = -math.inf
         self.suppress_alerts_ts = -math.inf
+        self.drift_start: float | None = None  # ts of its current drift event, if drifting
         self.touched = time.monotonic()  # last micro-batch with a reading of it (for eviction)
         self.stored_at: int | None = None  # offset of its latest state record in vigil.state
+
+    def calibrate(self, scores: np.ndarray, settings: Settings) -> None:
+        """The threshold from a model's calibration scores (in time order), smoothed as the stream
+        smooths its scores."""
+        self.set_threshold(self.smoother.smooth(scores), settings)
+
+    def set_threshold(self, smoothed: np.ndarray, settings: Settings, trim: bool = False) -> None:
+        """Threshold and level from smoothed calibration scores; ``trim``: less the far-out ones (an
+        entity's own first points, which nobody has checked)."""
+        self.threshold = make_threshold(settings.threshold, **settings.threshold_config())
+        self.threshold.calibrate(trim_far_out(smoothed) if trim else smoothed)
+        self.level = _level(settings, len(smoothed), smoothed, self.threshold.threshold)
 
     def to_state(self, history: bool = True) -> dict:
         return {"entity": self.entity, "names": self.names, "model": self.model, "last_ts": self.last_ts,
                 "window": self.window.to_state(history),
                 "threshold": self.threshold.to_state() if self.threshold else None,
+                "level": self.level.to_state() if self.level else None, "smoother": self.smoother.to_state(),
                 "calib": self.calib, "streaming": self.streaming.to_state() if self.streaming else None,
-                "incident": self.incidents.to_state(), "counts": dict(self.counts)}
+                "incident": self.incidents.to_state(), "counts": dict(self.counts), "drift_start": self.drift_start}
 
     def load_state(self, state: dict) -> None:
         self.last_ts = state["last_ts"]
         self.window.load_state(state["window"])
         self.incidents.load_state(state["incident"])
         self.counts = Counter(state["counts"])
+        self.drift_start = state.get("drift_start")
         if state["model"] == self.model:  # a new model version recalibrates from scratch
             if state["threshold"] is not None:
                 self.threshold = threshold_from_state(state["threshold"])
+            if state.get("level") is not None:
+                self.level = Level.from_state(state["level"])
+            if state.get("smoother") is not None and state["smoother"]["k"] == self.smoother.k:
+                self.smoother.load_state(state["smoother"])
             self.calib = list(state["calib"])
             streaming = state.get("streaming", state.get("coldstart"))  # "coldstart": before 2026-11-30
             if self.streaming is not None and streaming is not None:
@@ -386,11 +426,12 @@ class Pipeline:
     def _finish(self, block: "Block", out: Outputs) -> None:
         ent, ts, s = block.entity, block.ts, block.scores
         score = self._finite(fuse(s, self.settings.fusion, self.settings.fusion_weight))
-        channel = self._finite(s.channel)
-        threshold, alarm = self._threshold(ent, score, block.warming)
+        score, channel = ent.smoother.apply(score, self._finite(s.channel))
+        threshold, alarm, drift = self._threshold(ent, score, block.warming)
         ent.counts["scored"] += len(ts)
         alerts = ent.incidents.observe(ts, score, threshold, alarm, channel, s.reconstruction, s.divergence,
                                        ent.names, ent.model)
+        alerts += self._drift_events(ent, ts, drift)
         if self.board is not None:
             self.board.observe(ent, ts, score, threshold, channel, alerts)
         key = ent.entity.encode()
@@ -412,9 +453,11 @@ class Pipeline:
         self.metrics["nonfinite_scores"] += int(bad.sum())
         return np.where(bad, SCORE_CAP, np.minimum(x, SCORE_CAP))
 
-    def _threshold(self, ent: EntityState, score: np.ndarray, warming: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Threshold and alarm per point; NaN threshold and no alarm while the detector warms up (the
-        first ``warming`` points) and while the threshold calibrates on the points after them."""
+    def _threshold(self, ent: EntityState, score: np.ndarray,
+                   warming: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Threshold, alarm and drift per point; NaN threshold and no alarm while the detector warms up
+        (the first ``warming`` points) and while the threshold calibrates on the points after them.
+        The threshold scales with the entity's recent level (``conditioning.Level``)."""
         thr = np.full(len(score), np.nan)
         alarm = np.zeros(len(score), bool)
         start = warming
@@ -425,13 +468,33 @@ class Pipeline:
             ent.calib.extend(float(s) for s in score[warming:warming + need] if s < SCORE_CAP)
             start = min(warming + need, len(score))
             if len(ent.calib) >= points:
-                ent.threshold = make_threshold(self.settings.threshold, **self.settings.threshold_config())
-                calib = np.asarray(ent.calib)
-                ent.threshold.calibrate(trim_far_out(calib) if ent.streaming is not None else calib)
+                ent.set_threshold(np.asarray(ent.calib), self.settings, trim=ent.streaming is not None)
                 ent.calib = []
+        drift = None
         if ent.threshold is not None and start < len(score):
-            thr[start:], alarm[start:] = ent.threshold.step(score[start:].astype(np.float64))
-        return thr, alarm
+            x = score[start:].astype(np.float64)
+            scale, drifting = ent.level.scales(x) if ent.level is not None else (np.ones(len(x)), None)
+            thr[start:], alarm[start:] = ent.threshold.step(x / scale)
+            thr[start:] *= scale
+            if drifting is not None:
+                drift = np.zeros(len(score), bool)
+                drift[start:] = drifting
+        return thr, alarm, drift
+
+    def _drift_events(self, ent: EntityState, ts: np.ndarray, drift: np.ndarray | None) -> list:
+        """A ``drift`` event where the entity starts drifting, ``drift_end`` where it stops."""
+        if drift is None:
+            return []
+        out = []
+        was = ent.drift_start is not None
+        for i in np.flatnonzero(drift != np.r_[was, drift[:-1]]).tolist():
+            if drift[i]:
+                ent.drift_start = float(ts[i])
+                out.append(drift_alert(ent.entity, "drift", float(ts[i]), ent.drift_start, ent.level, ent.model))
+            else:
+                out.append(drift_alert(ent.entity, "drift_end", float(ts[i]), ent.drift_start, ent.level, ent.model))
+                ent.drift_start = None
+        return out
 
     def _reject(self, out: Outputs, msg: Message, reason: str, ent: EntityState | None = None,
                 rows: list | None = None, last_offset: int | None = None) -> None:

@@ -65,6 +65,11 @@ class Settings:
     threshold_params: dict = field(default_factory=dict)
     calibration: str = "train"  # one of CALIBRATIONS
     calibration_points: int = 1000  # with SPOT's level 0.98: 20 peaks to fit the tail on
+    # score conditioning (scoring/conditioning.py): each point's score is the mean of the last
+    # ``smooth`` fused scores; the threshold scales with the median of the last ``level_window``
+    # (default: the number of calibration points, within 500..5000; 0: off)
+    smooth: int = 5
+    level_window: int | None = None
     # Entities on the cold start calibrate on this many points after the detector's warm-up: with
     # SPOT's level 0.98, 6 peaks (its GPD fit needs 5), so alerts start minutes after the first
     # reading; SPOT keeps learning the tail from there.

@@ -105,10 +105,13 @@ class Board:
         t.names, t.model = ent.names, ent.model
         t.extend(ts, score, threshold, channel)
         for a in alerts:
-            t.incidents[a["alert_id"]] = a
+            if a["state"] not in ("drift", "drift_end"):
+                t.incidents[a["alert_id"]] = a
         while len(t.incidents) > self.max_incidents:
             t.incidents.pop(next(iter(t.incidents)))
-        if ent.detector is None:
+        if getattr(ent, "drift_start", None) is not None:
+            t.state = "drifting (retrain asked)"
+        elif ent.detector is None:
             t.state = "no model" if ent.threshold is not None else "no model, warming up"
         elif ent.threshold is None:
             t.state = "warming up"
@@ -206,6 +209,8 @@ class Board:
             dlq.add_metric([reason], n)
         yield dlq
         yield CounterMetricFamily("vigil_alerts_opened", "Incidents opened", value=self._count("alerts_open"))
+        yield CounterMetricFamily("vigil_drift_events", "Entities whose scores left their model's level",
+                                  value=self._count("alerts_drift"))
         live, evicted = self._entities()
         entities = GaugeMetricFamily("vigil_entities", "Entities this worker holds, in memory or evicted",
                                      labels=["state"])

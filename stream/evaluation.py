@@ -30,10 +30,12 @@ def worker_args(settings: Settings) -> list[str]:
     """``vigil worker`` flags that reproduce ``settings``' scoring."""
     args = ["--window", str(settings.window), "--hop", str(settings.hop), "--threshold", settings.threshold,
             "--calibration", settings.calibration, "--calibration-points", str(settings.calibration_points),
-            "--cold-calibration-points", str(settings.cold_calibration_points),
+            "--cold-calibration-points", str(settings.cold_calibration_points), "--smooth", str(settings.smooth),
             "--fusion", settings.fusion, "--top-k", str(settings.top_k), "--open-after", str(settings.open_after),
             "--open-window", str(settings.open_window), "--close-after", str(settings.close_after),
             "--device", settings.device]
+    if settings.level_window is not None:
+        args += ["--level-window", str(settings.level_window)]
     for k, v in settings.threshold_params.items():
         args += ["--threshold-param", f"{k}={v}"]
     if settings.score_channels:

@@ -11,6 +11,8 @@ import asyncio
 import logging
 import time
 
+import orjson
+
 from detectors import artefacts
 from scoring.codec import Readings, decode
 from scoring.settings import Settings
@@ -64,12 +66,43 @@ def run_once(settings: Settings, registry: Registry, config: TrainerConfig, enti
 
 
 def run_every(settings: Settings, registry: Registry, config: TrainerConfig, every: float,
-              entities: list[str] | None = None) -> None:
-    """The long-running service: a round, then sleep until the next one is due."""
+              entities: list[str] | None = None, poll: float = 30.0) -> None:
+    """The long-running service: a round every ``every`` seconds, and in between, a round for any
+    entity whose worker raised a ``drift`` event (its scores left the level its model was calibrated
+    at: the model no longer describes it), checked every ``poll`` seconds."""
+    seen = asyncio.run(_alert_ends(settings))  # only drift events from now on
     while True:
         started = time.monotonic()
         try:
             run_once(settings, registry, config, entities)
         except Exception:  # noqa: BLE001 - a broker hiccup must not end the service
             log.exception("retraining round failed; the next one is in %.0fs", every)
-        time.sleep(max(0.0, every - (time.monotonic() - started)))
+        while time.monotonic() - started < every:
+            time.sleep(min(poll, max(0.0, every - (time.monotonic() - started))))
+            try:
+                drifted, seen = asyncio.run(_drifted(settings, seen))
+                drifted = sorted(e for e in drifted if entities is None or e in entities)
+                if drifted:
+                    log.warning("drift reported for %s: retraining now", ", ".join(drifted))
+                    run_once(settings, registry, config, drifted)
+            except Exception:  # noqa: BLE001
+                log.exception("checking for drift events failed; next check in %.0fs", poll)
+
+
+async def _alert_ends(settings: Settings) -> dict[int, int]:
+    return await offsets_for_time(settings.broker, settings.topics.alerts, time.time() + 86400)
+
+
+async def _drifted(settings: Settings, seen: dict[int, int]) -> tuple[set[str], dict[int, int]]:
+    """Entities with a ``drift`` event on the alerts topic after the offsets ``seen``, and the new offsets."""
+    drifted, seen = set(), dict(seen)
+    for p in sorted((await offsets_for_time(settings.broker, settings.topics.alerts, None)).keys()):
+        for rec in await read_partition(settings.broker, settings.topics.alerts, p, seen.get(p, 0)):
+            seen[p] = rec.offset + 1
+            try:
+                a = orjson.loads(rec.value)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(a, dict) and a.get("state") == "drift":
+                drifted.add(a.get("entity"))
+    return drifted, seen

@@ -30,6 +30,54 @@ class Dataset:
     interpretation: np.ndarray | None = None  # [K, 3] rows (start, end, channel), half-open, 0-based
 
 
+class LabelsSealed(RuntimeError):
+    """Test labels were read before the scores they judge were final."""
+
+
+class SealedDataset(Dataset):
+    """A dataset whose test labels (``label``, ``interpretation``) raise ``LabelsSealed`` until
+    ``unseal()``: evaluation seals what it loads, and only ``training.evaluate.report`` unseals, after
+    scoring. So no setting, threshold or model can be chosen on them by mistake."""
+
+    _locked = False
+
+    @property
+    def label(self) -> np.ndarray:
+        self._check()
+        return self._label
+
+    @label.setter
+    def label(self, value) -> None:
+        self._label = value
+
+    @property
+    def interpretation(self) -> np.ndarray | None:
+        self._check()
+        return self._interpretation
+
+    @interpretation.setter
+    def interpretation(self, value) -> None:
+        self._interpretation = value
+
+    def _check(self) -> None:
+        if self._locked:
+            raise LabelsSealed(f"the test labels of {self.name} are sealed until its scores are final")
+
+    def unseal(self) -> "SealedDataset":
+        self._locked = False
+        return self
+
+
+def seal(data: Dataset) -> SealedDataset:
+    """``data`` with its test labels sealed (see ``SealedDataset``)."""
+    if isinstance(data, SealedDataset):
+        data._locked = True
+        return data
+    out = SealedDataset(data.name, data.train, data.test, data.label, data.channels, data.interpretation)
+    out._locked = True
+    return out
+
+
 def _names(c: int) -> list[str]:
     return [f"ch{i}" for i in range(c)]
 

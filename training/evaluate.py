@@ -9,7 +9,7 @@ cannot tell them apart. Labels are read only in ``report``.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
@@ -21,7 +21,8 @@ from scoring.pipeline import Message, Pipeline
 from scoring.settings import Settings
 
 from . import metrics, range_metrics
-from .data import Dataset
+from .calibration import fit_for_serving
+from .data import Dataset, SealedDataset
 
 ENTITY = "eval"
 START = 1_000_000_000.0  # test point i has timestamp START + i (exact in float64)
@@ -36,6 +37,7 @@ class Stream:
     channel: np.ndarray | None  # [N, C] per-channel scores (when the worker publishes them)
     incidents: list[dict]  # the latest message of every incident: start/end as point indices
     model: str
+    drift: list[dict] = field(default_factory=list)  # drift and drift_end events: ts as a point index
 
     @property
     def alarm(self) -> np.ndarray:
@@ -77,13 +79,17 @@ def collect(score_msgs: list[dict], alert_msgs: list[dict], n: int, entity: str 
         model = m["model"]
     if not seen.all():
         raise ValueError(f"{int((~seen).sum())} of {n} test points were not scored")
-    latest = {}
+    latest, drift = {}, []
     for a in alert_msgs:
-        if a["entity"] == entity:
+        if a["entity"] != entity:
+            continue
+        if a["state"] in ("drift", "drift_end"):
+            drift.append({**a, "ts": int(round(a["ts"] - START))})
+        else:
             latest[a["alert_id"]] = a
     incidents = [{**a, "start": int(round(a["start"] - START)), "end": int(round(a["end"] - START))}
                  for a in latest.values()]
-    return Stream(score, threshold, channel, sorted(incidents, key=lambda a: a["start"]), model)
+    return Stream(score, threshold, channel, sorted(incidents, key=lambda a: a["start"]), model, drift)
 
 
 def stream_offline(detector: Detector, data: Dataset, settings: Settings, rows: int = 100) -> Stream:
@@ -103,7 +109,11 @@ def stream_offline(detector: Detector, data: Dataset, settings: Settings, rows: 
 
 
 def report(stream: Stream, data: Dataset, top_k: int = 3) -> dict:
-    """Honest metrics first; the oracle and point-adjusted figures are labelled as such."""
+    """Honest metrics first; the oracle and point-adjusted figures are labelled as such.
+
+    The scores are final here: the only place that unseals a sealed dataset's labels."""
+    if isinstance(data, SealedDataset):
+        data.unseal()
     labels = data.label.astype(bool)
     alarm = stream.alarm
     out = {"points": int(len(labels)), "anomalous_points": int(labels.sum()),
@@ -113,6 +123,7 @@ def report(stream: Stream, data: Dataset, top_k: int = 3) -> dict:
            "affiliation": range_metrics.affiliation(alarm, labels),
            "incident": metrics.event_f1(stream.incident_mask(), labels),
            "incidents": len(stream.incidents),
+           "drift_events": sum(a["state"] == "drift" for a in stream.drift),
            "auc_pr": metrics.auc_pr(stream.score, labels),
            "vus_pr": range_metrics.vus_pr(stream.score, labels),
            "oracle_best_f1": metrics.best_f1(stream.score, labels),
@@ -140,4 +151,4 @@ def train_or_load(model: str, data: Dataset, device: str = "auto", **config) -> 
     """An artefact directory is loaded; a model name is trained on the dataset's train split."""
     if artefacts.is_artefact(model):
         return artefacts.load(model).to(device)
-    return artefacts.create(model, data.channels, **config).to(device).fit(data.train)
+    return fit_for_serving(artefacts.create(model, data.channels, **config).to(device), data.train)

@@ -33,6 +33,7 @@ from scoring.settings import Settings
 from scoring.thresholds import make_threshold
 from scoring.windows import EntityWindow
 
+from .calibration import fit_for_serving
 from .data import Dataset
 from .evaluate import START, stream_offline
 from .registry import Registry, Version, data_hash
@@ -116,7 +117,7 @@ GENERATOR_DEFAULTS = {"max_patch_channels": 2}
 
 @dataclass
 class TrainerConfig:
-    model: str = "pca"
+    model: str = artefacts.DEFAULT_MODEL
     model_config: dict = field(default_factory=dict)
     history: float = 7 * 86400.0  # seconds of the entity's own clock, back from its newest reading
     holdout: float = 0.2  # the most recent share of history, kept for the comparison
@@ -279,7 +280,7 @@ def retrain_entity(hist: History, registry: Registry, config: TrainerConfig, set
         n_hold = max(int(len(hist.ts) * config.holdout), 64)
         train, hold = hist.values[:-n_hold], History(entity, hist.names, hist.ts[-n_hold:], hist.values[-n_hold:])
         cand = artefacts.create(config.model, hist.names, **config.model_config).to(settings.device)
-        cand.fit(train, progress=progress)
+        fit_for_serving(cand, train, settings, progress=progress)
         window = int(cand.info.config.get("window", settings.window))
         gen = artefacts.create("genias", hist.names, **{**GENERATOR_DEFAULTS, **config.generator_config,
                                                          "window": window})

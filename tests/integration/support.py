@@ -8,6 +8,7 @@ from detectors import artefacts
 from detectors.pca import PCADetector
 from producers.simulate import normal_history
 from stream.kafka import producer, read_partition
+from training.calibration import fit_for_serving
 
 WORKER_FAST = ["--session-timeout", "6", "--rebalance-timeout", "3", "--checkpoint-interval", "0.5",
                "--batch-wait", "0.05"]
@@ -17,7 +18,7 @@ def train_models(entities, channels, end_ts, seed, directory):
     args = []
     for e in entities:
         hist = normal_history(e, channels, 4000, end_ts, seed)
-        path = artefacts.save(PCADetector(hist.channels).fit(hist.values), directory / e)
+        path = artefacts.save(fit_for_serving(PCADetector(hist.channels), hist.values, progress=False), directory / e)
         args.append(f"--model={e}={path}")
     return args
 

@@ -26,16 +26,27 @@ def test_every_model_served_through_kafka_scores_as_the_offline_pipeline(broker,
         jobs[name] = (path, data)
         offline[name] = stream_offline(artefacts.load(path), data, settings)
 
+    # and an entity whose test period moves to another level for good: its drift event as well
+    shifted = small_dataset()
+    shifted.test = shifted.test.copy()
+    shifted.test[150:] += 3.0 * shifted.train.std(0)
+    jobs["regime"] = (jobs["pca"][0], shifted)
+    offline["regime"] = stream_offline(artefacts.load(jobs["pca"][0]), shifted, settings)
+    assert [a["state"] for a in offline["regime"].drift] == ["drift"]
+
     streamed = stream_through_kafka(jobs, settings, broker, timeout=300)
 
     base_rate = data.label.mean()
     for name in jobs:
         s, o = streamed[name], offline[name]
-        assert s.model == o.model == f"{name}@1"
+        assert s.model == o.model == f"{'pca' if name == 'regime' else name}@1"
         np.testing.assert_allclose(s.score, o.score, rtol=1e-4, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(s.threshold, o.threshold, rtol=1e-4, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(s.channel, o.channel, rtol=1e-4, atol=1e-5, err_msg=name)
         assert [(a["start"], a["end"]) for a in s.incidents] == [(a["start"], a["end"]) for a in o.incidents], name
+        assert [(a["state"], a["ts"]) for a in s.drift] == [(a["state"], a["ts"]) for a in o.drift], name
+        if name == "regime":
+            continue
         r = report(s, data)
         print(f"{name}: AUC-PR {r['auc_pr']:.3f} (base rate {base_rate:.3f}), point F1 {r['point']['f1']:.3f}, "
               f"HitRate@100% {r['localisation']['hit@100']:.3f}")

@@ -2,6 +2,7 @@
 import asyncio
 import collections
 import threading
+import time
 
 import numpy as np
 import orjson
@@ -133,3 +134,33 @@ def test_trainer_promotes_a_model_for_the_new_mode_and_the_worker_swaps_it_in_li
     assert registry.champion(ENTITY).version == 1 and registry.get(ENTITY, "pca", 2).status == "retired"
     wait_until(lambda: procs.log("worker").count("now served by pca@1") == 2, 30, 0.5,
                lambda: procs.log("worker")[-1500:])
+
+
+def test_a_drift_event_makes_the_running_trainer_retrain_that_entity_at_once(broker, procs, tmp_path):
+    from training.calibration import fit_for_serving
+
+    registry = Registry(tmp_path / "registry")
+    series = normal_history(ENTITY, CHANNELS, 6000, START, seed=5).values
+    v1 = fit_for_serving(PCADetector([f"ch{i}" for i in range(CHANNELS)]), series[:4000], progress=False)
+    v = registry.register(ENTITY, v1, trained_from=START, trained_to=START + 4000, data_hash=data_hash(series[:4000]),
+                          metrics={}, parent=None)
+    v = registry.promote(ENTITY, v.model, v.version)
+    procs.vigil("worker", "--broker", broker, f"--model={ENTITY}={v.path}", *WORKER_FAST, name="worker")
+    wait_until(lambda: "assigned partitions" in procs.log("worker"), 60, 0.5, lambda: procs.log("worker")[-2000:])
+    procs.vigil("trainer", "--broker", broker, "--registry", str(tmp_path / "registry"), "--every", "1h",
+                "--drift-poll", "2s", "--history", "30d", "--min-points", "500", "--generator-epochs", "2",
+                name="trainer")
+    time.sleep(10)  # its first round, on no history yet, is over
+    live = series[4000:].copy()
+    live[500:] = live[500:] * 1.8 + 2.0  # a new operating mode, for good
+    ts = START + 4000 + np.arange(len(live), dtype=np.float64)
+    send(broker, batches(ts, live))
+    wait_until(lambda: any(a["state"] == "drift" for a in read_topic(broker, "vigil.alerts", 4)), 120, 1,
+               lambda: procs.log("worker")[-2000:])
+    drift = next(a for a in read_topic(broker, "vigil.alerts", 4) if a["state"] == "drift")
+    assert drift["entity"] == ENTITY and drift["ts"] >= ts[500] and drift["detail"]["retrain"]
+    wait_until(lambda: any(e["entity"] == ENTITY for e in read_topic(broker, "vigil.models", 1)), 180, 2,
+               lambda: procs.log("trainer")[-3000:])
+    assert f"drift reported for {ENTITY}: retraining now" in procs.log("trainer")
+    alerts = read_topic(broker, "vigil.alerts", 4)
+    assert sum(a["state"] == "drift" for a in alerts) == 1, "one drift event, not one per point"

@@ -86,8 +86,10 @@ def test_quality_benchmark_resumes_and_renders_every_model_and_dataset(tmp_path)
     results = tmp_path / "r.jsonl"
     quality.run(["pca", "iforest"], paths, results, quick=True, progress=False)
     rows = [orjson.loads(x) for x in results.read_bytes().splitlines()]
-    # pca and iforest have no divergence: every variant but fusion=product, on both datasets
-    assert len(rows) == 2 * 2 * (len(quality.VARIANTS) - 1)
+    # pca and iforest have no divergence: every variant but fusion=product, on both datasets; and PCA
+    # with the previous defaults, the baseline, once per dataset
+    assert len(rows) == 2 * 2 * (len(quality.VARIANTS) - 1) + 2
+    assert sum(r["model"] == quality.PREVIOUS for r in rows) == 2
     quality.run(["pca", "iforest"], paths, results, quick=True, progress=False)
     assert len(results.read_bytes().splitlines()) == len(rows), "a second run resumes: nothing redone"
     doc = tmp_path / "b.md"
@@ -97,3 +99,35 @@ def test_quality_benchmark_resumes_and_renders_every_model_and_dataset(tmp_path)
     text = doc.read_text()
     assert text.count(quality.BEGIN) == 1 and "hand-written throughput section" in text
     assert "| pca | " in text and "| iforest | " in text and "| one | two | mean |" in text.replace("model | ", "")
+
+
+def test_evaluation_cannot_read_test_labels_before_the_scores_are_final(tmp_path, monkeypatch):
+    import pytest
+
+    import training.evaluate as evaluate
+    from cli.main import main
+    from training.data import LabelsSealed, seal
+
+    data = small_dataset()
+    sealed = seal(data)
+    with pytest.raises(LabelsSealed):
+        sealed.label
+    with pytest.raises(LabelsSealed):
+        sealed.interpretation
+    det = evaluate.train_or_load("pca", sealed)  # training and scoring run without them
+    stream = evaluate.stream_offline(det, sealed, Settings(score_channels=True))
+    assert evaluate.report(stream, sealed)["point"]["f1"] > 0  # report() unseals, after scoring
+
+    path = tmp_path / "small.npz"
+    np.savez(path, train=data.train, test=data.test, label=data.label, interpretation=data.interpretation)
+    seen = []
+    original = evaluate.train_or_load
+
+    def spy(model, d, *a, **kw):
+        with pytest.raises(LabelsSealed):
+            d.label  # what vigil eval hands to training and scoring is sealed
+        seen.append(d.name)
+        return original(model, d, *a, **kw)
+    monkeypatch.setattr(evaluate, "train_or_load", spy)
+    assert main(["eval", "--model", "pca", "--data", str(path), "--json"]) == 0
+    assert seen == ["small"]

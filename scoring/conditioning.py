@@ -1,0 +1,124 @@
+"""What happens to an entity's fused scores before its threshold judges them, and why.
+
+``Smoother``: the mean of each point's score and its ``k - 1`` predecessors (channel scores alike).
+Faults in plants and servers last from a few points to hours; noise does not. Averaging over a few
+points shrinks the spread of normal scores (isolated spikes of a heavy-tailed score are the commonest
+false alarm) while a sustained fault keeps its level, and the channel ranking of an incident steadies.
+It costs up to ``k - 1`` points of delay on a step, and one-point spikes are diluted (the incident rule,
+2 alarms in 10 points, ignores them anyway).
+
+``Level``: the median of the last ``window`` smoothed scores, against the median of the calibration
+scores. When an entity's scores rise as a whole (a new operating mode, a changed workload: the model
+no longer describes the entity), every point crosses a threshold set for the old level and the
+operator drowns in alarms that say one thing. The threshold is therefore scaled by
+``max(1, recent median / calibration median)``: a departure shorter than half the window (a fault)
+hardly moves the median and alarms as before; a departure longer than that becomes the new level.
+When the recent median itself crosses the calibrated threshold (the typical point would alarm), the
+entity is *drifting*: one ``drift`` event goes out (and a ``drift_end`` when it comes back), which asks
+the trainer for a retrain (docs/contract.md).
+
+Both are exact to replay: each output depends only on the values in its window, summed in the same
+order whatever the micro-batch, and their state saves as JSON.
+"""
+from __future__ import annotations
+
+import base64
+import bisect
+from collections import deque
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def _pack(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, "<f8").tobytes()).decode()
+
+
+def _unpack(s: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), "<f8").copy()
+
+
+class Smoother:
+    def __init__(self, k: int, channels: int):
+        self.k, self.channels = max(1, int(k)), channels
+        self.prev = np.zeros(0)  # the last k - 1 scores
+        self.prev_channel = np.zeros((0, channels))
+
+    def apply(self, score: np.ndarray, channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.k == 1 or not len(score):
+            return score, channel
+        s = np.concatenate([self.prev, score])
+        c = np.concatenate([self.prev_channel, channel.astype(np.float64)])
+        pad = self.k - 1 - len(self.prev)  # an entity's first points: the mean of what there is
+        s_pad = np.concatenate([np.full(pad, np.nan), s])
+        c_pad = np.concatenate([np.full((pad, self.channels), np.nan), c])
+        out = np.nanmean(sliding_window_view(s_pad, self.k), axis=1)
+        out_c = np.nanmean(sliding_window_view(c_pad, self.k, axis=0), axis=2)
+        self.prev, self.prev_channel = s[-(self.k - 1):], c[-(self.k - 1):]
+        return out, out_c
+
+    def smooth(self, scores: np.ndarray) -> np.ndarray:
+        """A whole series at once (calibration scores), from an empty state."""
+        return Smoother(self.k, 1).apply(np.asarray(scores, np.float64), np.zeros((len(scores), 1)))[0]
+
+    def to_state(self) -> dict:
+        return {"k": self.k, "prev": _pack(self.prev), "prev_channel": _pack(self.prev_channel)}
+
+    def load_state(self, state: dict) -> "Smoother":
+        self.prev = _unpack(state["prev"])
+        self.prev_channel = _unpack(state["prev_channel"]).reshape(-1, self.channels)
+        return self
+
+
+class Level:
+    """The recent level of an entity's scores against its calibration (see the module docstring)."""
+
+    MIN_POINTS = 100  # points before the recent median is trusted over the calibration's
+
+    def __init__(self, window: int, base: float, base_threshold: float):
+        self.window = max(1, int(window))
+        self.base = base  # median of the calibration scores (> 0)
+        self.base_threshold = base_threshold  # the threshold as calibrated, at the calibration level
+        self.recent: deque[float] = deque()
+        self.sorted: list[float] = []
+        self.drifting = False
+
+    @classmethod
+    def calibrated(cls, window: int, calibration: np.ndarray, threshold: float) -> "Level":
+        x = np.asarray(calibration, np.float64)
+        base = max(float(np.median(x)), 1e-3 * float(np.mean(np.abs(x))), 1e-12) if x.size else 1.0
+        return cls(window, base, float(threshold))
+
+    def median(self) -> float | None:
+        if len(self.sorted) < min(self.MIN_POINTS, self.window):
+            return None
+        return self.sorted[len(self.sorted) // 2]
+
+    def scales(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per point, the threshold's scale (from the points before it) and whether the entity drifts;
+        then learns the points."""
+        out, drift = np.ones(len(scores)), np.zeros(len(scores), bool)
+        for i, x in enumerate(scores.tolist()):
+            m = self.median()
+            if m is not None:
+                out[i] = max(1.0, m / self.base)
+                self.drifting = m > self.base_threshold
+            drift[i] = self.drifting
+            self.recent.append(x)
+            bisect.insort(self.sorted, x)
+            if len(self.recent) > self.window:
+                old = self.recent.popleft()
+                del self.sorted[bisect.bisect_left(self.sorted, old)]
+        return out, drift
+
+    def to_state(self) -> dict:
+        return {"window": self.window, "base": self.base, "base_threshold": self.base_threshold,
+                "recent": _pack(np.array(self.recent)), "drifting": self.drifting}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Level":
+        obj = cls(state["window"], state["base"], state["base_threshold"])
+        obj.recent = deque(_unpack(state["recent"]).tolist())
+        obj.sorted = sorted(obj.recent)
+        obj.drifting = bool(state["drifting"])
+        return obj

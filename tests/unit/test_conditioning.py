@@ -1,0 +1,67 @@
+"""Score conditioning: smoothing that does not depend on micro-batches, and a threshold that follows a
+new level with one drift event instead of a flood."""
+import asyncio
+import json
+
+import numpy as np
+import orjson
+
+from detectors.pca import PCADetector
+from scoring.codec import encode_readings
+from scoring.conditioning import Level, Smoother
+from scoring.pipeline import Message, Pipeline
+from scoring.settings import Settings
+
+
+def test_smoothing_is_the_same_whatever_the_micro_batches_and_survives_a_restore():
+    rng = np.random.default_rng(0)
+    score, channel = rng.exponential(size=300), rng.exponential(size=(300, 4))
+    whole = Smoother(5, 4).apply(score, channel)
+    parts, sm = [], Smoother(5, 4)
+    for lo, hi in ((0, 1), (1, 7), (7, 130), (130, 131)):
+        parts.append(sm.apply(score[lo:hi], channel[lo:hi]))
+    restored = Smoother(5, 4).load_state(json.loads(json.dumps(sm.to_state())))
+    parts.append(restored.apply(score[131:], channel[131:]))
+    assert np.array_equal(np.concatenate([p[0] for p in parts]), whole[0])
+    assert np.array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+    assert whole[0][0] == score[0] and np.isclose(whole[0][10], score[6:11].mean())
+
+
+def test_a_short_fault_keeps_the_level_and_a_long_departure_becomes_it():
+    rng = np.random.default_rng(1)
+    calib = rng.exponential(size=2000)
+    level = Level.calibrated(1000, calib, threshold=8.0)
+    normal = rng.exponential(size=1000)
+    fault = np.r_[normal[:400], np.full(50, 30.0), normal[450:]]
+    scale, drift = level.scales(fault)
+    assert scale.max() < 1.2 and not drift.any(), "50 points of fault do not move the median of 1000"
+    regime = rng.exponential(size=3000) * 20  # the whole level x20: above the threshold of 8
+    scale, drift = level.scales(regime)
+    assert drift[-1] and scale[-1] > 10, "half a window later the new level is the level, and it drifts"
+    assert np.flatnonzero(drift)[0] < 1000, "within one window"
+    back = Level.from_state(json.loads(json.dumps(level.to_state())))
+    assert back.median() == level.median() and back.drifting
+
+
+def test_a_regime_change_raises_one_drift_event_instead_of_a_flood():
+    rng = np.random.default_rng(2)
+    names = [f"c{i}" for i in range(4)]
+    mix = rng.normal(size=(2, 4))
+    train = rng.normal(size=(3000, 2)) @ mix + 0.1 * rng.normal(size=(3000, 4))
+    det = PCADetector(names).fit(train)
+    live = rng.normal(size=(6000, 2)) @ mix + 0.1 * rng.normal(size=(6000, 4))
+    live[2000:] += rng.normal(size=4) * 3  # the plant moves to another operating point and stays
+    ts = 1.7e9 + np.arange(len(live), dtype=np.float64)
+    msgs = [Message(0, i // 50, b"p", encode_readings("p", ts[i:i + 50], live[i:i + 50], names))
+            for i in range(0, len(live), 50)]
+    pipe = Pipeline(Settings(), {"*": det})
+    alerts, scores = [], []
+    for i in range(0, len(msgs), 10):
+        out = asyncio.run(pipe.process(msgs[i:i + 10]))
+        alerts += [orjson.loads(r.value) for r in out.alerts]
+        scores += [orjson.loads(r.value) for r in out.scores]
+    drift = [a for a in alerts if a["state"] in ("drift", "drift_end")]
+    assert [a["state"] for a in drift] == ["drift"] and drift[0]["ts"] >= ts[2000], drift
+    assert drift[0]["detail"]["retrain"] and drift[0]["detail"]["level_ratio"] > 1
+    alarms = np.array([s > t for m in scores for s, t in zip(m["score"], m["threshold"]) if t is not None])
+    assert alarms[:2000].mean() < 0.05 and alarms[4000:].mean() < 0.05, "no flood after the level caught up"
