@@ -72,9 +72,13 @@ class IsolationForestDetector(Detector):
             node = len(feature)
             if parent is not None:
                 (left if parent[1] == 0 else right)[parent[0]] = node
+            if len(idx) <= 1 or depth >= limit:  # (a split value that rounds onto a bound leaves a side empty)
+                feature.append(-1), threshold.append(0.0), left.append(-1), right.append(-1)
+                size.append(len(idx))
+                continue
             lo, hi = z[idx].min(0), z[idx].max(0)
             splittable = np.flatnonzero(hi > lo)
-            if depth >= limit or len(idx) <= 1 or not len(splittable):
+            if not len(splittable):
                 feature.append(-1), threshold.append(0.0), left.append(-1), right.append(-1)
                 size.append(len(idx))
                 continue

@@ -4,8 +4,9 @@
 Faults in plants and servers last from a few points to hours; noise does not. Averaging over a few
 points shrinks the spread of normal scores (isolated spikes of a heavy-tailed score are the commonest
 false alarm) while a sustained fault keeps its level, and the channel ranking of an incident steadies.
-It costs up to ``k - 1`` points of delay on a step, and one-point spikes are diluted (the incident rule,
-2 alarms in 10 points, ignores them anyway).
+It costs up to ``k - 1`` points of delay on a step, and one-point spikes are diluted. As one raw spike
+now makes up to ``k`` alarms, the incident rule asks for ``k - 1`` more alarms (in a window as much
+longer), so that it still counts distinct evidence (``scoring.pipeline.EntityState``).
 
 ``Level``: the median of the last ``window`` smoothed scores, against the median of the calibration
 scores. When an entity's scores rise as a whole (a new operating mode, a changed workload: the model

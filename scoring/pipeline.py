@@ -144,8 +144,12 @@ class EntityState:
         if detector is not None and settings.calibration == "train" and len(detector.train_reconstruction):
             train = Scores(detector.train_reconstruction, None, detector.train_divergence)
             self.calibrate(fuse(train, settings.fusion, settings.fusion_weight).astype(np.float64), settings)
+        # The incident rule counts raw evidence: a smoothed score carries each raw point into the next
+        # smooth - 1 points, so one spike makes up to ``smooth`` alarms; "open_after alarms within
+        # open_window" is asked of distinct raw points, i.e. smooth - 1 more alarms in a window as much longer.
+        extra = max(settings.smooth, 1) - 1
         self.incidents = IncidentTracker(entity, settings.close_after, settings.update_every, settings.top_k,
-                                         settings.open_after, settings.open_window)
+                                         settings.open_after + extra, settings.open_window + extra)
         self.counts = Counter()
         self.index = {n: i for i, n in enumerate(names)}
         self.layouts: dict[tuple, np.ndarray | slice] = {}  # message channel order -> column indices
