@@ -169,17 +169,28 @@ def decode(raw: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Readings | 
         if len(columns) != width:
             return Rejection(f"bad_values: {len(columns)} channels named, rows have {width}")
         names = list(columns)
+    # magnitude checked on the Python numbers: numpy's reductions cost more than a short row itself
+    # (NaN, an imputed null, compares False)
+    if nulls[0]:
+        too_large = any(abs(v) > FLOAT32_MAX for r in rows for v in r)
+    else:
+        too_large = max(max(map(abs, r)) for r in rows) > FLOAT32_MAX
+    if too_large:
+        return Rejection(_TOO_LARGE)
     arr = np.array(rows, dtype=np.float64)
     return _limits(Readings(entity=entity, ts=np.array(ts_in, dtype=np.float64), values=arr,
-                            names=names or None, missing=nulls[0]))
+                            names=names or None, missing=nulls[0]), magnitude=False)
 
 
-def _limits(r: Readings) -> Readings | Rejection:
+_TOO_LARGE = "non_finite: a value beyond the float32 range (3.4e38)"
+
+
+def _limits(r: Readings, magnitude: bool = True) -> Readings | Rejection:
     """What both parsing paths check last: channel names' length and values' magnitude."""
     if r.names is not None and max(map(len, r.names)) > MAX_NAME:
         return Rejection(f"bad_type: channel names must have at most {MAX_NAME} characters")
-    if r.values.size and np.nanmax(np.abs(r.values), initial=0.0) > FLOAT32_MAX:
-        return Rejection("non_finite: a value beyond the float32 range (3.4e38)")
+    if magnitude and r.values.size and np.nanmax(np.abs(r.values), initial=0.0) > FLOAT32_MAX:
+        return Rejection(_TOO_LARGE)
     return r
 
 

@@ -24,11 +24,7 @@ order whatever the micro-batch, and their state saves as JSON.
 from __future__ import annotations
 
 import base64
-import bisect
-from collections import deque
-
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 
 def _pack(a: np.ndarray) -> str:
@@ -51,12 +47,17 @@ class Smoother:
         s = np.concatenate([self.prev, score])
         c = np.concatenate([self.prev_channel, channel.astype(np.float64)])
         pad = self.k - 1 - len(self.prev)  # an entity's first points: the mean of what there is
-        s_pad = np.concatenate([np.full(pad, np.nan), s])
-        c_pad = np.concatenate([np.full((pad, self.channels), np.nan), c])
-        out = np.nanmean(sliding_window_view(s_pad, self.k), axis=1)
-        out_c = np.nanmean(sliding_window_view(c_pad, self.k, axis=0), axis=2)
+        s_pad = np.concatenate([np.zeros(pad), s])
+        c_pad = np.concatenate([np.zeros((pad, self.channels)), c])
+        n = len(score)
+        # k shifted slices added in a fixed order: each point's sum is the same whatever the batches
+        total, total_c = s_pad[:n].copy(), c_pad[:n].copy()
+        for j in range(1, self.k):
+            total += s_pad[j:j + n]
+            total_c += c_pad[j:j + n]
+        count = np.minimum(self.k, len(self.prev) + 1 + np.arange(n))
         self.prev, self.prev_channel = s[-(self.k - 1):], c[-(self.k - 1):]
-        return out, out_c
+        return total / count, total_c / count[:, None]
 
     def smooth(self, scores: np.ndarray) -> np.ndarray:
         """A whole series at once (calibration scores), from an empty state."""
@@ -72,16 +73,25 @@ class Smoother:
 
 
 class Level:
-    """The recent level of an entity's scores against its calibration (see the module docstring)."""
+    """The recent level of an entity's scores against its calibration (see the module docstring).
+
+    The median is evaluated every ``window // 64`` points of the entity (counted from its first scored
+    point, so at the same points whatever the micro-batches), over the ``window`` points before, and
+    holds in between: in that many points at most 1/64 of the window is new, which cannot move the
+    median far, and a median at every point cost as much as the rest of the pipeline.
+    """
 
     MIN_POINTS = 100  # points before the recent median is trusted over the calibration's
+    EVALUATIONS = 64  # per window
 
     def __init__(self, window: int, base: float, base_threshold: float):
         self.window = max(1, int(window))
+        self.stride = max(1, self.window // self.EVALUATIONS)
         self.base = base  # median of the calibration scores (> 0)
         self.base_threshold = base_threshold  # the threshold as calibrated, at the calibration level
-        self.recent: deque[float] = deque()
-        self.sorted: list[float] = []
+        self.recent = np.zeros(0)  # the last ``window`` scores, oldest first
+        self.seen = 0  # points learnt so far
+        self.scale = 1.0  # as last evaluated
         self.drifting = False
 
     @classmethod
@@ -90,36 +100,45 @@ class Level:
         base = max(float(np.median(x)), 1e-3 * float(np.mean(np.abs(x))), 1e-12) if x.size else 1.0
         return cls(window, base, float(threshold))
 
-    def median(self) -> float | None:
-        if len(self.sorted) < min(self.MIN_POINTS, self.window):
+    def median(self, values: np.ndarray | None = None) -> float | None:
+        """The upper median of ``values`` (default: the recent window); None while too few."""
+        v = self.recent if values is None else values
+        if len(v) < min(self.MIN_POINTS, self.window):
             return None
-        return self.sorted[len(self.sorted) // 2]
+        mid = len(v) // 2
+        return float(np.partition(v, mid)[mid])
 
     def scales(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per point, the threshold's scale (from the points before it) and whether the entity drifts;
         then learns the points."""
-        out, drift = np.ones(len(scores)), np.zeros(len(scores), bool)
-        for i, x in enumerate(scores.tolist()):
-            m = self.median()
-            if m is not None:
-                out[i] = max(1.0, m / self.base)
-                self.drifting = m > self.base_threshold
-            drift[i] = self.drifting
-            self.recent.append(x)
-            bisect.insort(self.sorted, x)
-            if len(self.recent) > self.window:
-                old = self.recent.popleft()
-                del self.sorted[bisect.bisect_left(self.sorted, old)]
+        x = np.asarray(scores, np.float64)
+        out, drift = np.ones(len(x)), np.zeros(len(x), bool)
+        known = len(self.recent)
+        history = np.concatenate([self.recent, x])  # point i of x is history[known + i]
+        i = 0
+        while i < len(x):
+            if (self.seen + i) % self.stride == 0:
+                end = known + i
+                m = self.median(history[max(0, end - self.window):end])
+                if m is not None:
+                    self.scale = max(1.0, m / self.base)
+                    self.drifting = m > self.base_threshold
+            j = min(len(x), i + self.stride - (self.seen + i) % self.stride)
+            out[i:j], drift[i:j] = self.scale, self.drifting
+            i = j
+        self.seen += len(x)
+        self.recent = history[-self.window:]
         return out, drift
 
     def to_state(self) -> dict:
         return {"window": self.window, "base": self.base, "base_threshold": self.base_threshold,
-                "recent": _pack(np.array(self.recent)), "drifting": self.drifting}
+                "recent": _pack(self.recent), "drifting": self.drifting, "seen": self.seen, "scale": self.scale}
 
     @classmethod
     def from_state(cls, state: dict) -> "Level":
         obj = cls(state["window"], state["base"], state["base_threshold"])
-        obj.recent = deque(_unpack(state["recent"]).tolist())
-        obj.sorted = sorted(obj.recent)
+        obj.recent = _unpack(state["recent"])
         obj.drifting = bool(state["drifting"])
+        obj.seen = int(state.get("seen", 0))  # checkpoints before strides: evaluate at the next point
+        obj.scale = float(state.get("scale", 1.0))
         return obj

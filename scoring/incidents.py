@@ -33,39 +33,47 @@ class IncidentTracker:
         self.candidates: list[list] = []  # recent alarms while no incident is open: [point no, ts, channels]
 
     def observe(self, ts, score, threshold, alarm, channel, recon, divergence, names, model) -> list[Alert]:
-        """Feed points in order; return the alert messages they cause."""
+        """Feed points in order; return the alert messages they cause. Python visits the alarms only:
+        a quiet stretch is one step (it closes the open incident if it is long enough)."""
         first = self.seen
         self.seen += len(ts)
         if self.open is None and not self.candidates and not alarm.any():
             return []
         out = []
-        for i in range(len(ts)):
+        alarms = np.flatnonzero(alarm).tolist()
+        alarms.append(len(ts))  # a sentinel: the stretch after the last alarm
+        i = 0
+        for nxt in alarms:  # points i .. nxt - 1 are quiet, nxt alarms (unless it is the sentinel)
             inc = self.open
-            if alarm[i] and inc is None:
-                inc = self._candidate(first + i, float(ts[i]), channel[i])
+            if inc is not None and nxt > i:
+                need = self.close_after - inc["quiet"]
+                if nxt - i >= need:  # closes at the quiet point that completes close_after
+                    out.append(self._message(inc, "close", ts[i + need - 1], names, model))
+                    self.open = inc = None
+                else:
+                    inc["quiet"] += nxt - i
+            if nxt == len(ts):
+                break
+            i = nxt + 1
+            if inc is None:
+                inc = self._candidate(first + nxt, float(ts[nxt]), channel[nxt])
                 if inc is None:
                     continue
-            if alarm[i]:
-                inc["end"] = float(ts[i])
-                inc["channel_sum"] = inc["channel_sum"] + channel[i]
-                inc["quiet"] = 0
-                if score[i] > inc["peak"]:
-                    inc["peak"], inc["threshold"] = float(score[i]), float(threshold[i])
-                    inc["recon"] = float(recon[i])
-                    inc["div"] = None if divergence is None else float(divergence[i])
-                if not inc["top"]:
-                    out.append(self._message(inc, "open", ts[i], names, model))
-                else:
-                    inc["since_update"] += 1
-                    if inc["since_update"] >= self.update_every:
-                        top = [c["channel"] for c in top_channels(inc["channel_sum"], names, self.top_k)]
-                        if top != inc["top"]:
-                            out.append(self._message(inc, "update", ts[i], names, model))
-            elif inc is not None:
-                inc["quiet"] += 1
-                if inc["quiet"] >= self.close_after:
-                    out.append(self._message(inc, "close", ts[i], names, model))
-                    self.open = None
+            inc["end"] = float(ts[nxt])
+            inc["channel_sum"] = inc["channel_sum"] + channel[nxt]
+            inc["quiet"] = 0
+            if score[nxt] > inc["peak"]:
+                inc["peak"], inc["threshold"] = float(score[nxt]), float(threshold[nxt])
+                inc["recon"] = float(recon[nxt])
+                inc["div"] = None if divergence is None else float(divergence[nxt])
+            if not inc["top"]:
+                out.append(self._message(inc, "open", ts[nxt], names, model))
+            else:
+                inc["since_update"] += 1
+                if inc["since_update"] >= self.update_every:
+                    top = [c["channel"] for c in top_channels(inc["channel_sum"], names, self.top_k)]
+                    if top != inc["top"]:
+                        out.append(self._message(inc, "update", ts[nxt], names, model))
         return out
 
     def _candidate(self, now: int, ts: float, channels: np.ndarray) -> dict | None:

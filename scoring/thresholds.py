@@ -259,10 +259,10 @@ class Threshold:
             raise RuntimeError(f"{self.kind} threshold is not calibrated; call calibrate() first")
         thresholds = np.empty(x.size, dtype=np.float64)
         alarms = np.zeros(x.size, dtype=bool)
-        self._run(x.tolist(), thresholds, alarms)
+        self._run(x, thresholds, alarms)
         return thresholds, alarms
 
-    def _run(self, xs: list[float], thresholds: np.ndarray, alarms: np.ndarray) -> None:
+    def _run(self, xs: np.ndarray, thresholds: np.ndarray, alarms: np.ndarray) -> None:
         raise NotImplementedError
 
     def to_state(self) -> dict:
@@ -370,14 +370,30 @@ class SpotThreshold(Threshold):
                 self._update_z()
 
     def _run(self, xs, thresholds, alarms) -> None:
-        observe = self._observe
-        for i, x in enumerate(xs):
+        """The author's loop, visiting only the points that can change the state.
+
+        z_q moves only at a peak (a finite non-alarm above t) and is never below t, so between two
+        points above t nothing alarms and the threshold is constant: those stretches are counted with
+        numpy, and Python loops
+        over the points above t alone (about 1 - level of them), with the same result point by point.
+        """
+        x, t = xs, self._t
+        finite = np.concatenate([[0], np.cumsum(np.isfinite(x))])  # finite points before each index
+        start = 0
+        for j in [*np.flatnonzero(x > t).tolist(), len(x)]:
+            if j > start:  # at or below t (or NaN): no peak, no alarm (z_q >= t), z_q constant
+                thresholds[start:j] = self._z
+                self._n += int(finite[j] - finite[start])
+            if j == len(x):
+                break
             z = self._z
-            thresholds[i] = z
-            if x > z:
-                alarms[i] = True           # not learnt from, n not incremented (discard anomalies)
-            elif math.isfinite(x):
-                observe(x)
+            thresholds[j] = z
+            v = float(x[j])
+            if v > z:
+                alarms[j] = True  # not learnt from, n not incremented (discard anomalies)
+            elif math.isfinite(v):
+                self._observe(v)
+            start = j + 1
 
     def to_state(self) -> dict:
         return {"kind": self.kind, "version": _STATE_VERSION, "params": self.params,
@@ -457,6 +473,7 @@ class DSpotThreshold(Threshold):
         self._window = deque(x[-self.depth:].tolist(), maxlen=self.depth)
 
     def _run(self, xs, thresholds, alarms) -> None:
+        xs = xs.tolist()
         spot, window = self._spot, self._window
         for i, x in enumerate(xs):
             m = self._mean()
@@ -531,6 +548,7 @@ class PercentileThreshold(Threshold):
         self._load(x[-self.window:].tolist())
 
     def _run(self, xs, thresholds, alarms) -> None:
+        xs = xs.tolist()
         quantile, values = self._quantile, self._values
         for i, x in enumerate(xs):
             z = quantile.get()

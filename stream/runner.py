@@ -81,6 +81,7 @@ class Runner:
         # More than this without a confirmation and the group may have moved on without us.
         self.fence_after = min(settings.session_timeout, settings.rebalance_timeout) / 2
         self.timings = defaultdict(float)
+        self.first_fetch: float | None = None  # wall clock of the first readings this process fetched
         pipeline.loader = self.load_states
 
     def tp(self, partition: int) -> TopicPartition:
@@ -177,6 +178,10 @@ class Runner:
         async with self.lock:
             mine = self.recovered
             messages = [m for m in messages if m.partition in mine]  # fetched before a rebalance
+            if messages and self.first_fetch is None:
+                self.first_fetch = time.time()
+                # one line per process; bench/throughput.py times the worker from it
+                log.warning("first readings fetched at %.6f (unix time)", self.first_fetch)
             t0 = time.perf_counter()
             out = await self.pipeline.process(messages)
             t1 = time.perf_counter()

@@ -65,3 +65,20 @@ def test_a_regime_change_raises_one_drift_event_instead_of_a_flood():
     assert drift[0]["detail"]["retrain"] and drift[0]["detail"]["level_ratio"] > 1
     alarms = np.array([s > t for m in scores for s, t in zip(m["score"], m["threshold"]) if t is not None])
     assert alarms[:2000].mean() < 0.05 and alarms[4000:].mean() < 0.05, "no flood after the level caught up"
+
+
+def test_the_level_is_the_same_whatever_the_micro_batches_and_survives_a_restore():
+    rng = np.random.default_rng(3)
+    x = rng.exponential(size=4000) * np.r_[np.ones(2000), np.full(2000, 15.0)]
+    whole = Level(640, 1.0, 8.0).scales(x)
+    level, parts = Level(640, 1.0, 8.0), []
+    for lo, hi in ((0, 1), (1, 333), (333, 2500)):
+        parts.append(level.scales(x[lo:hi]))
+    level = Level.from_state(json.loads(json.dumps(level.to_state())))
+    parts.append(level.scales(x[2500:]))
+    assert np.array_equal(np.concatenate([p[0] for p in parts]), whole[0])
+    assert np.array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+    # evaluated every 640 // 64 = 10 points, from the 100 points before, exactly
+    assert len(set(whole[0][3000:3010])) == 1 and whole[0][3010] != whole[0][3000]
+    assert whole[0][3000] == max(1.0, float(np.sort(x[3000 - 640:3000])[320]))
+    assert whole[1][-1] and not whole[1][1000]

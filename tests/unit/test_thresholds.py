@@ -345,3 +345,34 @@ def test_integral_float_params_are_accepted():
     th = make_threshold("dspot", max_excess=500.0, depth=100.0, refit_every=1.0)
     assert th.params["depth"] == 100 and isinstance(th.params["depth"], int)
     assert make_threshold("percentile", window=5000.0).params["window"] == 5000
+
+
+def _spot_point_by_point(th: SpotThreshold, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The author's loop, one point at a time: the reference for SPOT's stretch-wise _run."""
+    thresholds, alarms = np.empty(len(x)), np.zeros(len(x), bool)
+    for i, v in enumerate(x.tolist()):
+        thresholds[i] = th._z
+        if v > th._z:
+            alarms[i] = True
+        elif math.isfinite(v):
+            th._observe(v)
+    return thresholds, alarms
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_spot_skipping_stretches_below_t_changes_nothing(seed):
+    rng = np.random.default_rng(seed)
+    calib = rng.exponential(size=2000)
+    x = rng.exponential(size=5000) * rng.choice([1.0, 3.0], size=5000, p=[0.9, 0.1])
+    x[rng.integers(0, 5000, 20)] = np.nan
+    x[rng.integers(0, 5000, 5)] = np.inf
+    if seed % 2:  # a quiet stretch: q n / Nt above 1, z_q held at t
+        x[1000:4000] *= 0.01
+    fast, ref = SpotThreshold(q=1e-2), SpotThreshold(q=1e-2)
+    fast.calibrate(calib)
+    ref.calibrate(calib)
+    got = [fast.step(x[lo:hi]) for lo, hi in ((0, 1), (1, 777), (777, 5000))]
+    want = _spot_point_by_point(ref, x)
+    assert np.array_equal(np.concatenate([g[0] for g in got]), want[0])
+    assert np.array_equal(np.concatenate([g[1] for g in got]), want[1])
+    assert fast.to_state() == ref.to_state()
