@@ -116,7 +116,7 @@ class Worker:
         self.log_path = log_path
         wrap = []
         if self.profile is not None:
-            wrap = ["py-spy", "record", "--format", "raw", "--rate", "200", "--nonblocking", "--idle", "--threads",
+            wrap = ["py-spy", "record", "--format", "raw", "--rate", "200", "--nonblocking", "--threads",
                     "-o", str(self.profile / f"worker-{prefix}.txt"), "--"]
         self.proc = subprocess.Popen(
             [*wrap, sys.executable, "-m", "cli", "worker", "--broker", broker, *model_args, "--partitions",

@@ -24,6 +24,7 @@ order whatever the micro-batch, and their state saves as JSON.
 from __future__ import annotations
 
 import base64
+
 import numpy as np
 
 

@@ -50,7 +50,7 @@ class Settings:
     # windows and micro-batches
     window: int = 32
     hop: int = 16
-    batch_size: int = 1000  # messages per micro-batch
+    batch_size: int = 5000  # messages per micro-batch (at most: a fetch may hold fewer)
     batch_wait: float = 0.1  # seconds a micro-batch waits for more messages
     checkpoint_interval: float = 1.0
     # models: entity -> artefact directory; "*" is the default for entities with matching channels

@@ -65,3 +65,43 @@ def test_oversized_and_empty():
 def test_too_many_values():
     raw = orjson.dumps({"entity": "p", "ts": 1, "values": list(range(5000))})
     assert code(raw) == "too_many_values"
+
+
+def _batch(rows: list, ts=None, channels=None) -> bytes:
+    msg = {"entity": "pump-7", "ts": ts if ts is not None else [1.0e9 + i for i in range(len(rows))], "values": rows}
+    if channels is not None:
+        msg["channels"] = channels
+    return orjson.dumps(msg)
+
+
+def test_large_batches_decode_the_same_through_simdjson_and_the_general_path(monkeypatch):
+    from scoring import codec
+
+    rng = np.random.default_rng(0)
+    good = rng.normal(size=(60, 12)).round(6).tolist()
+    cases = [
+        _batch(good), _batch(good, channels=[f"c{i}" for i in range(12)]),
+        _batch([[int(v * 100) for v in row] for row in good]),  # integers
+        _batch([[0.0, 1.0] * 6 for _ in range(60)]),  # zeros and ones, no booleans
+        _batch([row[:-1] + [None] for row in good]),  # nulls: imputed by the general path
+        _batch([row[:-1] + [True] for row in good]),  # a boolean: bad_type
+        _batch([row[:-1] + ["1.5"] for row in good]),  # a string: bad_type
+        _batch(good[:-1] + [good[-1][:-1]]),  # ragged
+        _batch(good[:-2] + [good[-2][:-1], good[-1] + [1.0]]),  # ragged, same total
+        _batch(good[:-1] + [good[-1][:-1] + [1e39]]),  # beyond float32: non_finite
+        _batch(good, channels=["a"] * 12), _batch(good, channels=[f"c{i}" for i in range(11)]),
+        _batch(good, ts=[1.0] * 59),  # fewer ts than rows
+    ]
+    for raw in cases:
+        assert len(raw) >= codec.SIMD_MIN_BYTES
+        fast = codec.decode(raw)
+        with monkeypatch.context() as m:
+            m.setattr(codec, "SIMD_MIN_BYTES", 1 << 30)
+            slow = codec.decode(raw)
+        assert type(fast) is type(slow), raw[:80]
+        if isinstance(slow, codec.Rejection):
+            assert fast.code == slow.code
+        else:
+            assert fast.entity == slow.entity and fast.names == slow.names and fast.missing == slow.missing
+            assert np.array_equal(fast.ts, slow.ts) and np.array_equal(fast.values, slow.values, equal_nan=True)
+            assert fast.values.flags.writeable
