@@ -161,8 +161,11 @@ class TorchDetector(Detector):
         if s.divergence is not None:
             self.train_divergence = s.divergence[:, last].reshape(-1).astype(np.float32)
 
-    def _raw_scores(self, z: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray | None]:
+    infer_chunk = 512  # windows per forward pass (bench/gpu.py varies it)
+
+    def _raw_scores(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         errs, divs = [], []
+        chunk = self.infer_chunk
         with torch.no_grad():
             for start in range(0, len(z), chunk):
                 xb = torch.from_numpy(np.ascontiguousarray(z[start:start + chunk])).to(self.device)

@@ -81,6 +81,7 @@ class Runner:
         # More than this without a confirmation and the group may have moved on without us.
         self.fence_after = min(settings.session_timeout, settings.rebalance_timeout) / 2
         self.timings = defaultdict(float)
+        self.unacked: list = []  # (output kind, partition, delivery future) handed to the producer
         self.first_fetch: float | None = None  # wall clock of the first readings this process fetched
         pipeline.loader = self.load_states
 
@@ -197,17 +198,27 @@ class Runner:
                 self.pending[m.partition] = max(self.pending.get(m.partition, 0), last + 1)
 
     async def publish(self, out: Outputs) -> None:
+        """Hand a micro-batch's outputs to the producer. Their acknowledgements are awaited at the next
+        checkpoint (``settle``), before any offset is committed: the next micro-batch is processed
+        while the broker acknowledges this one."""
         topics = self.settings.topics
-        futures = []
         for kind in BATCH_OUTPUTS:
             name = getattr(topics, kind)
             for r in getattr(out, kind):
-                futures.append((kind, r.partition,
-                                await self.producer.send(name, r.value, key=r.key, partition=r.partition)))
-        for kind, partition, fut in futures:
+                self.unacked.append((kind, r.partition, await self.producer.send(name, r.value, key=r.key,
+                                                                                  partition=r.partition)))
+        if len(self.unacked) > 10_000:  # bound what a checkpoint has to wait for
+            await self.settle()
+
+    async def settle(self) -> None:
+        """Wait until the broker has acknowledged every output handed over so far; record their offsets
+        (a checkpoint stores them, so that a restart does not publish them again)."""
+        pending, self.unacked = self.unacked, []
+        for kind, partition, fut in pending:
             meta = await fut
-            offs = self.pipeline.partitions[partition].out_offsets
-            offs[kind] = max(offs.get(kind, -1), meta.offset)
+            if partition in self.recovered:  # a partition lost meanwhile: its new owner dedupes
+                offs = self.pipeline.partitions[partition].out_offsets
+                offs[kind] = max(offs.get(kind, -1), meta.offset)
 
     # ---- membership -----------------------------------------------------------------------------
     async def confirm(self) -> bool:
@@ -243,6 +254,7 @@ class Runner:
             if self.producer is None or not self.recovered:
                 return
             t0 = time.perf_counter()
+            await self.settle()
             if not await self.confirm():
                 return
             parts = set(self.pending) | {p for p, s in self.pipeline.partitions.items() if s.dirty}
