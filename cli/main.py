@@ -15,6 +15,30 @@ import orjson
 from detectors import artefacts
 from scoring.settings import CALIBRATIONS, DEFAULT_BROKER, Settings, Topics, broker_from_env
 from stream.kafka import BrokerUnavailable, check_broker
+from training.data import DataError
+
+ArtefactError = artefacts.ArtefactError
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line that says where to look (its default prints the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {value}")
+    return value
 
 
 def _broker_arg(p: argparse.ArgumentParser) -> None:
@@ -55,26 +79,26 @@ def _scoring_args(p: argparse.ArgumentParser, publishes: bool = True) -> None:
     from scoring import fusion, thresholds
 
     d = Settings()
-    p.add_argument("--window", type=int, default=d.window)
-    p.add_argument("--hop", type=int, default=d.hop)
+    p.add_argument("--window", type=_positive, default=d.window)
+    p.add_argument("--hop", type=_positive, default=d.hop)
     p.add_argument("--threshold", choices=sorted(thresholds.KINDS), default=d.threshold)
     p.add_argument("--threshold-param", type=_param, action="append", default=[], metavar="NAME=VALUE",
                    help="; ".join(f"{k}: {', '.join(thresholds.parameters(k))}" for k in sorted(thresholds.KINDS)))
     p.add_argument("--calibration", choices=CALIBRATIONS, default=d.calibration,
                    help="calibrate thresholds on the model's training scores or on each entity's first points")
-    p.add_argument("--calibration-points", type=int, default=d.calibration_points)
+    p.add_argument("--calibration-points", type=_positive, default=d.calibration_points)
     p.add_argument("--cold-calibration-points", type=int, default=d.cold_calibration_points,
                    help="points after the cold-start detector's warm-up that calibrate a model-less entity's threshold")
     p.add_argument("--fusion", choices=fusion.RULES, default=d.fusion)
-    p.add_argument("--smooth", type=int, default=d.smooth, help="points a score is averaged over (1: none)")
+    p.add_argument("--smooth", type=_positive, default=d.smooth, help="points a score is averaged over (1: none)")
     p.add_argument("--level-window", type=int, default=d.level_window,
                    help="points of recent scores the threshold's level follows (default: as many as it was "
                         "calibrated on, within 500..5000; 0: off)")
-    p.add_argument("--top-k", type=int, default=d.top_k)
-    p.add_argument("--open-after", type=int, default=d.open_after,
+    p.add_argument("--top-k", type=_positive, default=d.top_k)
+    p.add_argument("--open-after", type=_positive, default=d.open_after,
                    help="alarms within --open-window points that open an incident")
-    p.add_argument("--open-window", type=int, default=d.open_window)
-    p.add_argument("--close-after", type=int, default=d.close_after,
+    p.add_argument("--open-window", type=_positive, default=d.open_window)
+    p.add_argument("--close-after", type=_positive, default=d.close_after,
                    help="points without an alarm that close an incident")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     if publishes:  # only the worker publishes scores (eval always asks for per-channel ones)
@@ -83,7 +107,7 @@ def _scoring_args(p: argparse.ArgumentParser, publishes: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vigil", description="Streaming anomaly detection on Kafka.")
+    parser = _Parser(prog="vigil", description="Streaming anomaly detection on Kafka.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (tansu) in the foreground")
@@ -96,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=[], metavar="[ENTITY=]PATH",
                    help="model artefact directory, for one entity (ENTITY=PATH) or for every entity "
                         "whose channels match (PATH); entities without a model use the cold-start detector")
-    p.add_argument("--partitions", type=int, default=d.partitions,
+    p.add_argument("--partitions", type=_positive, default=d.partitions,
                    help="partitions of vigil.readings when it is created (outputs follow its count)")
     p.add_argument("--replication", type=int, default=d.replication,
                    help="replication factor of the topics created on first start")
@@ -104,20 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     _topics_arg(p)
     p.add_argument("--detector", default=None, metavar="HOST:PORT",
                    help="score in a `vigil detector` process (e.g. one per GPU) instead of in this process")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="messages per micro-batch")
+    p.add_argument("--batch-size", type=_positive, default=d.batch_size, help="messages per micro-batch")
     p.add_argument("--batch-wait", type=float, default=d.batch_wait, help="seconds a micro-batch waits")
     _scoring_args(p)
     p.add_argument("--checkpoint-interval", type=float, default=d.checkpoint_interval)
-    p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
+    p.add_argument("--max-message-bytes", type=_positive, default=d.max_message_bytes,
                    help="larger readings messages are dead-lettered (oversized)")
     p.add_argument("--max-future", type=_duration, default=d.max_future,
                    help="readings further ahead of their record's Kafka timestamp are dead-lettered "
                         "(future_ts); 0: off")
     p.add_argument("--entity-ttl", type=_duration, default=d.entity_ttl,
                    help="idle time after which an entity leaves memory (restored on its next reading); 0: never")
-    p.add_argument("--max-live-entities", type=int, default=d.max_live_entities,
+    p.add_argument("--max-live-entities", type=_positive, default=d.max_live_entities,
                    help="entities kept in memory; the least recently seen are evicted beyond it")
-    p.add_argument("--max-entities", type=int, default=d.max_entities,
+    p.add_argument("--max-entities", type=_positive, default=d.max_entities,
                    help="entities a worker holds, in memory or evicted; readings of more are dead-lettered")
     p.add_argument("--session-timeout", type=float, default=d.session_timeout)
     p.add_argument("--rebalance-timeout", type=float, default=d.rebalance_timeout)
@@ -140,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", required=True,
                    help="dataset: .npz, a folder of .npz (SMAP/MSL), SMD text, telemanom or CSV; repeatable")
     p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=_positive, default=None)
     p.add_argument("--through-kafka", action="store_true",
                    help="replay through a broker and a worker instead of the in-process pipeline")
     _broker_arg(p)
@@ -167,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=artefacts.DEFAULT_MODEL, choices=list(artefacts.MODELS),
                    help="model to train per entity")
     p.add_argument("--preset", default=None)
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=_positive, default=None)
     p.add_argument("--every", type=_duration, default=_duration("6h"), help="interval, e.g. 30m, 6h, 1d")
     p.add_argument("--history", type=_duration, default=_duration("7d"),
                    help="history per entity, back from its newest reading (its own clock)")
@@ -177,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-poll", type=_duration, default=_duration("30s"),
                    help="between rounds, how often to look for drift events and retrain those entities")
     p.add_argument("--entities", default=None, help="comma-separated subset")
-    p.add_argument("--min-points", type=int, default=1000)
+    p.add_argument("--min-points", type=_positive, default=1000)
     p.add_argument("--generator-epochs", type=int, default=None, help="GenIAS epochs for the generated anomalies")
     _scoring_args(p, publishes=False)
 
@@ -196,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="publish readings of a simulated plant with injected anomalies")
     _broker_arg(p)
     _topics_arg(p)
-    p.add_argument("--entities", type=int, default=4)
-    p.add_argument("--channels", type=int, default=12)
-    p.add_argument("--points", type=int, default=3000, help="points per entity")
+    p.add_argument("--entities", type=_positive, default=4)
+    p.add_argument("--channels", type=_positive, default=12)
+    p.add_argument("--points", type=_positive, default=3000, help="points per entity")
     p.add_argument("--rate", type=float, default=0.0, help="points per second per entity (0: as fast as possible)")
     p.add_argument("--start", type=float, default=None,
                    help="first timestamp, one second per point (default: the series ends now)")
@@ -226,17 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a detector on a dataset's train split and save an artefact")
     p.add_argument("--model", default=artefacts.DEFAULT_MODEL, choices=list(artefacts.MODELS))
     p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=_positive, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--data", required=True, help="dataset whose train split to learn: .npz, a folder of .npz "
                                                  "(SMAP/MSL), SMD text, telemanom or CSV")
     p.add_argument("--out", required=True, help="artefact directory to write")
 
     p = sub.add_parser("demo", help="broker + worker + simulator, printing alerts as they happen")
-    p.add_argument("--entities", type=int, default=4)
-    p.add_argument("--channels", type=int, default=12)
+    p.add_argument("--entities", type=_positive, default=4)
+    p.add_argument("--channels", type=_positive, default=12)
     p.add_argument("--rate", type=float, default=20.0, help="points per second per entity")
-    p.add_argument("--points", type=int, default=100_000)
+    p.add_argument("--points", type=_positive, default=100_000)
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--port", type=int, default=9092)
     p.add_argument("--workdir", default=".vigil/demo")
@@ -256,8 +280,15 @@ def settings_from_args(args) -> Settings:
         setattr(s, name, getattr(args, name, getattr(s, name)))
     s.topics = Topics.named(getattr(args, "topic_prefix", "vigil"))
     types = thresholds.parameters(s.threshold)
-    s.threshold_params = {k: types[k](v) if types.get(k) is int and float(v).is_integer() else v
+    unknown = [k for k, _ in args.threshold_param if k not in types]
+    if unknown:
+        raise UsageError(f"--threshold-param {unknown[0]}: {s.threshold} takes {', '.join(sorted(types))}")
+    s.threshold_params = {k: types[k](v) if types[k] is int and float(v).is_integer() else v
                           for k, v in args.threshold_param}
+    try:
+        thresholds.make_threshold(s.threshold, **{**thresholds.DEFAULTS.get(s.threshold, {}), **s.threshold_params})
+    except ValueError as exc:
+        raise UsageError(f"--threshold-param: {exc}") from None
     return s
 
 
@@ -288,6 +319,9 @@ def cmd_eval(args) -> int:
     from training.evaluate import report, stream_offline, train_or_load
     from training.report import print_report
 
+    if not artefacts.is_artefact(args.model) and args.model not in artefacts.MODELS:
+        raise UsageError(f"--model {args.model}: neither a model name ({', '.join(artefacts.MODELS)}) nor a "
+                         f"model artefact folder (one that `vigil train` wrote)")
     settings = settings_from_args(args)
     settings.score_channels = True
     config = _model_config(args)
@@ -296,8 +330,6 @@ def cmd_eval(args) -> int:
         det = train_or_load(args.model, data, args.device, **config)
         if args.through_kafka:
             import tempfile
-
-            from detectors import artefacts
 
             with tempfile.TemporaryDirectory(prefix="vigil-eval-model-") as tmp:
                 artefact = args.model if artefacts.is_artefact(args.model) else artefacts.save(det, Path(tmp) / "m")
@@ -395,10 +427,13 @@ def cmd_promote(args) -> int:
 def cmd_models(args) -> int:
     from training.registry import Registry, format_table, table
 
+    if not Path(args.registry).is_dir():
+        raise UsageError(f"no registry at {args.registry}: `vigil trainer --registry {args.registry}` creates it")
     rows = table(Registry(args.registry).versions())
     if not rows:
-        print(f"vigil: no models registered in {args.registry}", file=sys.stderr)
-        return 0
+        print(f"vigil: no models registered in {args.registry} yet: `vigil trainer --once` trains the first ones",
+              file=sys.stderr)
+        return 1
     if args.json:
         for r in rows:
             print(orjson.dumps(r).decode())
@@ -490,8 +525,12 @@ def main(argv: list[str] | None = None) -> int:
                "detector": cmd_detector, "promote": cmd_promote}[args.command]
     try:
         return handler(args)
-    except BrokerUnavailable as exc:
+    except (BrokerUnavailable, UsageError, DataError, ArtefactError) as exc:
         print(f"vigil: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the user named; a network error reaching a service
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"vigil: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -108,28 +108,38 @@ def is_artefact(path: str | os.PathLike) -> bool:
     return Path(path, "model.json").is_file()
 
 
+class ArtefactError(ValueError):
+    """A path that is not a readable model artefact; the message says which and what to do."""
+
+
 def metadata(path: str | os.PathLike) -> dict:
     """An artefact's ``model.json`` (name, version, channels, config, ...) without loading its tensors."""
     path = Path(path)
     try:
         meta = json.loads((path / "model.json").read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is not a Vigil model artefact (no model.json)") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: artefact format {meta.get('format')} is not {FORMAT}")
+        raise ArtefactError(f"{path} is not a Vigil model artefact (no model.json; `vigil train` writes one)") from None
+    except (OSError, ValueError) as exc:
+        raise ArtefactError(f"{path}/model.json cannot be read ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtefactError(f"{path}: not a Vigil model artefact of format {FORMAT}")
     return meta
 
 
 def load(path: str | os.PathLike) -> Detector:
     path = Path(path)
     meta = metadata(path)
-    detector = create(meta["name"], meta["channels"], **meta["config"])
-    detector.info.version = str(meta["version"])
-    tensors = load_file(str(path / "model.safetensors"))
-    detector.train_reconstruction = tensors.pop("train_reconstruction")
-    detector.train_divergence = tensors.pop("train_divergence", None)
-    detector.calibration_source = meta.get("calibration", "train")
-    detector.load_tensors(tensors)
+    try:
+        detector = create(meta["name"], meta["channels"], **meta["config"])
+        detector.info.version = str(meta["version"])
+        tensors = load_file(str(path / "model.safetensors"))
+        detector.train_reconstruction = tensors.pop("train_reconstruction")
+        detector.train_divergence = tensors.pop("train_divergence", None)
+        detector.calibration_source = meta.get("calibration", "train")
+        detector.load_tensors(tensors)
+    except Exception as exc:  # noqa: BLE001 - whatever is broken, the artefact is; say so in one line
+        raise ArtefactError(f"{path}: a broken model artefact ({type(exc).__name__}: {exc}); retrain it with "
+                            f"`vigil train`") from exc
     return detector
 
 

@@ -41,6 +41,7 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> int:
         except ValueError as exc:
             print(f"vigil: {exc}", file=sys.stderr)
             return 2
+    models = load_models(settings)  # a bad artefact path is the user's to fix: before any broker work
     check_broker(settings.broker)
     from aiokafka import codec
 
@@ -61,7 +62,6 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> int:
         return 2
     settings.partitions = readings
     asyncio.run(ensure_topics(settings.broker, [settings.topics.models], 1, settings.replication))
-    models = load_models(settings)
 
     from faust.worker import Worker
 

@@ -153,17 +153,33 @@ def load_csv(path: Path, train_fraction: float = 0.5) -> Dataset:
     return Dataset(path.stem, values[:cut], values[cut:], label[cut:], [header[i] for i in keep])
 
 
+class DataError(ValueError):
+    """A dataset path that cannot be read; the message says which and what Vigil reads."""
+
+
+LAYOUTS = ("an .npz with train, test and label arrays, a folder of them (SMAP/MSL), a telemanom folder "
+           "(labeled_anomalies.csv), SMD text (train/, test/, test_label/) or a CSV")
+
+
 def load(path: str | Path, **kw) -> Dataset:
-    """Any supported layout, by what is on disk."""
+    """Any supported layout, by what is on disk; a DataError with a one-line reason otherwise."""
     p = Path(path)
-    if p.suffix == ".npz":
-        return load_npz(p)
-    if p.suffix == ".csv":
-        return load_csv(p, **kw)
-    if p.is_dir() and (p / "labeled_anomalies.csv").exists():
-        return load_telemanom(p, **kw)
-    if p.is_dir() and any(p.glob("*.npz")):
-        return load_npz_folder(p)
-    if (p.parent / "train" / f"{p.name}.txt").exists():
-        return load_smd_text(p.parent, p.name)
-    raise FileNotFoundError(f"{path}: not a dataset Vigil can read (see training/data.py)")
+    if not p.exists() and not (p.parent / "train" / f"{p.name}.txt").exists():
+        raise DataError(f"{path}: no such file or folder")
+    try:
+        if p.suffix == ".npz":
+            return load_npz(p)
+        if p.suffix == ".csv":
+            return load_csv(p, **kw)
+        if p.is_dir() and (p / "labeled_anomalies.csv").exists():
+            return load_telemanom(p, **kw)
+        if p.is_dir() and any(p.glob("*.npz")):
+            return load_npz_folder(p)
+        if (p.parent / "train" / f"{p.name}.txt").exists():
+            return load_smd_text(p.parent, p.name)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader's failure means the same to the user
+        raise DataError(f"{path}: cannot be read as a dataset ({type(exc).__name__}: {exc}); Vigil reads "
+                        f"{LAYOUTS}") from exc
+    raise DataError(f"{path}: not a dataset layout Vigil reads; it reads {LAYOUTS}")

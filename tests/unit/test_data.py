@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import load
+from training.data import DataError, load
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -51,5 +51,8 @@ def test_csv_with_label_column(tmp_path):
 
 
 def test_unknown_layout(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError, match="no such file"):
         load(tmp_path / "nothing")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="not a dataset layout"):
+        load(tmp_path / "notes.txt")

@@ -51,7 +51,7 @@ def test_unknown_model_and_bad_input():
         artefacts.create("nope", ["a"])
     with pytest.raises(ValueError):
         PCADetector(["a", "b"]).fit(np.array([[1.0, np.nan]]))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(artefacts.ArtefactError, match="not a Vigil model artefact"):
         artefacts.load("/nonexistent")
 
 

@@ -1,0 +1,72 @@
+"""Every user mistake on the command line: one line that says what is wrong and what to do, a
+non-zero exit, never a traceback."""
+import json
+
+import numpy as np
+import pytest
+
+from cli.main import main
+from detectors import artefacts
+from detectors.pca import PCADetector
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "good.npz", train=rng.normal(size=(300, 3)), test=rng.normal(size=(200, 3)),
+             label=np.zeros(200, np.int8))
+    (tmp_path / "bad.npz").write_text("not a zip")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "model.json").write_text("{")
+    good = artefacts.save(PCADetector(["a", "b", "c"]).fit(rng.normal(size=(300, 3))), tmp_path / "model")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text((good / "model.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
+    (tmp_path / "registry").mkdir()
+    return tmp_path
+
+
+MISTAKES = {
+    "unknown model to train": ("train --model nope --data {t}/good.npz --out {t}/out", "invalid choice: 'nope'"),
+    "missing data file": ("train --model pca --data {t}/missing.npz --out {t}/out", "no such file"),
+    "unreadable data file": ("train --model pca --data {t}/bad.npz --out {t}/out", "cannot be read as a dataset"),
+    "not a dataset": ("eval --model pca --data {t}/notes.txt", "not a dataset layout"),
+    "unknown model to evaluate": ("eval --model nope --data {t}/good.npz", "neither a model name"),
+    "artefact with a broken model.json": ("eval --model {t}/half --data {t}/good.npz", "cannot be read"),
+    "artefact with broken tensors": ("eval --model {t}/broken --data {t}/good.npz", "broken model artefact"),
+    "worker with a missing artefact": ("worker --model {t}/nothing --broker 127.0.0.1:1", "not a Vigil model artefact"),
+    "bad number": ("worker --batch-size -5", "expected a number above 0"),
+    "bad duration": ("trainer --every 6x", "expected a duration"),
+    "unknown threshold parameter": ("worker --threshold-param nope=1 --broker 127.0.0.1:1", "spot takes"),
+    "threshold parameter out of range": ("worker --threshold-param q=5 --broker 127.0.0.1:1", "q must be"),
+    "no registry": ("models --registry {t}/none", "no registry at"),
+    "empty registry": ("models --registry {t}/registry", "no models registered"),
+    "no broker": ("alerts --broker 127.0.0.1:1", "no Kafka broker answers"),
+    "no command": ("", "required"),
+}
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_a_mistake_gets_one_line_and_a_nonzero_exit(mistake, files, capsys):
+    argv, expected = MISTAKES[mistake]
+    try:
+        code = main(argv.format(t=files).split())
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code not in (0, None), mistake
+    assert "Traceback" not in err and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vigil"), err
+    assert expected in lines[0], lines[0]
+
+
+def test_the_model_table_is_read_not_executed(files):
+    """An artefact names its class from a fixed table: a model.json naming anything else is refused."""
+    meta = json.loads((files / "model" / "model.json").read_text())
+    meta["name"] = "os:system"
+    (files / "half" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(artefacts.ArtefactError, match="broken model artefact"):
+        artefacts.load(files / "half")
