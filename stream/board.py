@@ -29,6 +29,7 @@ class EntityTrace:
         self.incidents: dict[str, dict] = {}  # alert id -> latest alert message
         self.names: list[str] = []
         self.model, self.state = "", "warming up"
+        self.seen = 0.0  # wall clock of the last reading scored
 
     def extend(self, ts, score, threshold, channel) -> None:
         k = len(ts)
@@ -102,7 +103,7 @@ class Board:
             while len(self.entities) >= self.max_traces:
                 self.entities.pop(next(iter(self.entities)))
         self.entities[ent.entity] = t  # now the most recent
-        t.names, t.model = ent.names, ent.model
+        t.names, t.model, t.seen = ent.names, ent.model, time.time()
         t.extend(ts, score, threshold, channel)
         for a in alerts:
             if a["state"] not in ("drift", "drift_end"):
@@ -223,12 +224,20 @@ class Board:
         open_alerts = GaugeMetricFamily("vigil_open_alerts", "Open incidents per entity", labels=["entity"])
         model = GaugeMetricFamily("vigil_model_info", "Model serving each entity (value 1)",
                                   labels=["entity", "model", "version"])
+        drifting = GaugeMetricFamily("vigil_entity_drifting", "1 while an entity's scores drift from its model's level",
+                                     labels=["entity"])
+        seen = GaugeMetricFamily("vigil_entity_last_reading_seconds", "Unix time of the entity's last scored reading",
+                                 labels=["entity"])
         for name, t in sorted(self.entities.items()):
             open_alerts.add_metric([name], int(t.state == "alerting"))
+            drifting.add_metric([name], int(t.state.startswith("drifting")))
+            seen.add_metric([name], t.seen)
             kind, _, version = t.model.partition("@")
             model.add_metric([name, kind, version], 1)
         yield open_alerts
         yield model
+        yield drifting
+        yield seen
         lag = GaugeMetricFamily("vigil_consumer_lag", "Readings messages not yet processed", labels=["partition"])
         for p, n in sorted(self.lag.items()):
             lag.add_metric([str(p)], n)
