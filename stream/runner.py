@@ -104,7 +104,10 @@ class Runner:
                 heartbeat_interval_ms=int(min(1.0, s.session_timeout / 4) * 1000),
                 max_poll_interval_ms=max(300_000, int(s.rebalance_timeout * 1000)),
                 # a fetch returns at least one whole batch, however large (Kafka >= 0.10.1)
-                max_partition_fetch_bytes=s.max_message_bytes + (64 << 10), fetch_max_bytes=32 << 20)
+                max_partition_fetch_bytes=s.max_message_bytes + (64 << 10), fetch_max_bytes=32 << 20,
+                # a fetch that finds nothing waits at most the micro-batch wait: a broker that does not
+                # answer early when data arrives (tansu) would otherwise add up to 500 ms of latency
+                fetch_max_wait_ms=max(1, int(s.batch_wait * 1000)))
             self.consumer.subscribe([s.topics.readings], listener=_Rebalance(self))
             await self.consumer.start()
 
