@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-future", type=_duration, default=d.max_future,
                    help="readings further ahead of their record's Kafka timestamp are dead-lettered "
                         "(future_ts); 0: off")
+    p.add_argument("--torch-threads", type=int, default=d.torch_threads,
+                   help="CPU threads for inference (0: all cores but two, at least 1)")
     p.add_argument("--entity-ttl", type=_duration, default=d.entity_ttl,
                    help="idle time after which an entity leaves memory (restored on its next reading); 0: never")
     p.add_argument("--max-live-entities", type=_positive, default=d.max_live_entities,
@@ -276,7 +278,7 @@ def settings_from_args(args) -> Settings:
                  "calibration", "calibration_points", "cold_calibration_points", "fusion", "smooth", "level_window", "top_k", "open_after", "open_window", "close_after",
                  "checkpoint_interval", "session_timeout", "rebalance_timeout", "device", "score_channels",
                  "web_host", "web_port", "web_token", "detector", "max_message_bytes", "max_future",
-                 "entity_ttl", "max_live_entities", "max_entities"):
+                 "entity_ttl", "max_live_entities", "max_entities", "torch_threads"):
         setattr(s, name, getattr(args, name, getattr(s, name)))
     s.topics = Topics.named(getattr(args, "topic_prefix", "vigil"))
     types = thresholds.parameters(s.threshold)

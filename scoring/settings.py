@@ -56,6 +56,7 @@ class Settings:
     # models: entity -> artefact directory; "*" is the default for entities with matching channels
     models: dict[str, str] = field(default_factory=dict)
     device: str = "auto"
+    torch_threads: int = 0  # CPU threads for inference; 0: all cores but two (the event loop, Kafka), at least 1
     cold_start: str = "coldstart"  # the streaming detector of entities without a model (detectors.artefacts.STREAMING)
     detector: str | None = None  # HOST:PORT of a `vigil detector` process that scores; None: in process
     # scoring

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import sys
 
 from scoring.settings import Settings
@@ -32,6 +33,17 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def tune_threads(settings: Settings) -> int:
+    """Inference threads: torch's default (one per core) competes with the event loop, which decodes,
+    thresholds and talks to Kafka in the meantime; on 2 cores it cost ~10% of throughput with PCA
+    (docs/benchmarks.md). Leave two cores to the rest unless told otherwise."""
+    import torch
+
+    n = settings.torch_threads or max(1, (os.cpu_count() or 1) - 2)
+    torch.set_num_threads(n)
+    return n
+
+
 def run_worker(settings: Settings, loglevel: str = "warn") -> int:
     from .web import check_exposure
 
@@ -41,6 +53,7 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> int:
         except ValueError as exc:
             print(f"vigil: {exc}", file=sys.stderr)
             return 2
+    tune_threads(settings)
     models = load_models(settings)  # a bad artefact path is the user's to fix: before any broker work
     check_broker(settings.broker)
     from aiokafka import codec
