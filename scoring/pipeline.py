@@ -96,6 +96,7 @@ class Block:
     counts: np.ndarray | None = None  # [B] new rows per window (its last rows)
     scores: Scores | None = None  # per row, once scored
     warming: int = 0  # leading rows scored during a streaming detector's warm-up: no threshold
+    values: np.ndarray | None = None  # [n, C] the rows as scored (imputed), for the dashboard
 
 
 @dataclass
@@ -357,9 +358,9 @@ class Pipeline:
         if ent.streaming is not None:  # scored row by row: the window only keeps its history
             ent.window.extend(rows)
             warming = min(len(rows), ent.streaming.ready_from())
-            return Block(ent, ts, scores=Scores(*ent.streaming.score_learn(rows)), warming=warming)
+            return Block(ent, ts, scores=Scores(*ent.streaming.score_learn(rows)), warming=warming, values=rows)
         windows, counts = ent.window.push(rows, lengths)
-        return Block(ent, ts, windows, counts)
+        return Block(ent, ts, windows, counts, values=rows)
 
     def _check_time(self, ent: EntityState, kept: list[Message], lengths: np.ndarray, ts: np.ndarray,
                     out: Outputs) -> np.ndarray | None:
@@ -441,7 +442,7 @@ class Pipeline:
                                        ent.names, ent.model)
         alerts += self._drift_events(ent, ts, drift)
         if self.board is not None:
-            self.board.observe(ent, ts, score, threshold, channel, alerts)
+            self.board.observe(ent, ts, score, threshold, channel, alerts, block.values)
         key = ent.entity.encode()
         fresh = np.flatnonzero(ts > ent.suppress_scores_ts)
         if len(fresh):

@@ -26,29 +26,36 @@ class EntityTrace:
         size = min(keep, 64)
         self._ts, self._score, self._thr = np.empty(size), np.empty(size), np.empty(size)
         self._channel = np.empty((size, channels), np.float32)
+        self._raw = np.full((size, channels), np.nan, np.float32)  # the readings as scored
         self.incidents: dict[str, dict] = {}  # alert id -> latest alert message
         self.names: list[str] = []
         self.model, self.state = "", "warming up"
         self.seen = 0.0  # wall clock of the last reading scored
+        self.models: list[dict] = []  # the models that served it here, oldest first (at most 20)
 
-    def extend(self, ts, score, threshold, channel) -> None:
+    def extend(self, ts, score, threshold, channel, raw=None) -> None:
         k = len(ts)
+        if raw is None or raw.shape != channel.shape:
+            raw = np.full(channel.shape, np.nan, np.float32)
         if k > self.keep:
             ts, score, threshold, channel = ts[-self.keep:], score[-self.keep:], threshold[-self.keep:], channel[-self.keep:]
+            raw = raw[-self.keep:]
             self.n += k - self.keep
             k = self.keep
         size = len(self._ts)
         if self.n + k > size and size < self.keep:  # grow (only before the ring wraps)
             new = min(self.keep, max(2 * size, self.n + k))
-            for name in ("_ts", "_score", "_thr", "_channel"):
+            for name in ("_ts", "_score", "_thr", "_channel", "_raw"):
                 old = getattr(self, name)
                 grown = np.empty((new, *old.shape[1:]), old.dtype)
                 grown[:size] = old
                 setattr(self, name, grown)
         if channel.shape[1] != self._channel.shape[1]:  # another model with other channels
             self._channel = np.zeros((len(self._ts), channel.shape[1]), np.float32)
+            self._raw = np.full((len(self._ts), channel.shape[1]), np.nan, np.float32)
         idx = (self.n + np.arange(k)) % len(self._ts)
         self._ts[idx], self._score[idx], self._thr[idx], self._channel[idx] = ts, score, threshold, channel
+        self._raw[idx] = raw
         self.n += k
 
     def _order(self) -> np.ndarray:
@@ -70,6 +77,10 @@ class EntityTrace:
     @property
     def channel(self) -> np.ndarray:
         return self._channel[self._order()]
+
+    @property
+    def raw(self) -> np.ndarray:
+        return self._raw[self._order()]
 
     def last(self) -> tuple:
         if not self.n:
@@ -96,15 +107,18 @@ class Board:
         self.pipeline = None  # set by the pipeline that feeds the board: its counters are the totals
 
     # ---- writers (hot path) --------------------------------------------------------------------
-    def observe(self, ent, ts, score, threshold, channel, alerts: list[dict]) -> None:
+    def observe(self, ent, ts, score, threshold, channel, alerts: list[dict], raw=None) -> None:
         t = self.entities.pop(ent.entity, None)
         if t is None:
             t = EntityTrace(self.keep, channel.shape[1])
             while len(self.entities) >= self.max_traces:
                 self.entities.pop(next(iter(self.entities)))
         self.entities[ent.entity] = t  # now the most recent
+        if ent.model != t.model and len(ts):  # a new model (first seen, or swapped in by the trainer)
+            t.models.append({"model": ent.model, "since": float(ts[0])})
+            del t.models[:-20]
         t.names, t.model, t.seen = ent.names, ent.model, time.time()
-        t.extend(ts, score, threshold, channel)
+        t.extend(ts, score, threshold, channel, raw)
         for a in alerts:
             if a["state"] not in ("drift", "drift_end"):
                 t.incidents[a["alert_id"]] = a
@@ -181,7 +195,7 @@ class Board:
             return None
         return {"entity": name, "state": t.state, "model": t.model, "names": t.names,
                 "ts": t.ts.tolist(), "score": t.score.tolist(), "threshold": t.threshold,
-                "incidents": [_span(a) for a in t.incidents.values()]}
+                "incidents": [_span(a) for a in t.incidents.values()], "models": t.models}
 
     def incident(self, name: str, alert_id: str, pad: int = 20) -> dict | None:
         """Per-channel scores around one incident (a heat map) and its ranked channels."""
@@ -195,9 +209,14 @@ class Board:
             lo, hi = max(inside[0] - pad, 0), min(inside[-1] + pad + 1, len(ts))
         else:  # the incident's points have left the buffer
             lo = hi = 0
-        channel = t.channel[lo:hi]
+        channel, raw = t.channel[lo:hi], t.raw[lo:hi]
+        index = {n: i for i, n in enumerate(t.names)}
+        top = [{"channel": c["channel"], "values": _finite_list(raw[:, index[c["channel"]]]),
+                "scores": np.round(channel[:, index[c["channel"]]], 4).tolist()}
+               for c in a.get("channels", []) if c["channel"] in index and index[c["channel"]] < raw.shape[1]]
         return {**_span(a), "names": t.names, "ts": ts[lo:hi].tolist(),
-                "channel_scores": np.round(channel.T, 4).tolist()}  # [channel][time]
+                "channel_scores": np.round(channel.T, 4).tolist(),  # [channel][time]
+                "top_channels": top}  # the ranked channels' raw readings and scores, over the same points
 
     def collect(self):
         """Prometheus collector: read on every scrape, nothing kept twice."""
@@ -245,6 +264,11 @@ class Board:
         yield GaugeMetricFamily("vigil_batch_size", "Messages in the last micro-batch", value=self.last_batch)
         yield CounterMetricFamily("vigil_inference_seconds", "Time in detector calls", value=self.inference_seconds)
         yield CounterMetricFamily("vigil_inference_calls", "Detector calls", value=self.inference_calls)
+
+
+def _finite_list(x: np.ndarray) -> list:
+    """JSON has no NaN: a reading the dashboard does not have (older points) is null."""
+    return [None if v != v else round(float(v), 6) for v in x.tolist()]
 
 
 def _span(a: dict) -> dict:

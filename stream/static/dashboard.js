@@ -5,6 +5,8 @@ const token = params.get("token");
 const api = (path) => fetch(path + (token ? (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : ""))
   .then((r) => r.json());
 let selected = params.get("entity"), selectedIncident = params.get("alert"), plot = null, spans = [];
+let rawPlot = null, rawKey = "", rawSpan = null;
+const COLORS = ["#2563eb", "#16a34a", "#9333ea", "#ea580c", "#0891b2"];
 
 function fmt(x, digits = 2) { return x === null || x === undefined ? "–" : Number(x).toFixed(digits); }
 function stateClass(s) { return s.startsWith("no model") ? "nomodel" : s.startsWith("warming") ? "warming" : s; }
@@ -49,6 +51,8 @@ function shadeSpans(u) {  // alert spans behind the lines
 
 function drawEntity(e) {
   document.getElementById("title").textContent = `${e.entity} — ${e.model} (${e.state})`;
+  document.getElementById("models").textContent = (e.models || []).length > 1 ? "models: " + e.models.map((m) =>
+    `${m.model} from ${new Date(m.since * 1000).toISOString().slice(0, 19).replace("T", " ")}`).join(" → ") : "";
   spans = e.incidents;
   const data = [e.ts, e.score, e.threshold];
   const el = document.getElementById("chart");
@@ -94,6 +98,36 @@ function drawHeatmap(inc) {
   document.getElementById("ranked").innerHTML = inc.channels.map((c) =>
     `<li>${c.channel} <span class="muted">${fmt(c.score, 1)}</span></li>`).join("");
   document.getElementById("heatmap-title").textContent = `Channel scores during incident ${inc.alert_id}`;
+  drawRaw(inc);
+}
+
+function drawRaw(inc) {  // what an operator opens first: the raw readings of the ranked channels
+  const top = inc.top_channels || [], el = document.getElementById("rawchart");
+  const key = inc.alert_id + "|" + top.map((c) => c.channel).join(",");
+  const data = [inc.ts, ...top.map((c) => c.values)];
+  rawSpan = { start: inc.start, end: inc.end };
+  if (!rawPlot || key !== rawKey) {
+    if (rawPlot) rawPlot.destroy();
+    el.innerHTML = "";
+    rawPlot = new uPlot({
+      width: Math.max(el.clientWidth, 600), height: 200,
+      series: [{}, ...top.map((c, i) => ({ label: c.channel, stroke: COLORS[i % COLORS.length], width: 1 }))],
+      axes: [{ values: (u, ticks) => ticks.map((t) => new Date(t * 1000).toISOString().slice(11, 19)) }, {}],
+      hooks: { drawClear: [(u) => {  // the incident's span behind the lines
+        if (!rawSpan) return;
+        const x0 = u.valToPos(rawSpan.start, "x", true), x1 = u.valToPos(rawSpan.end, "x", true);
+        u.ctx.save(); u.ctx.fillStyle = "rgba(220, 38, 38, 0.12)";
+        u.ctx.fillRect(x0, u.bbox.top, Math.max(x1 - x0, 2), u.bbox.height); u.ctx.restore();
+      }] },
+    }, data, el);
+    rawKey = key;
+  } else {
+    rawPlot.setData(data);
+  }
+  el.dataset.series = top.map((c) => c.channel).join(",");
+  el.dataset.points = inc.ts.length;
+  document.getElementById("raw-title").textContent =
+    `Readings of the top channels around incident ${inc.alert_id} (${top.map((c) => c.channel).join(", ")})`;
 }
 
 async function refresh() {

@@ -82,7 +82,7 @@ def test_dashboard_draws_scores_an_alert_span_and_names_the_injected_channel(bro
 
     options = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000"):
+                "--window-size=1400,1500"):
         options.add_argument(arg)
     options.binary_location = shutil.which("chromium")
     driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
@@ -92,10 +92,16 @@ def test_dashboard_draws_scores_an_alert_span_and_names_the_injected_channel(bro
         def drawn():
             chart = driver.find_element(By.ID, "chart")
             ranked = driver.find_element(By.ID, "ranked").text
+            raw = driver.find_element(By.ID, "rawchart")
             return (int(chart.get_attribute("data-points")) > 0 and int(chart.get_attribute("data-spans")) >= 1
-                    and any(ch in ranked for ch in injected["channels"]))
+                    and any(ch in ranked for ch in injected["channels"])
+                    and int(raw.get_attribute("data-points")) > 0 and raw.get_attribute("data-series"))
         wait_until(drawn, 30, 0.5, lambda: driver.find_element(By.TAG_NAME, "body").text[:2000])
         assert driver.find_elements(By.CSS_SELECTOR, "#chart canvas"), "uPlot drew the score plot"
+        shown = driver.find_element(By.ID, "rawchart").get_attribute("data-series").split(",")
+        assert driver.find_elements(By.CSS_SELECTOR, "#rawchart canvas"), "the raw readings are drawn"
+        ranked = [li.text.split()[0] for li in driver.find_elements(By.CSS_SELECTOR, "#ranked li")]
+        assert shown == ranked and set(shown) & set(injected["channels"]), "the ranked channels' raw readings"
         heat = driver.find_element(By.ID, "heatmap")
         assert int(heat.get_attribute("height")) == 14 * CHANNELS
         assert set(injected["channels"]) <= set(heat.get_attribute("data-channels").split(","))

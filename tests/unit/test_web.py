@@ -53,6 +53,14 @@ def test_api_lists_entities_points_incidents_and_a_heat_map_naming_the_channels(
     heat = orjson.loads(get(board, f"/api/entity/plant-01/incident/{first['alert_id']}")[1])
     assert heat["names"] == live.channels and len(heat["channel_scores"]) == 8
     assert len(heat["channel_scores"][0]) == len(heat["ts"]) > 0
+    # the raw readings of the ranked channels, over the same points: what the worker scored
+    top = heat["top_channels"]
+    assert [c["channel"] for c in top] == [c["channel"] for c in heat["channels"]] and top
+    row = {t: i for i, t in enumerate(live.ts.tolist())}
+    for c in top:
+        col = live.channels.index(c["channel"])
+        expected = [live.values[row[t], col] for t in heat["ts"]]
+        assert np.allclose(c["values"], expected, rtol=1e-5) and len(c["scores"]) == len(heat["ts"])
     assert get(board, "/")[0] == 200 and get(board, "/static/uPlot.iife.min.js")[0] == 200
 
 
@@ -91,3 +99,20 @@ def test_the_page_opened_with_a_token_hands_it_to_its_own_scripts_as_a_cookie():
             return page.status, page.cookies.get("vigil_token"), script.status
     status, cookie, script = asyncio.run(run())
     assert status == 200 and cookie is not None and cookie.value == "s3cret" and script == 200
+
+
+def test_the_entity_page_lists_the_models_that_served_it():
+    live = simulate_entity("plant-01", 8, 600, START, 3)
+    hist = normal_history("plant-01", 8, 3000, START, 3)
+    board = Board()
+    first = PCADetector(hist.channels).fit(hist.values)
+    pipe = Pipeline(Settings(), {"plant-01": first}, board=board)
+    msg = lambda i, j: Message(0, i, b"k", encode_readings(live.entity, live.ts[j:j + 300], live.values[j:j + 300],  # noqa: E731
+                                                           live.channels))
+    asyncio.run(pipe.process([msg(0, 0)]))
+    second = PCADetector(hist.channels, variance=0.9).fit(hist.values)
+    second.info.version = "2"
+    pipe.swap("plant-01", second)
+    asyncio.run(pipe.process([msg(1, 300)]))
+    models = orjson.loads(get(board, "/api/entity/plant-01")[1])["models"]
+    assert models == [{"model": first.model_id, "since": live.ts[0]}, {"model": "pca@2", "since": live.ts[300]}]
