@@ -7,7 +7,7 @@ share of points where both agree, and the alarms of each), updates per second (V
 whole stream as the worker calls it, once with refit_every 1 like libspot and once as served; libspot's
 ``step`` per point, its only interface), and whether each can save and restore its state.
 
-    pip install libspot==3.1.0   # not a dependency of Vigil
+    pip install -e .[bench]      # libspot 3.1.0: not a dependency of the product
     python bench/spot_vs_libspot.py [--points 200000]
 
 Streams: exponential, Pareto (heavy tail), Gaussian with a slow drift, and PCA scores of SMD
@@ -51,7 +51,7 @@ def main() -> None:
     try:
         import libspot
     except ImportError:
-        sys.exit("bench/spot_vs_libspot.py needs libspot: pip install libspot==3.1.0")
+        sys.exit("bench/spot_vs_libspot.py needs libspot: pip install -e .[bench]")
 
     print("| stream | points | z_q rel. diff median / max | alarms agree | alarms Vigil / libspot "
           "| Vigil updates/s (refit 1 / as served) | libspot updates/s |")

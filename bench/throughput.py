@@ -248,7 +248,7 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=20, help="length of each latency run")
     ap.add_argument("--forms", default="single,batch")
     ap.add_argument("--profile", type=Path, default=None,
-                    help="record each worker with py-spy (collapsed stacks) into this folder")
+                    help="record each worker with py-spy (collapsed stacks) into this folder (pip install -e .[bench])")
     args = ap.parse_args()
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
