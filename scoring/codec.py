@@ -145,7 +145,7 @@ def decode(raw: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Readings | 
                 if len(columns) != fast.values.shape[1]:
                     return Rejection(f"bad_values: {len(columns)} channels named, rows have {fast.values.shape[1]}")
                 fast.names = list(columns)
-            return _limits(fast, magnitude=False)
+            return _limits(fast)
     names: list[str] = []
     if isinstance(ts, list):  # batch form
         if not isinstance(values, list) or len(values) != len(ts):
@@ -189,18 +189,17 @@ def decode(raw: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Readings | 
         return Rejection(_TOO_LARGE)
     arr = np.array(rows, dtype=np.float64)
     return _limits(Readings(entity=entity, ts=np.array(ts_in, dtype=np.float64), values=arr,
-                            names=names or None, missing=nulls[0]), magnitude=False)
+                            names=names or None, missing=nulls[0]))
 
 
 _TOO_LARGE = "non_finite: a value beyond the float32 range (3.4e38)"
 
 
-def _limits(r: Readings, magnitude: bool = True) -> Readings | Rejection:
-    """What both parsing paths check last: channel names' length and values' magnitude."""
+def _limits(r: Readings) -> Readings | Rejection:
+    """What every parsing path checks last: channel names' length (each path checks the values'
+    magnitude itself, where it is cheapest: on Python numbers or on the array it built)."""
     if r.names is not None and max(map(len, r.names)) > MAX_NAME:
         return Rejection(f"bad_type: channel names must have at most {MAX_NAME} characters")
-    if magnitude and r.values.size and np.nanmax(np.abs(r.values), initial=0.0) > FLOAT32_MAX:
-        return Rejection(_TOO_LARGE)
     return r
 
 
@@ -230,7 +229,7 @@ def _simd_batch(raw: bytes) -> Readings | None:
         return None
     if np.abs(arr).max() > FLOAT32_MAX:
         return None
-    return _limits(Readings(entity=entity, ts=t, values=arr, names=names, missing=0), magnitude=False)
+    return _limits(Readings(entity=entity, ts=t, values=arr, names=names, missing=0))
 
 
 def _fast_single(msg: dict) -> Readings | None:
