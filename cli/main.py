@@ -69,6 +69,21 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a duration like 90s, 30m, 6h or 7d, got {text!r}") from None
 
 
+def _timestamp(text: str) -> float:
+    """'1700000000', '1700000000.5' or ISO 8601 ('2026-11-30T12:00:00Z'; no zone: UTC) -> unix seconds."""
+    from datetime import datetime, timezone
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected unix seconds or an ISO 8601 time, got {text!r}") from None
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def _model_config(args) -> dict:
     """``--preset`` and ``--epochs`` where given, as detector configuration."""
     return {k: v for k, v in (("preset", args.preset), ("epochs", args.epochs)) if v is not None}
@@ -248,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="keep waiting for new alerts")
     _topics_arg(p)
     p.add_argument("--topic", default=None, help="another topic to print (default: PREFIX.alerts)")
+
+    p = sub.add_parser("feedback", help="label an alert (false alarm or anomaly) or a missed period; the "
+                                        "trainer retunes the entity to the labels")
+    _broker_arg(p)
+    _topics_arg(p)
+    p.add_argument("alert_id", nargs="?", default=None, help="the incident's alert_id (see `vigil alerts`)")
+    p.add_argument("--label", required=True, choices=["false-alarm", "anomaly"])
+    p.add_argument("--note", default="", help="free text kept with the label")
+    p.add_argument("--entity", default=None, help="with --start and --end: a period without an alert (a miss)")
+    p.add_argument("--start", type=_timestamp, default=None, help="unix seconds or ISO 8601 (as the readings' ts)")
+    p.add_argument("--end", type=_timestamp, default=None)
 
     p = sub.add_parser("train", help="train a detector on a dataset's train split and save an artefact")
     p.add_argument("--model", default=artefacts.DEFAULT_MODEL, choices=list(artefacts.MODELS))
@@ -495,6 +521,40 @@ def cmd_alerts(args) -> int:
     return 0
 
 
+def cmd_feedback(args) -> int:
+    from scoring.feedback import make
+    from stream.feedback import find_alert, publish_feedback
+
+    topics = Topics.named(args.topic_prefix)
+    if args.alert_id is not None:
+        if args.entity or args.start is not None or args.end is not None:
+            raise UsageError("give either an ALERT_ID or --entity, --start and --end (a missed period), not both")
+    elif not (args.entity and args.start is not None and args.end is not None):
+        raise UsageError("say what the label is about: an ALERT_ID, or --entity E --start T --end T for a period "
+                         "without an alert")
+    elif args.label != "anomaly":
+        raise UsageError("a period without an alert can only be labelled --label anomaly (a miss)")
+    broker = broker_from_env(args.broker)
+    check_broker(broker)
+    if args.alert_id is not None:
+        alert = asyncio.run(find_alert(broker, topics.alerts, args.alert_id))
+        if alert is None:
+            print(f"vigil: no alert {args.alert_id!r} on {topics.alerts}: `vigil alerts` lists them with their "
+                  f"alert_id", file=sys.stderr)
+            return 1
+        entity, start, end = alert["entity"], alert["start"], alert["end"]
+    else:
+        entity, start, end = args.entity, args.start, args.end
+    try:
+        fb = make(entity, args.label, start, end, alert_id=args.alert_id, note=args.note, source="cli")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    asyncio.run(publish_feedback(broker, topics.feedback, fb))
+    print(f"vigil: labelled {entity} {start:.0f}..{end:.0f} as {args.label} on {topics.feedback} "
+          f"(feedback {fb.feedback_id}); the trainer's next round for {entity} uses it", file=sys.stderr)
+    return 0
+
+
 def cmd_train(args) -> int:
     from detectors import artefacts
     from training.data import load
@@ -523,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_foreground(args.host, args.port)
     handler = {"worker": cmd_worker, "simulate": cmd_simulate, "replay": cmd_replay, "alerts": cmd_alerts,
                "train": cmd_train, "demo": cmd_demo, "eval": cmd_eval, "bench": cmd_bench,
-               "trainer": cmd_trainer, "models": cmd_models,
+               "trainer": cmd_trainer, "models": cmd_models, "feedback": cmd_feedback,
                "detector": cmd_detector, "promote": cmd_promote}[args.command]
     try:
         return handler(args)

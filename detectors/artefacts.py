@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -87,7 +88,7 @@ def save(detector: Detector, path: str | os.PathLike) -> Path:
     save_file(tensors, str(tmp / "model.safetensors"))
     meta = {"format": FORMAT, "name": detector.info.name, "version": detector.info.version,
             "channels": detector.channels, "config": detector.info.config, "created": time.time(),
-            "calibration": detector.calibration_source,
+            "calibration": detector.calibration_source, "threshold_scale": float(detector.threshold_scale),
             "train_score_stats": {"reconstruction": _stats(detector.train_reconstruction),
                                   "divergence": _stats(detector.train_divergence)}}
     (tmp / "model.json").write_text(json.dumps(meta, indent=2))
@@ -136,6 +137,9 @@ def load(path: str | os.PathLike) -> Detector:
         detector.train_reconstruction = tensors.pop("train_reconstruction")
         detector.train_divergence = tensors.pop("train_divergence", None)
         detector.calibration_source = meta.get("calibration", "train")
+        detector.threshold_scale = float(meta.get("threshold_scale", 1.0))
+        if not (math.isfinite(detector.threshold_scale) and detector.threshold_scale > 0):
+            raise ValueError(f"threshold_scale must be a positive number, not {detector.threshold_scale}")
         detector.load_tensors(tensors)
     except Exception as exc:  # noqa: BLE001 - whatever is broken, the artefact is; say so in one line
         raise ArtefactError(f"{path}: a broken model artefact ({type(exc).__name__}: {exc}); retrain it with "

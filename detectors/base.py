@@ -53,6 +53,9 @@ class Detector:
         self.train_reconstruction = np.zeros(0, dtype=np.float32)
         self.train_divergence: np.ndarray | None = None
         self.calibration_source = "train"
+        # The served threshold is the calibrated one times this: 1 unless operators' feedback retuned
+        # it for this entity (training.feedback), within the trainer's bounds.
+        self.threshold_scale = 1.0
 
     @property
     def channels(self) -> list[str]:

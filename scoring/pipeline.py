@@ -133,6 +133,8 @@ class EntityState:
         self.streaming: StreamingDetector | None = (
             None if detector else artefacts.streaming_class(settings.cold_start)(len(names)))
         self.model = (detector or self.streaming).model_id
+        # operators' feedback, through the trainer: the served threshold is the calibrated one times this
+        self.threshold_scale = float(getattr(detector, "threshold_scale", 1.0)) if detector is not None else 1.0
         fill = getattr(detector, "mean", None)
         # A model trained on windows of a fixed length is served windows of that length.
         length = int(detector.info.config.get("window", settings.window)) if detector else settings.window
@@ -171,7 +173,7 @@ class EntityState:
         entity's own first points, which nobody has checked)."""
         self.threshold = make_threshold(settings.threshold, **settings.threshold_config())
         self.threshold.calibrate(trim_far_out(smoothed) if trim else smoothed)
-        self.level = _level(settings, len(smoothed), smoothed, self.threshold.threshold)
+        self.level = _level(settings, len(smoothed), smoothed, self.threshold.threshold * self.threshold_scale)
 
     def to_state(self, history: bool = True) -> dict:
         return {"entity": self.entity, "names": self.names, "model": self.model, "last_ts": self.last_ts,
@@ -466,7 +468,8 @@ class Pipeline:
                    warming: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Threshold, alarm and drift per point; NaN threshold and no alarm while the detector warms up
         (the first ``warming`` points) and while the threshold calibrates on the points after them.
-        The threshold scales with the entity's recent level (``conditioning.Level``)."""
+        The threshold scales with the entity's recent level (``conditioning.Level``) and with the
+        model's ``threshold_scale`` (operators' feedback, ``training.feedback``)."""
         thr = np.full(len(score), np.nan)
         alarm = np.zeros(len(score), bool)
         start = warming
@@ -484,6 +487,9 @@ class Pipeline:
             x = score[start:].astype(np.float64)
             scale, drifting = ent.level.scales(x) if ent.level is not None else (np.ones(len(x)), None)
             thr[start:], alarm[start:] = ent.threshold.step(x / scale)
+            if ent.threshold_scale != 1.0:  # the threshold learns as before; only the served one moves
+                alarm[start:] = x / scale > thr[start:] * ent.threshold_scale
+                thr[start:] *= ent.threshold_scale
             thr[start:] *= scale
             if drifting is not None:
                 drift = np.zeros(len(score), bool)

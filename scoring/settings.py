@@ -26,6 +26,7 @@ class Topics:
     dlq: str = "vigil.dlq"
     state: str = "vigil.state"  # worker checkpoints: entity state + per-partition offsets
     models: str = "vigil.models"  # model lifecycle events from the trainer (promotions, failures)
+    feedback: str = "vigil.feedback"  # operators' labels of alerts and missed periods (scoring.feedback)
 
     @classmethod
     def named(cls, prefix: str = "vigil") -> "Topics":

@@ -19,6 +19,7 @@ from scoring.pipeline import Pipeline
 from scoring.settings import Settings
 
 from .board import Board
+from .feedback import publish_feedback
 from .kafka import security_options
 from .model_updates import follow, load_served
 from .runner import Runner
@@ -117,7 +118,9 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
         @app.task
         async def dashboard():
             try:
-                app.web_runner = await serve(board, settings.web_host, settings.web_port, settings.web_token)
+                async def send(fb):
+                    await publish_feedback(settings.broker, settings.topics.feedback, fb, settings.replication)
+                app.web_runner = await serve(board, settings.web_host, settings.web_port, settings.web_token, send)
                 log.warning("dashboard on http://%s:%d/", settings.web_host, settings.web_port)
             except OSError as exc:  # a busy port costs the dashboard, not the scoring
                 log.error("dashboard not started on %s:%d: %s", settings.web_host, settings.web_port, exc)

@@ -105,6 +105,7 @@ class Board:
         self.last_inference = 0.0
         self.lag: dict[int, int] = {}
         self.pipeline = None  # set by the pipeline that feeds the board: its counters are the totals
+        self.labels: dict[str, str] = {}  # alert id -> label given on this dashboard (bounded)
 
     # ---- writers (hot path) --------------------------------------------------------------------
     def observe(self, ent, ts, score, threshold, channel, alerts: list[dict], raw=None) -> None:
@@ -195,7 +196,13 @@ class Board:
             return None
         return {"entity": name, "state": t.state, "model": t.model, "names": t.names,
                 "ts": t.ts.tolist(), "score": t.score.tolist(), "threshold": t.threshold,
-                "incidents": [_span(a) for a in t.incidents.values()], "models": t.models}
+                "incidents": [{**_span(a), "label": self.labels.get(a["alert_id"])} for a in t.incidents.values()],
+                "models": t.models}
+
+    def labelled(self, alert_id: str, label: str) -> None:
+        self.labels[alert_id] = label
+        while len(self.labels) > 10_000:
+            self.labels.pop(next(iter(self.labels)))
 
     def incident(self, name: str, alert_id: str, pad: int = 20) -> dict | None:
         """Per-channel scores around one incident (a heat map) and its ranked channels."""

@@ -1,9 +1,10 @@
 """The retraining service: reads recent history from Kafka, lets ``training.trainer`` decide, publishes.
 
 ``vigil trainer`` runs ``run_once`` (``--once``) or ``run_every``. Each round reads the readings and
-alerts topics from the Kafka timestamp that bounds ``--history``, builds every entity's history
-(incidents left out), retrains and compares per entity, and publishes each decision on the models
-topic, where workers pick promotions up.
+alerts topics from the Kafka timestamp that bounds ``--history`` and the whole feedback topic, builds
+every entity's history (incidents left out unless labelled false alarms; labelled anomalies left out),
+retrains (the threshold retuned to the operators' labels, ``training.feedback``) and compares per
+entity, and publishes each decision on the models topic, where workers pick promotions up.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from scoring.settings import Settings
 from training.registry import Registry
 from training.trainer import History, TrainerConfig, build_histories, incidents_from_alerts, retrain_entity
 
+from .feedback import read_feedback
 from .kafka import offsets_for_time, read_partition
 from .model_updates import publish
 
@@ -37,11 +39,12 @@ def read_histories(settings: Settings, history: float, since_wall: float | None 
                    max_incident: float = float("inf")) -> dict[str, History]:
     async def run():
         return await asyncio.gather(_read_topic(settings.broker, settings.topics.readings, since_wall),
-                                    _read_topic(settings.broker, settings.topics.alerts, since_wall))
-    readings, alerts = asyncio.run(run())
+                                    _read_topic(settings.broker, settings.topics.alerts, since_wall),
+                                    read_feedback(settings.broker, settings.topics.feedback))
+    readings, alerts, labels = asyncio.run(run())
     decoded = [d for d in (decode(r.value, settings.max_message_bytes) for r in readings) if isinstance(d, Readings)]
     return build_histories(decoded, incidents_from_alerts([r.value for r in alerts]), history, known_names,
-                           max_incident)
+                           max_incident, labels)
 
 
 def run_once(settings: Settings, registry: Registry, config: TrainerConfig, entities: list[str] | None = None,

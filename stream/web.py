@@ -17,6 +17,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from scoring.feedback import make
+
 from .board import Board
 
 STATIC = Path(__file__).with_name("static")
@@ -37,7 +39,8 @@ def check_exposure(host: str, token: str | None) -> None:
                          f"set --web-token (or VIGIL_WEB_TOKEN), or bind 127.0.0.1")
 
 
-def build_app(board: Board, token: str | None = None) -> web.Application:
+def build_app(board: Board, token: str | None = None, send=None) -> web.Application:
+    """``send``: ``await send(feedback)`` publishes an operator's label; None: labelling is off."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(board)
 
@@ -72,6 +75,34 @@ def build_app(board: Board, token: str | None = None) -> web.Application:
         found = board.incident(request.match_info["name"], request.match_info["alert_id"])
         return json(found) if found is not None else json({"error": "unknown incident"})
 
+    async def label(request):
+        """Operator feedback (``scoring.feedback``): ``{"entity", "label", "alert_id", "note"}`` for an
+        incident this worker shows (its span is taken from the worker), or ``{"entity", "label":
+        "anomaly", "start", "end", "note"}`` for a missed period; published on the feedback topic."""
+        if send is None:
+            return web.json_response({"error": "feedback is not enabled on this worker"}, status=503)
+        try:
+            body = orjson.loads(await request.read())
+            entity, kind = body["entity"], body["label"]
+            alert_id = body.get("alert_id")
+            if alert_id is not None:
+                found = board.incident(entity, alert_id, pad=0)
+                if found is None:
+                    return web.json_response({"error": f"no incident {alert_id} of {entity} here"}, status=404)
+                start, end = found["start"], found["end"]
+            elif kind != "anomaly":
+                raise ValueError("a period without an alert can only be labelled anomaly")
+            else:
+                start, end = body["start"], body["end"]
+            fb = make(entity, kind, start, end, alert_id=alert_id, note=body.get("note", ""), source="dashboard")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            return web.json_response({"error": f"not a valid label: {exc}"}, status=400)
+        await send(fb)
+        if alert_id is not None:
+            board.labelled(alert_id, kind)
+        return json({"ok": True, "feedback_id": fb.feedback_id, "entity": fb.entity, "label": fb.label,
+                     "start": fb.start, "end": fb.end})
+
     async def metrics(request):
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -80,14 +111,15 @@ def build_app(board: Board, token: str | None = None) -> web.Application:
     app.router.add_get("/api/entities", entities)
     app.router.add_get("/api/entity/{name}", entity)
     app.router.add_get("/api/entity/{name}/incident/{alert_id}", incident)
+    app.router.add_post("/api/feedback", label)
     app.router.add_get("/metrics", metrics)
     app.router.add_static("/static/", STATIC)
     return app
 
 
-async def serve(board: Board, host: str, port: int, token: str | None = None) -> web.AppRunner:
+async def serve(board: Board, host: str, port: int, token: str | None = None, send=None) -> web.AppRunner:
     check_exposure(host, token)
-    runner = web.AppRunner(build_app(board, token), access_log=None)
+    runner = web.AppRunner(build_app(board, token, send), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

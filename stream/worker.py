@@ -74,7 +74,8 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> int:
               file=sys.stderr)
         return 2
     settings.partitions = readings
-    asyncio.run(ensure_topics(settings.broker, [settings.topics.models], 1, settings.replication))
+    asyncio.run(ensure_topics(settings.broker, [settings.topics.models, settings.topics.feedback], 1,
+                              settings.replication))
 
     from faust.worker import Worker
 

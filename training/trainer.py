@@ -27,12 +27,14 @@ import orjson
 from detectors import artefacts
 from detectors.base import Detector, Scores, sliding_windows
 from scoring.codec import Readings, encode_readings
+from scoring.feedback import Feedback
 from scoring.fusion import fuse
 from scoring.pipeline import SCORE_CAP, Message, Pipeline
 from scoring.settings import Settings
 from scoring.thresholds import make_threshold
 from scoring.windows import EntityWindow
 
+from . import feedback
 from .calibration import fit_for_serving
 from .data import Dataset
 from .evaluate import START, stream_offline
@@ -55,6 +57,8 @@ class History:
     ts: np.ndarray  # [n]
     values: np.ndarray  # [n, C] float32, missing values forward-filled
     excluded: int = 0  # points left out because an incident covered them
+    labels: list = field(default_factory=list)  # training.feedback.Segment: operators' labelled periods
+    labels_unusable: int = 0  # labels with no reading of the history in their period
 
 
 @dataclass
@@ -80,9 +84,21 @@ class Rule:
     def _noise(self, a: dict, b: dict) -> float:
         return max(self.detection_tolerance, 2.0 * math.hypot(a.get("detection_sd", 0.0), b.get("detection_sd", 0.0)))
 
-    def decide(self, cand: dict, champ: dict | None, cold: dict | None = None) -> tuple[bool, str]:
+    def decide(self, cand: dict, champ: dict | None, cold: dict | None = None,
+               labels: dict | None = None) -> tuple[bool, str]:
+        """``labels``: operators' feedback (``training.feedback.retune``'s record, with the champion's
+        agreement): a candidate that honours more of the labels than the champion replaces it unless it
+        is broken, one that honours fewer does not; on a tie the label-free measures decide."""
         if champ is None:
             return self._first(cand, cold)
+        if labels and labels.get("champion_honoured") is not None:
+            mine, theirs, n = labels["honoured"], labels["champion_honoured"], labels["labels"]
+            why = f"operators' labels: honours {mine} of {n} vs champion's {theirs}"
+            if mine > theirs:
+                broken = not math.isfinite(cand["alarm_rate"]) or not cand.get("score_max", 0.0) < SCORE_CAP
+                return not broken, why + (" (but broken: scores overflow)" if broken else "")
+            if mine < theirs:
+                return False, why
         alarms_ok = cand["alarm_rate"] <= champ["alarm_rate"] + self.alarm_tolerance
         # NaN: the champion's window is longer than the generated windows; judged on alarms alone
         detect_ok = (math.isnan(cand["detection"]) or math.isnan(champ["detection"])
@@ -127,6 +143,7 @@ class TrainerConfig:
     generated_windows: int = 256
     generator_seeds: int = 3  # generated sets (one per seed): detection is their mean, its spread the noise
     read_slack: float = 3600.0  # seconds of Kafka time read before the history, for late producers
+    feedback_bounds: tuple[float, float] = (0.5, 10.0)  # how far labels may move the served threshold
     seed: int = 0
     rule: Rule = field(default_factory=Rule)
 
@@ -149,12 +166,15 @@ def incidents_from_alerts(values: list[bytes]) -> dict[str, list[tuple[float, fl
 
 def build_histories(readings: list[Readings], incidents: dict, history: float,
                     known_names: dict[str, list[str]] | None = None,
-                    max_incident: float = float("inf")) -> dict[str, History]:
+                    max_incident: float = float("inf"),
+                    labels: dict[str, list[Feedback]] | None = None) -> dict[str, History]:
     """Per entity: rows in timestamp order (duplicates dropped), missing values forward-filled, the
     points inside incidents and older than ``history`` before the newest left out.
 
     An incident longer than ``max_incident`` is not left out: alarms that never stop are the old
-    model meeting a new operating mode, which is exactly what retraining must learn."""
+    model meeting a new operating mode, which is exactly what retraining must learn. Operators'
+    ``labels`` (entity -> ``scoring.feedback.Feedback``) override: a period labelled a false alarm is
+    kept, one labelled an anomaly is left out, and each comes with its readings (``training.feedback``)."""
     rows: dict[str, list] = {}
     names: dict[str, list[str]] = dict(known_names or {})
     for r in readings:
@@ -186,19 +206,25 @@ def build_histories(readings: list[Readings], incidents: dict, history: float,
         for start, end in incidents.get(entity, []):
             if end - start <= max_incident:
                 inside |= (ts >= start) & (ts <= end)
+        mine = [fb for fb in (labels or {}).get(entity, []) if fb.end >= ts[keep][0]]
+        normal, anomalous = feedback.masks(ts, mine)
+        inside = (inside & ~normal) | anomalous
         excluded = int((keep & inside).sum())
+        segments = [feedback.segment(ts, vals.astype(np.float32), fb) for fb in mine]
         keep &= ~inside
-        out[entity] = History(entity, names[entity], ts[keep], vals[keep].astype(np.float32), excluded)
+        out[entity] = History(entity, names[entity], ts[keep], vals[keep].astype(np.float32), excluded,
+                              [s for s in segments if s is not None], sum(s is None for s in segments))
     return out
 
 
 # ---- label-free comparison --------------------------------------------------------------------------
 def serving_threshold(det: Detector, settings: Settings) -> float:
-    """The threshold a worker starts with for this model: calibrated on its training scores."""
+    """The threshold a worker starts with for this model: calibrated on its training scores, times the
+    scale operators' feedback set."""
     thr = make_threshold(settings.threshold, **settings.threshold_config())
     train = Scores(det.train_reconstruction, None, det.train_divergence)
     thr.calibrate(fuse(train, settings.fusion, settings.fusion_weight).astype(np.float64))
-    return float(thr.threshold)
+    return float(thr.threshold) * det.threshold_scale
 
 
 def _flagged_share(scores_of, windows: np.ndarray, threshold: float) -> float:
@@ -281,6 +307,7 @@ def retrain_entity(hist: History, registry: Registry, config: TrainerConfig, set
         train, hold = hist.values[:-n_hold], History(entity, hist.names, hist.ts[-n_hold:], hist.values[-n_hold:])
         cand = artefacts.create(config.model, hist.names, **config.model_config).to(settings.device)
         fit_for_serving(cand, train, settings, progress=progress)
+        labels = feedback.retune(cand, hist.labels, settings, config.feedback_bounds) if hist.labels else None
         window = int(cand.info.config.get("window", settings.window))
         gen = artefacts.create("genias", hist.names, **{**GENERATOR_DEFAULTS, **config.generator_config,
                                                          "window": window})
@@ -296,11 +323,16 @@ def retrain_entity(hist: History, registry: Registry, config: TrainerConfig, set
             champ_det = registry.load(champion).to(settings.device)
             if list(champ_det.channels) == list(hist.names):
                 champ_m = label_free(champ_det, hold, normal, generated, settings)
+                if labels is not None:
+                    labels["champion_honoured"] = feedback.agreement(
+                        hist.labels, feedback.label_ratios(champ_det, hist.labels, settings), champ_det.threshold_scale)
         else:  # what the entity has now: the cold start
             cold_m = cold_start_label_free(hist, n_hold, normal, generated, settings)
-        promote, why = config.rule.decide(cand_m, champ_m, cold_m)
+        promote, why = config.rule.decide(cand_m, champ_m, cold_m, labels)
         metrics = {"candidate": cand_m, "champion": champ_m, "cold_start": cold_m, "points": int(len(hist.ts)),
                    "excluded_incident_points": hist.excluded, "holdout_points": int(n_hold)}
+        if labels is not None or hist.labels_unusable:
+            metrics["feedback"] = {**(labels or {}), "unusable_labels": hist.labels_unusable}
         cand_version = registry.register(entity, cand, trained_from=float(hist.ts[0]),
                                          trained_to=float(hist.ts[-n_hold - 1]), data_hash=data_hash(train),
                                          metrics=metrics, parent=champion.version if champion else None)

@@ -8,6 +8,12 @@ let selected = params.get("entity"), selectedIncident = params.get("alert"), plo
 let rawPlot = null, rawKey = "", rawSpan = null;
 const COLORS = ["#2563eb", "#16a34a", "#9333ea", "#ea580c", "#0891b2"];
 
+// entity ids, alert ids and channel names come from producers: never markup
+function esc(x) { return String(x).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`); }
+const send = (path, body) => fetch(path + (token ? "?token=" + encodeURIComponent(token) : ""), {
+  method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })
+  .then((r) => r.json());
+
 function fmt(x, digits = 2) { return x === null || x === undefined ? "–" : Number(x).toFixed(digits); }
 function stateClass(s) { return s.startsWith("no model") ? "nomodel" : s.startsWith("warming") ? "warming" : s; }
 
@@ -26,8 +32,8 @@ function drawEntities(list) {
     selected = (list.find((e) => e.state === "alerting") || list[0]).entity;
   }
   document.getElementById("entities").innerHTML = list.map((e) =>
-    `<tr data-entity="${e.entity}" class="${e.entity === selected ? "selected" : ""}"><td>${e.entity}</td>` +
-    `<td><span class="state ${stateClass(e.state)}">${e.state}</span></td><td>${e.model}</td>` +
+    `<tr data-entity="${esc(e.entity)}" class="${e.entity === selected ? "selected" : ""}"><td>${esc(e.entity)}</td>` +
+    `<td><span class="state ${stateClass(e.state)}">${esc(e.state)}</span></td><td>${esc(e.model)}</td>` +
     `<td>${fmt(e.last_score)} / ${fmt(e.threshold)}</td></tr>`).join("");
   for (const tr of document.querySelectorAll("tr[data-entity]")) {
     tr.onclick = () => { selected = tr.dataset.entity; selectedIncident = null; plot = null; refresh(); };
@@ -51,6 +57,7 @@ function shadeSpans(u) {  // alert spans behind the lines
 
 function drawEntity(e) {
   document.getElementById("title").textContent = `${e.entity} — ${e.model} (${e.state})`;
+  document.getElementById("labelling").hidden = !selectedIncident;
   document.getElementById("models").textContent = (e.models || []).length > 1 ? "models: " + e.models.map((m) =>
     `${m.model} from ${new Date(m.since * 1000).toISOString().slice(0, 19).replace("T", " ")}`).join(" → ") : "";
   spans = e.incidents;
@@ -72,10 +79,12 @@ function drawEntity(e) {
   const items = e.incidents.slice().reverse();
   if (!selectedIncident && items.length) selectedIncident = items[0].alert_id;
   document.getElementById("incidents").innerHTML = items.map((a) =>
-    `<li data-alert="${a.alert_id}" class="${a.alert_id === selectedIncident ? "selected" : ""}">` +
-    `${a.state} · ${new Date(a.start * 1000).toISOString().slice(11, 19)}–` +
+    `<li data-alert="${esc(a.alert_id)}" class="${a.alert_id === selectedIncident ? "selected" : ""}">` +
+    `${esc(a.state)} · ${new Date(a.start * 1000).toISOString().slice(11, 19)}–` +
     `${new Date(a.end * 1000).toISOString().slice(11, 19)} · peak ${fmt(a.score)} · ` +
-    `${a.channels.map((c) => c.channel).join(", ")}</li>`).join("") || '<li class="muted">none yet</li>';
+    `${esc(a.channels.map((c) => c.channel).join(", "))}` +
+    (a.label ? ` · <span class="label">labelled ${esc(a.label)}</span>` : "") + `</li>`).join("") ||
+    '<li class="muted">none yet</li>';
   for (const li of document.querySelectorAll("#incidents li[data-alert]")) {
     li.onclick = () => { selectedIncident = li.dataset.alert; refresh(); };
   }
@@ -94,9 +103,9 @@ function drawHeatmap(inc) {
     ctx.fillRect(t * cw, c * rowH, Math.ceil(cw), rowH - 1);
   }));
   canvas.dataset.channels = inc.names.join(",");
-  document.getElementById("heatmap-labels").innerHTML = inc.names.map((n) => `<div>${n}</div>`).join("");
+  document.getElementById("heatmap-labels").innerHTML = inc.names.map((n) => `<div>${esc(n)}</div>`).join("");
   document.getElementById("ranked").innerHTML = inc.channels.map((c) =>
-    `<li>${c.channel} <span class="muted">${fmt(c.score, 1)}</span></li>`).join("");
+    `<li>${esc(c.channel)} <span class="muted">${fmt(c.score, 1)}</span></li>`).join("");
   document.getElementById("heatmap-title").textContent = `Channel scores during incident ${inc.alert_id}`;
   drawRaw(inc);
 }
@@ -129,6 +138,24 @@ function drawRaw(inc) {  // what an operator opens first: the raw readings of th
   document.getElementById("raw-title").textContent =
     `Readings of the top channels around incident ${inc.alert_id} (${top.map((c) => c.channel).join(", ")})`;
 }
+
+// Operator feedback: the selected incident is a false alarm or an anomaly; or a period without an
+// alert was an anomaly (a miss). Published on the feedback topic; the trainer retunes to it.
+async function label(body) {
+  const status = document.getElementById("label-status");
+  const note = document.getElementById("note").value;
+  const r = await send("api/feedback", { ...body, entity: selected, note });
+  status.textContent = r.ok ? `labelled ${r.label} (${r.feedback_id.slice(0, 8)}); the trainer's next round uses it`
+    : `not labelled: ${r.error}`;
+  status.dataset.result = r.ok ? "ok" : "error";
+  refresh();
+}
+document.getElementById("mark-false").onclick = () => label({ alert_id: selectedIncident, label: "false-alarm" });
+document.getElementById("mark-anomaly").onclick = () => label({ alert_id: selectedIncident, label: "anomaly" });
+document.getElementById("mark-miss").onclick = () => {
+  const t = (id) => Date.parse(document.getElementById(id).value) / 1000;
+  label({ label: "anomaly", start: t("miss-start"), end: t("miss-end") });
+};
 
 async function refresh() {
   try {

@@ -116,3 +116,51 @@ def test_the_entity_page_lists_the_models_that_served_it():
     asyncio.run(pipe.process([msg(1, 300)]))
     models = orjson.loads(get(board, "/api/entity/plant-01")[1])["models"]
     assert models == [{"model": first.model_id, "since": live.ts[0]}, {"model": "pca@2", "since": live.ts[300]}]
+
+
+def post(board, path, body, send, token=None, headers=None):
+    async def run():
+        async with TestClient(TestServer(build_app(board, token, send))) as client:
+            resp = await client.post(path, data=body if isinstance(body, bytes) else orjson.dumps(body),
+                                     headers=headers or {})
+            return resp.status, orjson.loads(await resp.read())
+    return asyncio.run(run())
+
+
+def test_feedback_on_an_incident_takes_its_span_from_the_worker_and_is_sent():
+    board, _ = fed_board()
+    sent = []
+
+    async def send(fb):
+        sent.append(fb)
+    inc = orjson.loads(get(board, "/api/entity/plant-01")[1])["incidents"][0]
+    status, body = post(board, "/api/feedback", {"entity": "plant-01", "alert_id": inc["alert_id"],
+                                                 "label": "false-alarm", "start": 0, "end": 1, "note": "valve test"},
+                        send)
+    assert status == 200 and body["ok"]
+    assert [(f.entity, f.alert_id, f.label, f.start, f.end, f.note, f.source) for f in sent] == [
+        ("plant-01", inc["alert_id"], "false-alarm", inc["start"], inc["end"], "valve test", "dashboard")]
+    shown = orjson.loads(get(board, "/api/entity/plant-01")[1])["incidents"][0]
+    assert shown["label"] == "false-alarm"
+    # a missed period: the operator's span; only "anomaly" makes sense without an alert
+    status, body = post(board, "/api/feedback", {"entity": "plant-01", "label": "anomaly", "start": START + 10,
+                                                 "end": START + 20}, send)
+    assert status == 200 and (sent[-1].start, sent[-1].end, sent[-1].alert_id) == (START + 10, START + 20, None)
+    for bad, code in (({"entity": "plant-01", "label": "false-alarm", "start": 1, "end": 2}, 400),
+                      ({"entity": "plant-01", "label": "maybe", "alert_id": inc["alert_id"]}, 400),
+                      ({"entity": "plant-01", "label": "anomaly", "start": 5, "end": 1}, 400),
+                      ({"entity": "plant-01", "label": "anomaly", "alert_id": "nope"}, 404),
+                      (b"{not json", 400), ([1, 2], 400)):
+        status, body = post(board, "/api/feedback", bad, send)
+        assert status == code and "error" in body, (bad, status, body)
+    assert len(sent) == 2, "nothing invalid was sent"
+
+
+def test_feedback_needs_the_token_and_a_sender():
+    board, _ = fed_board()
+
+    async def send(fb):
+        raise AssertionError("must not be called")
+    body = {"entity": "plant-01", "label": "anomaly", "start": 1, "end": 2}
+    assert post(board, "/api/feedback", body, send, token="s3cret")[0] == 401
+    assert post(board, "/api/feedback", body, None)[0] == 503
