@@ -534,21 +534,22 @@ def cmd_feedback(args) -> int:
                          "without an alert")
     elif args.label != "anomaly":
         raise UsageError("a period without an alert can only be labelled --label anomaly (a miss)")
+    def label(entity, start, end):
+        try:
+            return make(entity, args.label, start, end, alert_id=args.alert_id, note=args.note, source="cli")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    fb = label(args.entity, args.start, args.end) if args.alert_id is None else None  # checked before any I/O
     broker = broker_from_env(args.broker)
     check_broker(broker)
-    if args.alert_id is not None:
+    if fb is None:
         alert = asyncio.run(find_alert(broker, topics.alerts, args.alert_id))
         if alert is None:
             print(f"vigil: no alert {args.alert_id!r} on {topics.alerts}: `vigil alerts` lists them with their "
                   f"alert_id", file=sys.stderr)
             return 1
-        entity, start, end = alert["entity"], alert["start"], alert["end"]
-    else:
-        entity, start, end = args.entity, args.start, args.end
-    try:
-        fb = make(entity, args.label, start, end, alert_id=args.alert_id, note=args.note, source="cli")
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        fb = label(alert["entity"], alert["start"], alert["end"])
+    entity, start, end = fb.entity, fb.start, fb.end
     asyncio.run(publish_feedback(broker, topics.feedback, fb))
     print(f"vigil: labelled {entity} {start:.0f}..{end:.0f} as {args.label} on {topics.feedback} "
           f"(feedback {fb.feedback_id}); the trainer's next round for {entity} uses it", file=sys.stderr)

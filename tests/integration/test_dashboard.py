@@ -107,6 +107,16 @@ def test_dashboard_draws_scores_an_alert_span_and_names_the_injected_channel(bro
         assert set(injected["channels"]) <= set(heat.get_attribute("data-channels").split(","))
         rows = driver.find_elements(By.CSS_SELECTOR, "tr[data-entity]")
         assert {r.get_attribute("data-entity") for r in rows} == {s.entity for s in plant}
+        # the operator confirms the incident as an anomaly with the button: a label on vigil.feedback
+        driver.find_element(By.ID, "note").send_keys("confirmed on site")
+        driver.find_element(By.ID, "mark-anomaly").click()
+        wait_until(lambda: driver.find_element(By.ID, "label-status").get_attribute("data-result"), 20, 0.5)
+        assert driver.find_element(By.ID, "label-status").get_attribute("data-result") == "ok", \
+            driver.find_element(By.ID, "label-status").text
+        labels = read_topic(broker, "vigil.feedback", 1)
+        assert [(x["entity"], x["alert_id"], x["label"], x["note"], x["source"]) for x in labels] == [
+            (alert["entity"], alert["alert_id"], "anomaly", "confirmed on site", "dashboard")]
+        wait_until(lambda: "labelled anomaly" in driver.find_element(By.ID, "incidents").text, 10, 0.5)
         DOCS.mkdir(exist_ok=True)
         driver.save_screenshot(str(DOCS / "dashboard.png"))
         print(f"\nincident {alert['alert_id']} on {alert['entity']}: ranked "

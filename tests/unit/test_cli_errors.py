@@ -45,6 +45,16 @@ MISTAKES = {
     "empty registry": ("models --registry {t}/registry", "no models registered"),
     "no broker": ("alerts --broker 127.0.0.1:1", "no Kafka broker answers"),
     "no command": ("", "required"),
+    "feedback about nothing": ("feedback --label false-alarm --broker 127.0.0.1:1", "say what the label is about"),
+    "feedback on an alert and a period": ("feedback a1 --entity e --start 1 --end 2 --label anomaly",
+                                          "not both"),
+    "a missed period labelled a false alarm": ("feedback --entity e --start 1 --end 2 --label false-alarm",
+                                               "can only be labelled --label anomaly"),
+    "a period that ends before it starts": ("feedback --entity e --start 5 --end 2 --label anomaly --broker "
+                                            "127.0.0.1:1", "start <= end"),
+    "a time that is not a time": ("feedback --entity e --start yesterday --end 2 --label anomaly",
+                                  "unix seconds or an ISO 8601 time"),
+    "an unknown label": ("feedback a1 --label maybe", "invalid choice: 'maybe'"),
 }
 
 

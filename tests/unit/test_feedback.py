@@ -8,8 +8,8 @@ from producers.simulate import normal_history
 from scoring import feedback
 from scoring.settings import Settings
 from training import feedback as retuning
-from training.evaluate import stream_offline
 from training.data import Dataset
+from training.evaluate import stream_offline
 from training.trainer import build_histories
 
 START = 1_700_000_000.0
