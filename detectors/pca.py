@@ -2,7 +2,9 @@
 
 Channels are standardised on training data, projected on the top-k principal components and
 reconstructed; the squared error per channel, divided by that channel's mean training error, is the
-channel score and its mean over channels the point score. A channel's mean error is floored at
+channel's residual score, and its mean over channels the residual statistic (SPE, or Q, of
+multivariate statistical process control). Its companion, Hotelling's T^2 inside the subspace, is
+added (``t2``, see ``_scores``): the two together are the classic PCA monitoring pair. A channel's mean error is floored at
 ``min_scale`` (0.01% of its variance): a channel the components reconstruct almost perfectly (a constant,
 a duplicate of another) would otherwise have its rounding noise multiplied into scores of 1e10. The score of a point does not depend on
 the rest of its window, so any window length and hop give the same scores.
@@ -20,13 +22,14 @@ class PCADetector(Detector):
     context = 1
 
     def __init__(self, channels: list[str], variance: float = 0.95, max_components: int | None = None,
-                 min_scale: float = 1e-4):
-        super().__init__(channels, variance=variance, max_components=max_components, min_scale=min_scale)
+                 min_scale: float = 1e-4, t2: float = 1.0):
+        super().__init__(channels, variance=variance, max_components=max_components, min_scale=min_scale, t2=t2)
         c = len(channels)
         self.mean = np.zeros(c, np.float32)
         self.std = np.ones(c, np.float32)
         self.components = np.zeros((c, 0), np.float32)  # [C, k]
         self.channel_scale = np.ones(c, np.float32)  # mean training squared error per channel
+        self.component_var = np.ones(0, np.float32)  # [k] training variance of each component's score
 
     def fit(self, train: np.ndarray, progress: bool = True) -> "PCADetector":
         x = np.asarray(train, dtype=np.float64)
@@ -45,10 +48,30 @@ class PCADetector(Detector):
         cap = self.info.config.get("max_components") or (len(self.channels) - 1)
         k = max(1, min(k, cap, len(self.channels)))
         self.components = vt[:k].T.astype(np.float32)
+        self.component_var = np.maximum((s[:k] ** 2) / len(z), 1e-12).astype(np.float32)
         err = self._channel_error(z.astype(np.float32))
         self.channel_scale = np.maximum(err.mean(0), self.info.config.get("min_scale", 1e-4)).astype(np.float32)
-        self.train_reconstruction = (err / self.channel_scale).mean(1).astype(np.float32)
+        self.train_reconstruction = self._scores(z.astype(np.float32))[0]
         return self
+
+    def _scores(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Point and channel scores of standardised rows ``z`` [N, C].
+
+        Point: the mean normalised residual (SPE, the distance *off* the components' subspace) plus
+        ``t2`` x Hotelling's T^2 / k (the distance *inside* it, each component by its training
+        variance); both have mean 1 on the training data, so ``t2`` = 1 weighs them alike. Without T^2 a
+        reading that moves far along the directions the components span (a value far outside its
+        range, with its correlations intact) reconstructs perfectly and scores nothing.
+        Channel: its normalised residual plus its share of T^2 (|z_c (P L^-1 P' z)_c| / k)."""
+        spe = self._channel_error(z) / self.channel_scale
+        w = float(self.info.config.get("t2", 0.0))
+        if not w or not len(self.component_var):
+            return spe.mean(1).astype(np.float32), spe
+        proj = z @ self.components  # [N, k]
+        k = len(self.component_var)
+        t2 = ((proj ** 2) / self.component_var).sum(1) / k
+        share = np.abs(z * ((proj / self.component_var) @ self.components.T)) / k
+        return (spe.mean(1) + w * t2).astype(np.float32), (spe + w * share).astype(np.float32)
 
     def _channel_error(self, z: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -60,14 +83,18 @@ class PCADetector(Detector):
     def score(self, windows: np.ndarray) -> Scores:
         w = check_windows(windows, len(self.channels))
         b, t, c = w.shape
-        z = (w.reshape(-1, c) - self.mean) / self.std
-        channel = (self._channel_error(z) / self.channel_scale).reshape(b, t, c)
-        return Scores(reconstruction=channel.mean(2), channel=channel)
+        z = ((w.reshape(-1, c) - self.mean) / self.std).astype(np.float32)
+        point, channel = self._scores(z)
+        return Scores(reconstruction=point.reshape(b, t), channel=channel.reshape(b, t, c))
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "std": self.std, "components": self.components,
-                "channel_scale": self.channel_scale}
+                "channel_scale": self.channel_scale, "component_var": self.component_var}
 
     def load_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         self.mean, self.std = tensors["mean"], tensors["std"]
         self.components, self.channel_scale = tensors["components"], tensors["channel_scale"]
+        if "component_var" in tensors:
+            self.component_var = tensors["component_var"]
+        else:  # an artefact from before T^2: scored as it was trained
+            self.component_var = np.ones(0, np.float32)

@@ -15,7 +15,8 @@ def test_pca_scores_shapes_normalisation_and_localisation():
     train = correlated(3000)
     det = PCADetector([f"c{i}" for i in range(6)]).fit(train)
     assert det.components.shape[1] < 6
-    assert abs(float(det.train_reconstruction.mean()) - 1.0) < 0.05  # normalised: ~1 on training data
+    # SPE and T^2 / k are each normalised to mean 1 on training data
+    assert abs(float(det.train_reconstruction.mean()) - 2.0) < 0.05
     test = correlated(200, seed=1)
     test[100:110, 4] += 3.0  # breaks the correlation on channel 4
     s = det.score(sliding_windows(test, 10, 10))
@@ -23,6 +24,35 @@ def test_pca_scores_shapes_normalisation_and_localisation():
     flat = s.reconstruction.reshape(-1)
     assert flat[100:110].min() > np.quantile(flat[:100], 0.99)
     assert (s.channel.reshape(-1, 6)[100:110].argmax(1) == 4).mean() >= 0.8
+
+
+def test_pca_t2_scores_a_reading_far_along_the_components_that_the_residual_misses():
+    train = correlated(3000)
+    names = [f"c{i}" for i in range(6)]
+    with_t2, without = PCADetector(names).fit(train), PCADetector(names, t2=0.0).fit(train)
+    # eight standard deviations along the first component: far out of range, correlations intact
+    v = with_t2.components[:, 0]
+    far = (with_t2.mean + with_t2.std * v * 8 * np.sqrt(with_t2.component_var[0]))[None, None].repeat(5, 1)
+    normal = correlated(200, seed=2)
+    for det, expect in ((with_t2, True), (without, False)):
+        s_far = float(det.score(far).reconstruction.min())
+        s_normal = float(np.quantile(det.score(normal[None]).reconstruction, 0.99))
+        assert (s_far > 3 * s_normal) is expect, (det.info.config, s_far, s_normal)
+
+
+def test_a_pca_artefact_from_before_t2_scores_as_it_was_trained(tmp_path):
+    det = PCADetector([f"c{i}" for i in range(6)], t2=0.0).fit(correlated(1000))
+    path = artefacts.save(det, tmp_path / "old")
+    meta = json.loads((path / "model.json").read_text())
+    del meta["config"]["t2"]  # what an older Vigil wrote: no t2, no component_var
+    (path / "model.json").write_text(json.dumps(meta))
+    from safetensors.numpy import load_file, save_file
+    tensors = load_file(str(path / "model.safetensors"))
+    del tensors["component_var"]
+    save_file(tensors, str(path / "model.safetensors"))
+    old = artefacts.load(path)
+    x = correlated(64, seed=5)
+    assert np.allclose(old.score(x[None]).reconstruction, det.score(x[None]).reconstruction, atol=1e-5)
 
 
 def test_pca_score_of_a_point_is_independent_of_its_window():

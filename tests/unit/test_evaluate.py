@@ -87,9 +87,10 @@ def test_quality_benchmark_resumes_and_renders_every_model_and_dataset(tmp_path)
     quality.run(["pca", "iforest"], paths, results, quick=True, progress=False)
     rows = [orjson.loads(x) for x in results.read_bytes().splitlines()]
     # pca and iforest have no divergence: every variant but fusion=product, on both datasets; and PCA
-    # with the previous defaults, the baseline, once per dataset
-    assert len(rows) == 2 * 2 * (len(quality.VARIANTS) - 1) + 2
+    # with the previous defaults and without T^2, the baselines, once per dataset
+    assert len(rows) == 2 * 2 * (len(quality.VARIANTS) - 1) + 2 * len(quality.BASELINES)
     assert sum(r["model"] == quality.PREVIOUS for r in rows) == 2
+    assert sum(r["model"] == quality.SPE_ONLY for r in rows) == 2
     quality.run(["pca", "iforest"], paths, results, quick=True, progress=False)
     assert len(results.read_bytes().splitlines()) == len(rows), "a second run resumes: nothing redone"
     doc = tmp_path / "b.md"
