@@ -34,18 +34,25 @@ def test_every_model_served_through_kafka_scores_as_the_offline_pipeline(broker,
     offline["regime"] = stream_offline(artefacts.load(jobs["pca"][0]), shifted, settings)
     assert [a["state"] for a in offline["regime"].drift] == ["drift"]
 
+    # and a model whose served threshold operators' feedback retuned (training.feedback)
+    retuned = artefacts.load(jobs["pca"][0])
+    retuned.threshold_scale = 2.0
+    jobs["retuned"] = (artefacts.save(retuned, tmp_path / "retuned"), data)
+    offline["retuned"] = stream_offline(artefacts.load(jobs["retuned"][0]), data, settings)
+    assert np.nanmedian(offline["retuned"].threshold / offline["pca"].threshold) == pytest.approx(2.0)
+
     streamed = stream_through_kafka(jobs, settings, broker, timeout=300)
 
     base_rate = data.label.mean()
     for name in jobs:
         s, o = streamed[name], offline[name]
-        assert s.model == o.model == f"{'pca' if name == 'regime' else name}@1"
+        assert s.model == o.model == f"{'pca' if name in ('regime', 'retuned') else name}@1"
         np.testing.assert_allclose(s.score, o.score, rtol=1e-4, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(s.threshold, o.threshold, rtol=1e-4, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(s.channel, o.channel, rtol=1e-4, atol=1e-5, err_msg=name)
         assert [(a["start"], a["end"]) for a in s.incidents] == [(a["start"], a["end"]) for a in o.incidents], name
         assert [(a["state"], a["ts"]) for a in s.drift] == [(a["state"], a["ts"]) for a in o.drift], name
-        if name == "regime":
+        if name in ("regime", "retuned"):
             continue
         r = report(s, data)
         print(f"{name}: AUC-PR {r['auc_pr']:.3f} (base rate {base_rate:.3f}), point F1 {r['point']['f1']:.3f}, "
