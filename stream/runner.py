@@ -334,19 +334,9 @@ class Runner:
             read_partition(broker, topics.scores, partition, after("scores")),
             read_partition(broker, topics.alerts, partition, after("alerts")),
             read_partition(broker, topics.dlq, partition, after("dlq")))
-        scores_ts: dict[str, float] = {}
-        alerts_ts: dict[str, float] = {}
-        for rec in scores:
-            msg = orjson.loads(rec.value)
-            last = msg["ts"][-1] if isinstance(msg["ts"], list) else msg["ts"]
-            scores_ts[msg["entity"]] = max(scores_ts.get(msg["entity"], -math.inf), last)
-        for rec in alerts:
-            msg = orjson.loads(rec.value)
-            alerts_ts[msg["entity"]] = max(alerts_ts.get(msg["entity"], -math.inf), msg["ts"])
-        dlq_offset = -1
-        for rec in dlq:
-            d = orjson.loads(rec.value)
-            dlq_offset = max(dlq_offset, d.get("last_offset", d["offset"]))
+        # decoded off the event loop: a long tail must not stall the other partitions' scoring
+        scores_ts, alerts_ts, dlq_offset = await asyncio.get_running_loop().run_in_executor(
+            None, published_after_checkpoint, scores, alerts, dlq)
         self.pipeline.suppress(partition, scores_ts, alerts_ts, dlq_offset)
         self.recovered.add(partition)
         log.warning("partition %d recovered in %.2fs: %d entities, input offset %d, %d entities with "
@@ -357,6 +347,35 @@ class Runner:
         """Entity state records at these offsets of the partition's ``vigil.state`` (evicted entities)."""
         recs = await read_offsets(self.settings.broker, self.settings.topics.state, partition, offsets)
         return [r.value for r in recs]
+
+
+def published_after_checkpoint(scores: list, alerts: list, dlq: list) -> tuple[dict, dict, int]:
+    """Per entity, the last score and alert timestamps published after the checkpoint, and the last
+    dead-lettered source offset: what recovery must not publish again. A record on those topics that
+    Vigil did not write (not JSON, fields missing) is skipped, never fatal to recovery."""
+    scores_ts: dict[str, float] = {}
+    alerts_ts: dict[str, float] = {}
+    dlq_offset = -1
+    for rec in scores:
+        try:
+            msg = orjson.loads(rec.value)
+            last = float(msg["ts"][-1] if isinstance(msg["ts"], list) else msg["ts"])
+            scores_ts[msg["entity"]] = max(scores_ts.get(msg["entity"], -math.inf), last)
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+            continue
+    for rec in alerts:
+        try:
+            msg = orjson.loads(rec.value)
+            alerts_ts[msg["entity"]] = max(alerts_ts.get(msg["entity"], -math.inf), float(msg["ts"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    for rec in dlq:
+        try:
+            d = orjson.loads(rec.value)
+            dlq_offset = max(dlq_offset, int(d.get("last_offset", d["offset"])))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return scores_ts, alerts_ts, dlq_offset
 
 
 def _message(r) -> Message:

@@ -99,3 +99,17 @@ def test_dead_letters_are_bounded_whatever_the_message_holds(size):
     d = orjson.loads(record.value)
     assert len(record.value) < 300_000 and len(record.key) <= 1024
     assert d["code"] == "oversized" and d["value_bytes"] == len(big) and d["key_bytes"] == size
+
+
+def test_recovery_skips_output_records_vigil_did_not_write():
+    from types import SimpleNamespace as Rec
+
+    from stream.runner import published_after_checkpoint
+
+    scores = [Rec(value=b'{"entity": "a", "ts": [1.0, 2.0]}'), Rec(value=b"junk"), Rec(value=b'{"entity": "a"}'),
+              Rec(value=b'{"entity": ["x"], "ts": 3}'), Rec(value=b'{"entity": "b", "ts": 5.0}'),
+              Rec(value=b'{"entity": "a", "ts": []}')]
+    alerts = [Rec(value=b'{"entity": "a", "ts": 1.5}'), Rec(value=b"\xff"), Rec(value=b'{"ts": "x", "entity": "a"}')]
+    dlq = [Rec(value=b'{"offset": 7}'), Rec(value=b'{"offset": 3, "last_offset": 9}'), Rec(value=b"[]"),
+           Rec(value=b'{"offset": "x"}')]
+    assert published_after_checkpoint(scores, alerts, dlq) == ({"a": 2.0, "b": 5.0}, {"a": 1.5}, 9)
