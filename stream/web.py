@@ -97,7 +97,10 @@ def build_app(board: Board, token: str | None = None, send=None) -> web.Applicat
             fb = make(entity, kind, start, end, alert_id=alert_id, note=body.get("note", ""), source="dashboard")
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             return web.json_response({"error": f"not a valid label: {exc}"}, status=400)
-        await send(fb)
+        try:
+            await send(fb)
+        except Exception as exc:  # noqa: BLE001 - the broker is unreachable: say so, keep serving
+            return web.json_response({"error": f"the label could not be published: {exc}"}, status=503)
         if alert_id is not None:
             board.labelled(alert_id, kind)
         return json({"ok": True, "feedback_id": fb.feedback_id, "entity": fb.entity, "label": fb.label,

@@ -164,3 +164,8 @@ def test_feedback_needs_the_token_and_a_sender():
     body = {"entity": "plant-01", "label": "anomaly", "start": 1, "end": 2}
     assert post(board, "/api/feedback", body, send, token="s3cret")[0] == 401
     assert post(board, "/api/feedback", body, None)[0] == 503
+
+    async def down(fb):
+        raise ConnectionError("no broker")
+    status, answer = post(board, "/api/feedback", body, down)
+    assert status == 503 and "no broker" in answer["error"]
