@@ -144,7 +144,9 @@ function drawRaw(inc) {  // what an operator opens first: the raw readings of th
 async function label(body) {
   const status = document.getElementById("label-status");
   const note = document.getElementById("note").value;
-  const r = await send("api/feedback", { ...body, entity: selected, note });
+  let r;
+  try { r = await send("api/feedback", { ...body, entity: selected, note }); }
+  catch (err) { r = { error: String(err) }; }
   status.textContent = r.ok ? `labelled ${r.label} (${r.feedback_id.slice(0, 8)}); the trainer's next round uses it`
     : `not labelled: ${r.error}`;
   status.dataset.result = r.ok ? "ok" : "error";
