@@ -210,9 +210,10 @@ def build_histories(readings: list[Readings], incidents: dict, history: float,
         normal, anomalous = feedback.masks(ts, mine)
         inside = (inside & ~normal) | anomalous
         excluded = int((keep & inside).sum())
-        segments = [feedback.segment(ts, vals.astype(np.float32), fb) for fb in mine]
+        values32 = vals.astype(np.float32)
+        segments = [feedback.segment(ts, values32, fb) for fb in mine]
         keep &= ~inside
-        out[entity] = History(entity, names[entity], ts[keep], vals[keep].astype(np.float32), excluded,
+        out[entity] = History(entity, names[entity], ts[keep], values32[keep], excluded,
                               [s for s in segments if s is not None], sum(s is None for s in segments))
     return out
 
