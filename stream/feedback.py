@@ -6,13 +6,11 @@ keyed by entity.
 """
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 
 from scoring.feedback import Feedback, latest
 
-from .kafka import ensure_topics, offsets_for_time, producer, read_partition
+from .kafka import ensure_topics, producer, read_topic
 
 
 async def publish_feedback(broker: str, topic: str, fb: Feedback, replication: int = 1) -> None:
@@ -25,16 +23,10 @@ async def publish_feedback(broker: str, topic: str, fb: Feedback, replication: i
         await p.stop()
 
 
-async def _read_all(broker: str, topic: str) -> list:
-    starts = await offsets_for_time(broker, topic, None)
-    parts = await asyncio.gather(*(read_partition(broker, topic, p, s) for p, s in starts.items()))
-    return [r for part in parts for r in part]
-
-
 async def find_alert(broker: str, alerts_topic: str, alert_id: str) -> dict | None:
     """The latest message of incident ``alert_id`` on the alerts topic (its final start and end), or None."""
     found = None
-    for rec in await _read_all(broker, alerts_topic):
+    for rec in await read_topic(broker, alerts_topic):
         try:
             a = orjson.loads(rec.value)
         except orjson.JSONDecodeError:
@@ -46,4 +38,4 @@ async def find_alert(broker: str, alerts_topic: str, alert_id: str) -> dict | No
 
 async def read_feedback(broker: str, topic: str) -> dict[str, list[Feedback]]:
     """Entity -> the labels in force (``scoring.feedback.latest``); {} when the topic does not exist."""
-    return latest(r.value for r in await _read_all(broker, topic))
+    return latest(r.value for r in await read_topic(broker, topic))

@@ -106,6 +106,14 @@ async def read_partition(broker: str, topic: str, partition: int, start: int = 0
     return out
 
 
+async def read_topic(broker: str, topic: str, since_wall: float | None = None) -> list:
+    """Every record of every partition, from the first whose Kafka timestamp is >= ``since_wall``
+    (None: from the beginning); [] when the topic does not exist."""
+    starts = await offsets_for_time(broker, topic, since_wall)
+    parts = await asyncio.gather(*(read_partition(broker, topic, p, start) for p, start in starts.items()))
+    return [r for part in parts for r in part]
+
+
 async def iter_partition(broker: str, topic: str, partition: int, start: int = 0):
     """The records of one partition from ``start`` to its current end, a fetch at a time, so that a
     caller can keep only what it needs of a large partition."""

@@ -21,25 +21,18 @@ from training.registry import Registry
 from training.trainer import History, TrainerConfig, build_histories, incidents_from_alerts, retrain_entity
 
 from .feedback import read_feedback
-from .kafka import offsets_for_time, read_partition
+from .kafka import offsets_for_time, read_partition, read_topic
 from .model_updates import publish
 
 log = logging.getLogger("vigil.trainer")
-
-
-async def _read_topic(broker: str, topic: str, since_wall: float | None) -> list:
-    """Every record of every partition, from the first whose Kafka timestamp is >= ``since_wall``."""
-    starts = await offsets_for_time(broker, topic, since_wall)
-    parts = await asyncio.gather(*(read_partition(broker, topic, p, start) for p, start in starts.items()))
-    return [r for part in parts for r in part]
 
 
 def read_histories(settings: Settings, history: float, since_wall: float | None = None,
                    known_names: dict[str, list[str]] | None = None,
                    max_incident: float = float("inf")) -> dict[str, History]:
     async def run():
-        return await asyncio.gather(_read_topic(settings.broker, settings.topics.readings, since_wall),
-                                    _read_topic(settings.broker, settings.topics.alerts, since_wall),
+        return await asyncio.gather(read_topic(settings.broker, settings.topics.readings, since_wall),
+                                    read_topic(settings.broker, settings.topics.alerts, since_wall),
                                     read_feedback(settings.broker, settings.topics.feedback))
     readings, alerts, labels = asyncio.run(run())
     decoded = [d for d in (decode(r.value, settings.max_message_bytes) for r in readings) if isinstance(d, Readings)]
