@@ -521,6 +521,15 @@ def cmd_alerts(args) -> int:
     return 0
 
 
+def labelled_span(alert: dict) -> tuple[str, float, float]:
+    """(entity, start, end) that a label of this alert record covers. A drift still going on has no end
+    yet (its record spans start..start until ``drift_end``): it is labelled as a period instead."""
+    if alert.get("state") == "drift":
+        raise UsageError(f"alert {alert['alert_id']} is a drift of {alert['entity']} that has not ended: label "
+                         f"its period with --entity {alert['entity']} --start {alert['start']:.0f} --end T")
+    return alert["entity"], alert["start"], alert["end"]
+
+
 def cmd_feedback(args) -> int:
     from scoring.feedback import make
     from stream.feedback import find_alert, publish_feedback
@@ -548,7 +557,7 @@ def cmd_feedback(args) -> int:
             print(f"vigil: no alert {args.alert_id!r} on {topics.alerts}: `vigil alerts` lists them with their "
                   f"alert_id", file=sys.stderr)
             return 1
-        fb = label(alert["entity"], alert["start"], alert["end"])
+        fb = label(*labelled_span(alert))
     entity, start, end = fb.entity, fb.start, fb.end
     asyncio.run(publish_feedback(broker, topics.feedback, fb))
     print(f"vigil: labelled {entity} {start:.0f}..{end:.0f} as {args.label} on {topics.feedback} "

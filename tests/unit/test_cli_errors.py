@@ -80,3 +80,13 @@ def test_the_model_table_is_read_not_executed(files):
     (files / "half" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(artefacts.ArtefactError, match="broken model artefact"):
         artefacts.load(files / "half")
+
+
+def test_feedback_on_a_drift_still_going_asks_for_its_period():
+    from cli.main import UsageError, labelled_span
+
+    closed = {"alert_id": "a1", "entity": "e", "state": "close", "start": 10.0, "end": 20.0}
+    ended = {"alert_id": "d1", "entity": "e", "state": "drift_end", "start": 10.0, "end": 90.0}
+    assert labelled_span(closed) == ("e", 10.0, 20.0) and labelled_span(ended) == ("e", 10.0, 90.0)
+    with pytest.raises(UsageError, match="--entity e --start 10 --end T"):
+        labelled_span({"alert_id": "d1", "entity": "e", "state": "drift", "start": 10.0, "end": 10.0})
