@@ -543,6 +543,7 @@ def cmd_feedback(args) -> int:
                          "without an alert")
     elif args.label != "anomaly":
         raise UsageError("a period without an alert can only be labelled --label anomaly (a miss)")
+
     def label(entity, start, end):
         try:
             return make(entity, args.label, start, end, alert_id=args.alert_id, note=args.note, source="cli")
@@ -558,10 +559,9 @@ def cmd_feedback(args) -> int:
                   f"alert_id", file=sys.stderr)
             return 1
         fb = label(*labelled_span(alert))
-    entity, start, end = fb.entity, fb.start, fb.end
     asyncio.run(publish_feedback(broker, topics.feedback, fb))
-    print(f"vigil: labelled {entity} {start:.0f}..{end:.0f} as {args.label} on {topics.feedback} "
-          f"(feedback {fb.feedback_id}); the trainer's next round for {entity} uses it", file=sys.stderr)
+    print(f"vigil: labelled {fb.entity} {fb.start:.0f}..{fb.end:.0f} as {fb.label} on {topics.feedback} "
+          f"(feedback {fb.feedback_id}); the trainer's next round for {fb.entity} uses it", file=sys.stderr)
     return 0
 
 

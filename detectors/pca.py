@@ -4,7 +4,7 @@ Channels are standardised on training data, projected on the top-k principal com
 reconstructed; the squared error per channel, divided by that channel's mean training error, is the
 channel's residual score, and its mean over channels the residual statistic (SPE, or Q, of
 multivariate statistical process control). Its companion, Hotelling's T^2 inside the subspace, is
-added (``t2``, see ``_scores``): the two together are the classic PCA monitoring pair. A channel's mean error is floored at
+added (``t2``, see ``_combine``): the two together are the classic PCA monitoring pair. A channel's mean error is floored at
 ``min_scale`` (0.01% of its variance): a channel the components reconstruct almost perfectly (a constant,
 a duplicate of another) would otherwise have its rounding noise multiplied into scores of 1e10. The score of a point does not depend on
 the rest of its window, so any window length and hop give the same scores.
@@ -49,13 +49,15 @@ class PCADetector(Detector):
         k = max(1, min(k, cap, len(self.channels)))
         self.components = vt[:k].T.astype(np.float32)
         self.component_var = np.maximum((s[:k] ** 2) / len(z), 1e-12).astype(np.float32)
-        err = self._channel_error(z.astype(np.float32))
+        z = z.astype(np.float32)
+        err, proj = self._project(z)
         self.channel_scale = np.maximum(err.mean(0), self.info.config.get("min_scale", 1e-4)).astype(np.float32)
-        self.train_reconstruction = self._scores(z.astype(np.float32))[0]
+        self.train_reconstruction = self._combine(z, err / self.channel_scale, proj)[0]
         return self
 
-    def _scores(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Point and channel scores of standardised rows ``z`` [N, C].
+    def _combine(self, z: np.ndarray, spe: np.ndarray, proj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Point and channel scores from the normalised residuals ``spe`` [N, C] and the components'
+        scores ``proj`` [N, k] of standardised rows ``z``.
 
         Point: the mean normalised residual (SPE, the distance *off* the components' subspace) plus
         ``t2`` x Hotelling's T^2 / k (the distance *inside* it, each component by its training
@@ -63,28 +65,29 @@ class PCADetector(Detector):
         reading that moves far along the directions the components span (a value far outside its
         range, with its correlations intact) reconstructs perfectly and scores nothing.
         Channel: its normalised residual plus its share of T^2 (|z_c (P L^-1 P' z)_c| / k)."""
-        spe = self._channel_error(z) / self.channel_scale
         w = float(self.info.config.get("t2", 0.0))
         if not w or not len(self.component_var):
             return spe.mean(1).astype(np.float32), spe
-        proj = z @ self.components  # [N, k]
         k = len(self.component_var)
         t2 = ((proj ** 2) / self.component_var).sum(1) / k
         share = np.abs(z * ((proj / self.component_var) @ self.components.T)) / k
         return (spe.mean(1) + w * t2).astype(np.float32), (spe + w * share).astype(np.float32)
 
-    def _channel_error(self, z: np.ndarray) -> np.ndarray:
+    def _project(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Squared reconstruction error per channel [N, C] and the components' scores [N, k], from
+        one projection on the model's device."""
         with torch.no_grad():
             zt = torch.from_numpy(np.ascontiguousarray(z)).to(self.device)
             p = torch.from_numpy(self.components).to(self.device)
-            recon = (zt @ p) @ p.T
-            return ((zt - recon) ** 2).cpu().numpy()
+            proj = zt @ p
+            return ((zt - proj @ p.T) ** 2).cpu().numpy(), proj.cpu().numpy()
 
     def score(self, windows: np.ndarray) -> Scores:
         w = check_windows(windows, len(self.channels))
         b, t, c = w.shape
         z = ((w.reshape(-1, c) - self.mean) / self.std).astype(np.float32)
-        point, channel = self._scores(z)
+        err, proj = self._project(z)
+        point, channel = self._combine(z, err / self.channel_scale, proj)
         return Scores(reconstruction=point.reshape(b, t), channel=channel.reshape(b, t, c))
 
     def tensors(self) -> dict[str, np.ndarray]:
