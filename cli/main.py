@@ -84,9 +84,36 @@ def _timestamp(text: str) -> float:
     return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def _model_config(args) -> dict:
-    """``--preset`` and ``--epochs`` where given, as detector configuration."""
-    return {k: v for k, v in (("preset", args.preset), ("epochs", args.epochs)) if v is not None}
+def _model_config(args, data=None) -> dict:
+    """``--preset``, ``--epochs`` and ``--inputs`` where given, as detector configuration; without
+    ``--inputs``, the inputs ``data`` declares (``training.data``), for a model that can judge without them."""
+    config = {k: v for k, v in (("preset", args.preset), ("epochs", args.epochs)) if v is not None}
+    inputs = getattr(args, "inputs", None)
+    if inputs and artefacts.is_artefact(args.model):
+        raise UsageError(f"--inputs: {args.model} is a trained model; its inputs were set when it was trained")
+    if inputs and not artefacts.model_class(args.model).supports_inputs:
+        judges = ", ".join(m for m in artefacts.MODELS if artefacts.model_class(m).supports_inputs)
+        raise UsageError(f"--inputs: {args.model} scores every channel alike and cannot leave inputs out; "
+                         f"models that can: {judges}")
+    if inputs is None and data is not None and data.inputs and not artefacts.is_artefact(args.model) \
+            and artefacts.model_class(args.model).supports_inputs:
+        inputs = list(data.inputs)
+    if inputs:
+        config["inputs"] = inputs
+    return config
+
+
+def _inputs(text: str) -> list[str]:
+    """``--inputs``: comma-separated channel names or fnmatch patterns ('' for none)."""
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _inputs_arg(p: argparse.ArgumentParser, default_from_data: bool = True) -> None:
+    p.add_argument("--inputs", type=_inputs, default=None, metavar="PATTERNS",
+                   help="channels that are the plant's inputs (commands, setpoints): comma-separated names or "
+                        "patterns such as 'cmd_*'; the model learns from them but judges and blames only the other "
+                        "channels" + (" (default: what the dataset declares, e.g. SMAP/MSL's command columns; "
+                                      "'' for none)" if default_from_data else ""))
 
 
 def _scoring_args(p: argparse.ArgumentParser, publishes: bool = True) -> None:
@@ -182,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset: .npz, a folder of .npz (SMAP/MSL), SMD text, telemanom or CSV; repeatable")
     p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
     p.add_argument("--epochs", type=_positive, default=None)
+    _inputs_arg(p)
     p.add_argument("--through-kafka", action="store_true",
                    help="replay through a broker and a worker instead of the in-process pipeline")
     _broker_arg(p)
@@ -209,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model to train per entity")
     p.add_argument("--preset", default=None)
     p.add_argument("--epochs", type=_positive, default=None)
+    _inputs_arg(p, default_from_data=False)
     p.add_argument("--every", type=_duration, default=_duration("6h"), help="interval, e.g. 30m, 6h, 1d")
     p.add_argument("--history", type=_duration, default=_duration("7d"),
                    help="history per entity, back from its newest reading (its own clock)")
@@ -279,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=artefacts.DEFAULT_MODEL, choices=list(artefacts.MODELS))
     p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
     p.add_argument("--epochs", type=_positive, default=None)
+    _inputs_arg(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--data", required=True, help="dataset whose train split to learn: .npz, a folder of .npz "
                                                  "(SMAP/MSL), SMD text, telemanom or CSV")
@@ -352,10 +382,9 @@ def cmd_eval(args) -> int:
                          f"model artefact folder (one that `vigil train` wrote)")
     settings = settings_from_args(args)
     settings.score_channels = True
-    config = _model_config(args)
     for path in args.data:
         data = seal(load(path))  # no label can be read before report(), after scoring
-        det = train_or_load(args.model, data, args.device, **config)
+        det = train_or_load(args.model, data, args.device, **_model_config(args, data))
         if args.through_kafka:
             import tempfile
 
@@ -572,7 +601,8 @@ def cmd_train(args) -> int:
     data = load(args.data)
     from training.calibration import fit_for_serving
 
-    det = fit_for_serving(artefacts.create(args.model, data.channels, **_model_config(args)).to(args.device), data.train)
+    det = fit_for_serving(artefacts.create(args.model, data.channels, **_model_config(args, data)).to(args.device),
+                          data.train)
     path = artefacts.save(det, args.out)
     print(f"vigil: trained {det.model_id} on {data.train.shape[0]} points x {data.train.shape[1]} channels -> {path}")
     return 0

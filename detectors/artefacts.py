@@ -73,7 +73,19 @@ def available() -> list[str]:
 
 def create(name: str, channels: list[str], **config) -> Detector:
     """A new, unfitted detector by name."""
-    return model_class(name)(channels, **config)
+    cls = model_class(name)
+    if config.get("inputs") and not cls.supports_inputs:
+        judges = ", ".join(n for n in MODELS if _supports_inputs(n))
+        raise ValueError(f"{name} scores every channel alike and cannot leave input channels out; "
+                         f"models that can: {judges}")
+    return cls(channels, **config)
+
+
+def _supports_inputs(name: str) -> bool:
+    try:
+        return model_class(name).supports_inputs
+    except ValueError:
+        return False
 
 
 def save(detector: Detector, path: str | os.PathLike) -> Path:
@@ -85,6 +97,8 @@ def save(detector: Detector, path: str | os.PathLike) -> Path:
     tensors["train_reconstruction"] = np.ascontiguousarray(detector.train_reconstruction, dtype=np.float32)
     if detector.train_divergence is not None:
         tensors["train_divergence"] = np.ascontiguousarray(detector.train_divergence, dtype=np.float32)
+    if detector.judged is not None:
+        tensors["judged"] = detector.judged.astype(np.uint8)
     save_file(tensors, str(tmp / "model.safetensors"))
     meta = {"format": FORMAT, "name": detector.info.name, "version": detector.info.version,
             "channels": detector.channels, "config": detector.info.config, "created": time.time(),
@@ -136,6 +150,8 @@ def load(path: str | os.PathLike) -> Detector:
         tensors = load_file(str(path / "model.safetensors"))
         detector.train_reconstruction = tensors.pop("train_reconstruction")
         detector.train_divergence = tensors.pop("train_divergence", None)
+        judged = tensors.pop("judged", None)
+        detector.judged = None if judged is None else judged.astype(bool)
         detector.calibration_source = meta.get("calibration", "train")
         detector.threshold_scale = float(meta.get("threshold_scale", 1.0))
         if not (math.isfinite(detector.threshold_scale) and detector.threshold_scale > 0):

@@ -7,6 +7,7 @@ is what lets the stream fuse, threshold and rank channels the same way whatever 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 import numpy as np
 
@@ -40,6 +41,9 @@ class Detector:
     """Base class: subclasses set ``name`` and implement fit/score/tensors/load_tensors."""
 
     name: str = "base"
+    # Whether the point score is the mean of the channel scores, so that input channels (config
+    # ``inputs``) can be left out of it: see ``judge``.
+    supports_inputs: bool = False
     # Rows of context a model needs to score the last row of a window: None means the whole window.
     # A point-wise model (PCA) says 1, and the stream then hands it only the rows it scores.
     context: int | None = None
@@ -56,6 +60,33 @@ class Detector:
         # The served threshold is the calibrated one times this: 1 unless operators' feedback retuned
         # it for this entity (training.feedback), within the trainer's bounds.
         self.threshold_scale = 1.0
+        # The channels the score judges (a mask), None: all of them. Set by ``fit`` (``learn_judged``).
+        self.judged: np.ndarray | None = None
+
+    @property
+    def inputs(self) -> list[str]:
+        """Patterns (fnmatch) naming the channels that are the plant's inputs: commands, setpoints."""
+        return list(self.info.config.get("inputs") or [])
+
+    def learn_judged(self) -> None:
+        """Which channels the score judges: those that the declared inputs do not name.
+
+        An input (a command sent, a setpoint) is what the plant was told to do: it informs the model,
+        which learns how the measured channels answer it, but a new command is operation, not a fault,
+        and never its cause. So the point score is the mean channel score of the *measured* channels.
+        If the patterns name every channel (or there are none), every channel is judged."""
+        patterns = self.inputs
+        measured = np.array([not any(fnmatchcase(c, p) for p in patterns) for c in self.channels])
+        self.judged = measured if patterns and measured.any() and not measured.all() else None
+
+    def judge(self, scores: Scores) -> Scores:
+        """``scores`` with the point score over the judged channels only, and the other channels' scores
+        zero (an input is never blamed); unchanged when every channel is judged."""
+        if self.judged is None:
+            return scores
+        channel = np.where(self.judged, scores.channel, 0).astype(np.float32)
+        point = scores.channel[..., self.judged].mean(-1).astype(np.float32)
+        return Scores(point, channel, scores.divergence)
 
     @property
     def channels(self) -> list[str]:

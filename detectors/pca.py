@@ -7,7 +7,10 @@ multivariate statistical process control). Its companion, Hotelling's T^2 inside
 added (``t2``, see ``_combine``): the two together are the classic PCA monitoring pair. A channel's mean error is floored at
 ``min_scale`` (0.01% of its variance): a channel the components reconstruct almost perfectly (a constant,
 a duplicate of another) would otherwise have its rounding noise multiplied into scores of 1e10. The score of a point does not depend on
-the rest of its window, so any window length and hop give the same scores.
+the rest of its window, so any window length and hop give the same scores. With input channels
+declared (``inputs``: commands, setpoints), they take part in the components, so the residual of a
+measured channel says whether it answered its inputs as in training, but only the measured channels are
+judged (``Detector.judge``).
 """
 from __future__ import annotations
 
@@ -20,10 +23,13 @@ from .base import Detector, Scores, check_windows
 class PCADetector(Detector):
     name = "pca"
     context = 1
+    supports_inputs = True
 
     def __init__(self, channels: list[str], variance: float = 0.95, max_components: int | None = None,
-                 min_scale: float = 1e-4, t2: float = 1.0):
-        super().__init__(channels, variance=variance, max_components=max_components, min_scale=min_scale, t2=t2)
+                 min_scale: float = 1e-4, t2: float = 1.0, inputs: list[str] | None = None):
+        config = {"inputs": list(inputs)} if inputs else {}
+        super().__init__(channels, variance=variance, max_components=max_components, min_scale=min_scale, t2=t2,
+                         **config)
         c = len(channels)
         self.mean = np.zeros(c, np.float32)
         self.std = np.ones(c, np.float32)
@@ -41,6 +47,7 @@ class PCADetector(Detector):
         # Constant channels get unit scale so they neither explode nor vanish.
         std = x.std(0)
         self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        self.learn_judged()
         z = (x - self.mean) / self.std
         _, s, vt = np.linalg.svd(z, full_matrices=False)
         explained = np.cumsum(s**2) / max(float(np.sum(s**2)), 1e-12)
@@ -52,7 +59,7 @@ class PCADetector(Detector):
         z = z.astype(np.float32)
         err, proj = self._project(z)
         self.channel_scale = np.maximum(err.mean(0), self.info.config.get("min_scale", 1e-4)).astype(np.float32)
-        self.train_reconstruction = self._combine(z, err / self.channel_scale, proj)[0]
+        self.train_reconstruction = self.judge(Scores(*self._combine(z, err / self.channel_scale, proj))).reconstruction
         return self
 
     def _combine(self, z: np.ndarray, spe: np.ndarray, proj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +95,7 @@ class PCADetector(Detector):
         z = ((w.reshape(-1, c) - self.mean) / self.std).astype(np.float32)
         err, proj = self._project(z)
         point, channel = self._combine(z, err / self.channel_scale, proj)
-        return Scores(reconstruction=point.reshape(b, t), channel=channel.reshape(b, t, c))
+        return self.judge(Scores(reconstruction=point.reshape(b, t), channel=channel.reshape(b, t, c)))
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "std": self.std, "components": self.components,

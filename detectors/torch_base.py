@@ -24,6 +24,7 @@ from .base import Detector, Scores, check_windows, sliding_windows
 
 
 class TorchDetector(Detector):
+    supports_inputs = True  # the point error is the mean of the channel errors (``_normalised``)
     defaults: dict = {"window": 32, "stride": 4, "epochs": 5, "batch_size": 64, "lr": 1e-3,
                       "max_train_windows": 20_000}
     presets: dict[str, dict] = {"small": {}, "paper": {}}
@@ -116,6 +117,7 @@ class TorchDetector(Detector):
         self.mean = x.mean(0).astype(np.float32)
         std = x.std(0)
         self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        self.learn_judged()
         z = self._standardise(x)
         self.on_training_data(z)
         windows = sliding_windows(z, w, self.cfg["stride"])
@@ -177,8 +179,8 @@ class TorchDetector(Detector):
 
     def _normalised(self, err: np.ndarray, div: np.ndarray | None) -> Scores:
         channel = err / self.channel_scale
-        return Scores(reconstruction=channel.mean(2), channel=channel,
-                      divergence=None if div is None else div / self.div_scale[0])
+        return self.judge(Scores(reconstruction=channel.mean(2), channel=channel,
+                                 divergence=None if div is None else div / self.div_scale[0]))
 
     def score(self, windows: np.ndarray) -> Scores:
         w = check_windows(windows, self.n_channels)

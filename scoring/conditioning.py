@@ -98,7 +98,10 @@ class Level:
     @classmethod
     def calibrated(cls, window: int, calibration: np.ndarray, threshold: float) -> "Level":
         x = np.asarray(calibration, np.float64)
-        base = max(float(np.median(x)), 1e-3 * float(np.mean(np.abs(x))), 1e-12) if x.size else 1.0
+        # at least a thousandth of the mean (a sparse score) and of the threshold (a calibration of
+        # nearly all zeros, whose threshold was floored: scoring.thresholds.FLOOR)
+        base = max(float(np.median(x)), 1e-3 * float(np.mean(np.abs(x))), 1e-3 * float(threshold), 1e-12) \
+            if x.size else 1.0
         return cls(window, base, float(threshold))
 
     def median(self, values: np.ndarray | None = None) -> float | None:

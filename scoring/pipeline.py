@@ -40,7 +40,7 @@ from .conditioning import Level, Smoother
 from .fusion import fuse
 from .incidents import IncidentTracker
 from .settings import Settings
-from .thresholds import make_threshold, threshold_from_state, trim_far_out
+from .thresholds import floor_for, make_threshold, threshold_from_state, trim_far_out
 from .windows import EntityWindow
 
 log = logging.getLogger("vigil.worker")
@@ -141,6 +141,7 @@ class EntityState:
         self.window = EntityWindow(length, min(settings.hop, length), len(names), fill=fill)
         self.last_ts = -math.inf
         self.threshold = None
+        self.floor = 0.0  # the lowest threshold served: nonzero after a degenerate calibration
         self.level: Level | None = None  # the recent level of its scores (set with the threshold)
         self.calib: list[float] = []
         self.smoother = Smoother(settings.smooth, len(names))
@@ -173,12 +174,14 @@ class EntityState:
         entity's own first points, which nobody has checked)."""
         self.threshold = make_threshold(settings.threshold, **settings.threshold_config())
         self.threshold.calibrate(trim_far_out(smoothed) if trim else smoothed)
-        self.level = _level(settings, len(smoothed), smoothed, self.threshold.threshold * self.threshold_scale)
+        self.floor = floor_for(smoothed)
+        served = max(self.threshold.threshold * self.threshold_scale, self.floor)
+        self.level = _level(settings, len(smoothed), smoothed, served)
 
     def to_state(self, history: bool = True) -> dict:
         return {"entity": self.entity, "names": self.names, "model": self.model, "last_ts": self.last_ts,
                 "window": self.window.to_state(history),
-                "threshold": self.threshold.to_state() if self.threshold else None,
+                "threshold": self.threshold.to_state() if self.threshold else None, "floor": self.floor,
                 "level": self.level.to_state() if self.level else None, "smoother": self.smoother.to_state(),
                 "calib": self.calib, "streaming": self.streaming.to_state() if self.streaming else None,
                 "incident": self.incidents.to_state(), "counts": dict(self.counts), "drift_start": self.drift_start}
@@ -192,6 +195,7 @@ class EntityState:
         if state["model"] == self.model:  # a new model version recalibrates from scratch
             if state["threshold"] is not None:
                 self.threshold = threshold_from_state(state["threshold"])
+                self.floor = float(state.get("floor", 0.0))
             if state.get("level") is not None:
                 self.level = Level.from_state(state["level"])
             if state.get("smoother") is not None and state["smoother"]["k"] == self.smoother.k:
@@ -486,11 +490,14 @@ class Pipeline:
         if ent.threshold is not None and start < len(score):
             x = score[start:].astype(np.float64)
             scale, drifting = ent.level.scales(x) if ent.level is not None else (np.ones(len(x)), None)
-            thr[start:], alarm[start:] = ent.threshold.step(x / scale)
-            if ent.threshold_scale != 1.0:  # the threshold learns as before; only the served one moves
-                alarm[start:] = x / scale > thr[start:] * ent.threshold_scale
-                thr[start:] *= ent.threshold_scale
-            thr[start:] *= scale
+            learnt, alarm[start:] = ent.threshold.step(x / scale)
+            # the threshold learns as before; only the served one moves (feedback's scale, the floor)
+            served = learnt * ent.threshold_scale
+            low = served < ent.floor
+            if ent.threshold_scale != 1.0 or low.any():
+                served = np.where(low, ent.floor, served)
+                alarm[start:] = x / scale > served
+            thr[start:] = served * scale
             if drifting is not None:
                 drift = np.zeros(len(score), bool)
                 drift[start:] = drifting

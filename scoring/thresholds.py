@@ -29,10 +29,23 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from river.stats import RollingQuantile
 
-__all__ = ["Threshold", "SpotThreshold", "DSpotThreshold", "PercentileThreshold",
+__all__ = ["FLOOR", "floor_for", "Threshold", "SpotThreshold", "DSpotThreshold", "PercentileThreshold",
            "make_threshold", "threshold_from_state", "fit_gpd", "KINDS", "DEFAULTS", "parameters", "trim_far_out"]
 
 _STATE_VERSION = 1
+
+# The threshold served after a degenerate calibration. Detectors normalise scores so that a typical
+# training point scores about 1 (``detectors.base``). When every calibration score is ~0 (what the
+# model judges never moved while it was calibrated: a telemetry value held constant), the calibrated
+# threshold is ~0 and any later wiggle, however small, would be an alarm: the threshold is then served
+# at least this, "as far off as a typical training point". Other calibrations are served as calibrated.
+FLOOR = 1.0
+
+
+def floor_for(calibration: np.ndarray) -> float:
+    """``FLOOR`` if the calibration scores are degenerate (all below a millionth of it), else 0."""
+    x = np.asarray(calibration, dtype=np.float64)
+    return FLOOR if x.size and float(np.max(np.abs(x))) < FLOOR * 1e-6 else 0.0
 
 # ---------------------------------------------------------------------------------------------
 # GPD fit (Grimshaw's trick)

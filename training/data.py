@@ -9,12 +9,16 @@ Layouts read by ``load(path)``:
 - telemanom: a folder with ``train/*.npy``, ``test/*.npy`` and ``labeled_anomalies.csv``;
 - a CSV with a header and a label column (``label``, ``is_anomaly`` or ``anomaly``), split in time
   (``train_fraction``, default 0.5; the train part's labels are ignored).
+
+A dataset can say which of its channels are the plant's inputs (commands, setpoints; ``inputs``):
+an ``.npz`` with an ``inputs`` array of column indices, and telemanom's layout (the SMAP/MSL channel
+files, a telemanom folder), whose column 0 is the telemetry value and the others encoded commands.
 """
 from __future__ import annotations
 
 import ast
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,7 @@ class Dataset:
     label: np.ndarray  # [N] int8
     channels: list[str]
     interpretation: np.ndarray | None = None  # [K, 3] rows (start, end, channel), half-open, 0-based
+    inputs: list[str] = field(default_factory=list)  # channels that are inputs (detectors.base.Detector.judge)
 
 
 class LabelsSealed(RuntimeError):
@@ -73,7 +78,7 @@ def seal(data: Dataset) -> SealedDataset:
     if isinstance(data, SealedDataset):
         data._locked = True
         return data
-    out = SealedDataset(data.name, data.train, data.test, data.label, data.channels, data.interpretation)
+    out = SealedDataset(data.name, data.train, data.test, data.label, data.channels, data.interpretation, data.inputs)
     out._locked = True
     return out
 
@@ -82,11 +87,22 @@ def _names(c: int) -> list[str]:
     return [f"ch{i}" for i in range(c)]
 
 
+def telemanom_inputs(channels: list[str]) -> list[str]:
+    """telemanom's layout (SMAP, MSL): column 0 is the telemetry value, the others are one-hot encoded
+    commands sent to the spacecraft (Hundman et al. 2018; ../shared/data/README.md): inputs."""
+    return list(channels[1:])
+
+
 def load_npz(path: Path) -> Dataset:
     d = np.load(path)
     train, test = d["train"].astype(np.float32), d["test"].astype(np.float32)
-    return Dataset(path.stem, train, test, d["label"].astype(np.int8), _names(train.shape[1]),
-                   d["interpretation"] if "interpretation" in d.files else None)
+    names = _names(train.shape[1])
+    if "inputs" in d.files:
+        inputs = [names[int(i)] for i in np.atleast_1d(d["inputs"])]
+    else:  # the shared data's smap_msl/{smap,msl}/*.npz: one telemanom channel file each
+        inputs = telemanom_inputs(names) if path.parent.parent.name == "smap_msl" else []
+    return Dataset(path.stem, train, test, d["label"].astype(np.int8), names,
+                   d["interpretation"] if "interpretation" in d.files else None, inputs)
 
 
 def load_npz_folder(path: Path) -> Dataset:
@@ -97,7 +113,7 @@ def load_npz_folder(path: Path) -> Dataset:
     if len(widths) != 1:
         raise ValueError(f"{path}: files have different channel counts {sorted(widths)}")
     return Dataset(path.name, np.concatenate([p.train for p in parts]), np.concatenate([p.test for p in parts]),
-                   np.concatenate([p.label for p in parts]), parts[0].channels)
+                   np.concatenate([p.label for p in parts]), parts[0].channels, inputs=parts[0].inputs)
 
 
 def load_smd_text(root: Path, machine: str) -> Dataset:
@@ -135,8 +151,9 @@ def load_telemanom(root: Path, spacecraft: str | None = None) -> Dataset:
     if not tests:
         raise FileNotFoundError(f"{root}: no channels{' for ' + spacecraft if spacecraft else ''}")
     train = np.concatenate(trains)
-    return Dataset(spacecraft or root.name, train, np.concatenate(tests), np.concatenate(labels),
-                   _names(train.shape[1]))
+    names = _names(train.shape[1])
+    return Dataset(spacecraft or root.name, train, np.concatenate(tests), np.concatenate(labels), names,
+                   inputs=telemanom_inputs(names))
 
 
 def load_csv(path: Path, train_fraction: float = 0.5) -> Dataset:

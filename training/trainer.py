@@ -31,7 +31,7 @@ from scoring.feedback import Feedback
 from scoring.fusion import fuse
 from scoring.pipeline import SCORE_CAP, Message, Pipeline
 from scoring.settings import Settings
-from scoring.thresholds import make_threshold
+from scoring.thresholds import floor_for, make_threshold
 from scoring.windows import EntityWindow
 
 from . import feedback
@@ -224,8 +224,9 @@ def serving_threshold(det: Detector, settings: Settings) -> float:
     scale operators' feedback set."""
     thr = make_threshold(settings.threshold, **settings.threshold_config())
     train = Scores(det.train_reconstruction, None, det.train_divergence)
-    thr.calibrate(fuse(train, settings.fusion, settings.fusion_weight).astype(np.float64))
-    return float(thr.threshold) * det.threshold_scale
+    fused = fuse(train, settings.fusion, settings.fusion_weight).astype(np.float64)
+    thr.calibrate(fused)
+    return max(float(thr.threshold) * det.threshold_scale, floor_for(fused))
 
 
 def _flagged_share(scores_of, windows: np.ndarray, threshold: float) -> float:

@@ -55,6 +55,10 @@ MISTAKES = {
     "a time that is not a time": ("feedback --entity e --start yesterday --end 2 --label anomaly",
                                   "unix seconds or an ISO 8601 time"),
     "an unknown label": ("feedback a1 --label maybe", "invalid choice: 'maybe'"),
+    "inputs for a model that judges every channel": ("train --model iforest --inputs c --data {t}/good.npz "
+                                                     "--out {t}/out", "cannot leave inputs out"),
+    "inputs for a trained model": ("eval --model {t}/model --inputs c --data {t}/good.npz",
+                                   "its inputs were set when it was trained"),
 }
 
 

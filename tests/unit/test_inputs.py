@@ -1,0 +1,136 @@
+"""Input channels (commands, setpoints): learnt from, never judged or blamed; and the floor under a
+threshold whose calibration never saw the judged channels move."""
+import asyncio
+
+import numpy as np
+import orjson
+import pytest
+
+from detectors import artefacts
+from detectors.base import sliding_windows
+from detectors.pca import PCADetector
+from scoring.codec import encode_readings
+from scoring.pipeline import Message, Pipeline
+from scoring.settings import Settings
+from scoring.thresholds import FLOOR, floor_for
+from training.calibration import fit_for_serving
+from training.data import load, seal
+
+from ..helpers import TINY
+
+NAMES = ["flow", "pressure", "cmd_open", "cmd_close"]
+
+
+def plant(n, seed=0, new_command=False):
+    """Two measured channels that answer a valve command (open raises flow, pressure follows flow);
+    the commands are sparse 0/1 pulses. ``new_command``: the close command, never sent in training,
+    is sent (and the plant answers it as it should: nothing else changes)."""
+    rng = np.random.default_rng(seed)
+    cmd_open = (rng.random(n) < 0.05).astype(np.float32)
+    cmd_close = np.zeros(n, np.float32)
+    if new_command:
+        cmd_close[n // 2:n // 2 + 20] = 1.0
+    flow = 2.0 * cmd_open + 0.1 * rng.normal(size=n)
+    pressure = 0.5 * flow + 0.05 * rng.normal(size=n)
+    return np.stack([flow, pressure, cmd_open, cmd_close], 1).astype(np.float32)
+
+
+def test_a_new_command_is_operation_while_a_plant_that_ignores_its_command_is_a_fault():
+    train = plant(4000)
+    judged = PCADetector(NAMES, inputs=["cmd_*"]).fit(train)
+    everything = PCADetector(NAMES).fit(train)
+    assert judged.judged.tolist() == [True, True, False, False]
+    new_command = plant(400, seed=1, new_command=True)
+    fault = plant(400, seed=2)
+    fault[200:210, 2] = 1.0  # the valve is told to open ...
+    fault[200:210, 0] = 0.0  # ... and the flow does not answer
+    fault[200:210, 1] = 0.0
+    for det, command_alarms in ((judged, False), (everything, True)):
+        normal = float(np.quantile(det.score(plant(2000, seed=3)[None]).reconstruction, 0.999))
+        s_cmd = det.score(new_command[None])
+        assert bool(s_cmd.reconstruction[0, 200:220].max() > 3 * normal) is command_alarms
+        s_fault = det.score(fault[None])
+        assert s_fault.reconstruction[0, 200:210].min() > 3 * normal
+    s = judged.score(fault[None])
+    # inputs are never blamed, and the point score is the mean over the measured channels
+    assert np.all(s.channel[..., 2:] == 0)
+    assert np.allclose(s.reconstruction, s.channel[..., :2].mean(-1))
+    assert set(s.channel[0, 200:210].argmax(1).tolist()) <= {0, 1}
+
+
+def test_no_inputs_or_inputs_naming_every_channel_judge_every_channel():
+    train = plant(1000)
+    plain = PCADetector(NAMES).fit(train)
+    all_named = PCADetector(NAMES, inputs=["*"]).fit(train)
+    assert plain.judged is None and all_named.judged is None
+    w = sliding_windows(train[:64], 32, 32)
+    assert np.array_equal(plain.score(w).reconstruction, all_named.score(w).reconstruction)
+
+
+def test_judged_channels_travel_with_the_artefact(tmp_path):
+    det = fit_for_serving(PCADetector(NAMES, inputs=["cmd_open", "cmd_close"]), plant(3000), progress=False)
+    back = artefacts.load(artefacts.save(det, tmp_path / "m"))
+    assert back.judged.tolist() == [True, True, False, False] and back.inputs == ["cmd_open", "cmd_close"]
+    w = plant(64, seed=5)[None]
+    assert np.array_equal(back.score(w).reconstruction, det.score(w).reconstruction)
+
+
+def test_deep_models_judge_the_measured_channels_and_tree_models_refuse_inputs():
+    det = artefacts.create("lstm_ae", NAMES, inputs=["cmd_*"], **TINY).fit(plant(800), progress=False)
+    s = det.score(sliding_windows(plant(64, seed=1), 16, 16))
+    assert np.all(s.channel[..., 2:] == 0)
+    assert np.allclose(s.reconstruction, s.channel[..., :2].mean(-1), rtol=1e-5)
+    with pytest.raises(ValueError, match="cannot leave input channels out; models that can: pca"):
+        artefacts.create("iforest", NAMES, inputs=["cmd_*"])
+
+
+def test_the_shared_smap_and_msl_files_declare_their_command_columns(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "smap_msl" / "smap"
+    folder.mkdir(parents=True)
+    np.savez(folder / "X-1.npz", train=rng.normal(size=(50, 4)), test=rng.normal(size=(20, 4)),
+             label=np.zeros(20, np.int8))
+    np.savez(tmp_path / "own.npz", train=rng.normal(size=(50, 4)), test=rng.normal(size=(20, 4)),
+             label=np.zeros(20, np.int8), inputs=np.array([3]))
+    np.savez(tmp_path / "plain.npz", train=rng.normal(size=(50, 4)), test=rng.normal(size=(20, 4)),
+             label=np.zeros(20, np.int8))
+    assert load(folder / "X-1.npz").inputs == ["ch1", "ch2", "ch3"]  # column 0 is the telemetry
+    assert seal(load(tmp_path / "own.npz")).inputs == ["ch3"]
+    assert load(tmp_path / "plain.npz").inputs == []
+
+
+def _stream(det, values, start=1_700_000_000.0):
+    names = list(det.channels)
+    msgs = [Message(0, i, b"e", encode_readings("e", start + i, values[i], names)) for i in range(len(values))]
+    pipe = Pipeline(Settings(), {"*": det})
+    out = [asyncio.run(pipe.process(msgs[i:i + 50])) for i in range(0, len(msgs), 50)]
+    scores = [orjson.loads(r.value) for o in out for r in o.scores]
+    thr = np.array([t if t is not None else np.nan for m in scores for t in m["threshold"]], float)
+    score = np.array([s for m in scores for s in m["score"]])
+    return score, thr, pipe
+
+
+def test_a_judged_channel_held_constant_in_training_alarms_when_it_moves_not_when_it_wiggles():
+    rng = np.random.default_rng(0)
+    train = np.stack([np.full(3000, 0.5), (rng.random(3000) < 0.1), (rng.random(3000) < 0.1)], 1).astype(np.float32)
+    det = fit_for_serving(PCADetector(["value", "cmd_a", "cmd_b"], inputs=["cmd_*"]), train, progress=False)
+    assert np.all(det.train_reconstruction == 0)  # calibration never saw the value move
+    live = np.stack([np.full(600, 0.5), (rng.random(600) < 0.1), (rng.random(600) < 0.1)], 1).astype(np.float32)
+    live[:, 0] += 0.001  # a rounding-level offset: the same constant, as far as anybody cares
+    live[400:430, 0] = 0.9  # the value moves
+    score, thr, pipe = _stream(det, live)
+    alarm = score > thr
+    assert np.nanmin(thr) >= FLOOR
+    assert not alarm[:400].any() and alarm[400:430].all()
+    # the floor is part of the entity's state, and a restored entity serves it
+    ent = pipe.entities["e"]
+    state = orjson.loads(orjson.dumps(ent.to_state()))
+    assert state["floor"] == FLOOR
+    ent.floor = 0.0
+    ent.load_state(state)
+    assert ent.floor == FLOOR
+
+
+def test_only_a_degenerate_calibration_is_floored():
+    assert floor_for(np.zeros(100)) == FLOOR and floor_for(np.full(100, 1e-31)) == FLOOR
+    assert floor_for(np.r_[np.zeros(99), 0.05]) == 0.0 and floor_for(np.zeros(0)) == 0.0
