@@ -22,6 +22,7 @@ FORMAT = 2  # 2: training reconstruction and divergence stored apart
 # Baselines first, then the papers' models: the order of every listing and benchmark table.
 MODELS: dict[str, str] = {
     "pca": "detectors.pca:PCADetector",
+    "var": "detectors.var:VARDetector",
     "iforest": "detectors.iforest:IsolationForestDetector",
     "hst": "detectors.hst:HalfSpaceTreesDetector",
     "lstm_ae": "detectors.lstm_ae:LSTMAutoencoder",

@@ -41,18 +41,30 @@ def test_every_model_served_through_kafka_scores_as_the_offline_pipeline(broker,
     offline["retuned"] = stream_offline(artefacts.load(jobs["retuned"][0]), data, settings)
     assert np.nanmedian(offline["retuned"].threshold / offline["pca"].threshold) == pytest.approx(2.0)
 
+    # and a model told that c1..c5 are inputs, whose judged channel c0 never moved in training: the
+    # threshold of that degenerate calibration is served at the floor (scoring.thresholds.FLOOR)
+    held = small_dataset()
+    held.train, held.test = held.train.copy(), held.test.copy()
+    held.train[:, 0], held.test[:, 0] = 0.5, 0.5
+    held.test[300:320, 0] = 1.5
+    judged = artefacts.create("pca", held.channels, inputs=["c[1-5]"]).fit(held.train, progress=False)
+    jobs["inputs"] = (artefacts.save(judged, tmp_path / "inputs"), held)
+    offline["inputs"] = stream_offline(artefacts.load(jobs["inputs"][0]), held, settings)
+    assert np.nanmin(offline["inputs"].threshold) >= 1.0 and offline["inputs"].alarm[300:320].all()
+    assert not np.delete(offline["inputs"].alarm, np.s_[300:330]).any()
+
     streamed = stream_through_kafka(jobs, settings, broker, timeout=300)
 
     base_rate = data.label.mean()
     for name in jobs:
         s, o = streamed[name], offline[name]
-        assert s.model == o.model == f"{'pca' if name in ('regime', 'retuned') else name}@1"
+        assert s.model == o.model == f"{'pca' if name in ('regime', 'retuned', 'inputs') else name}@1"
         np.testing.assert_allclose(s.score, o.score, rtol=1e-4, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(s.threshold, o.threshold, rtol=1e-4, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(s.channel, o.channel, rtol=1e-4, atol=1e-5, err_msg=name)
         assert [(a["start"], a["end"]) for a in s.incidents] == [(a["start"], a["end"]) for a in o.incidents], name
         assert [(a["state"], a["ts"]) for a in s.drift] == [(a["state"], a["ts"]) for a in o.drift], name
-        if name in ("regime", "retuned"):
+        if name in ("regime", "retuned", "inputs"):
             continue
         r = report(s, data)
         print(f"{name}: AUC-PR {r['auc_pr']:.3f} (base rate {base_rate:.3f}), point F1 {r['point']['f1']:.3f}, "

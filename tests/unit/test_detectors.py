@@ -170,3 +170,45 @@ def test_coldstart_of_a_wide_entity_scores_channels_alone_and_stays_small():
     assert not det.full and det.warmup == 50
     det.score_learn(np.random.default_rng(0).normal(size=(60, 300)))
     assert len(json.dumps(ColdStartDetector(128).to_state())) < 250_000  # the widest full covariance
+
+
+def _oscillating(n, seed=0):
+    t = np.arange(n)
+    rng = np.random.default_rng(seed)
+    return np.stack([np.sin(t / 7), np.cos(t / 7), 0.5 * np.sin(t / 3)], 1) + 0.02 * rng.normal(size=(n, 3))
+
+
+def test_var_forecast_sees_a_stuck_channel_that_reconstruction_finds_plausible(tmp_path):
+    names = ["a", "b", "c"]
+    train = _oscillating(4000)
+    var = artefacts.create("var", names).fit(train, progress=False)
+    pca = PCADetector(names).fit(train)
+    live = _oscillating(400, seed=1)
+    live[200:260, 2] = live[200, 2]  # channel c stops moving: each reading on its own is plausible
+    score = {}
+    for name, det in (("var", var), ("pca", pca)):
+        s = det.score(live[None])
+        normal = float(np.quantile(s.reconstruction[0, 20:190], 0.99))
+        score[name] = float(np.median(s.reconstruction[0, 210:260])) / normal
+    assert score["var"] > 3 and score["pca"] < 1, score
+    s = var.score(live[None])
+    assert (s.channel[0, 210:260].argmax(1) == 2).mean() > 0.9
+    back = artefacts.load(artefacts.save(var, tmp_path / "var"))
+    w = sliding_windows(live, 32, 16)
+    assert np.array_equal(back.score(w).reconstruction, var.score(w).reconstruction)
+
+
+def test_var_with_inputs_forecasts_the_measured_channels_from_the_commands_of_the_same_instant():
+    rng = np.random.default_rng(0)
+    cmd = (rng.random(3000) < 0.05).astype(np.float32)
+    flow = 2.0 * cmd + 0.05 * rng.normal(size=3000)  # answers its command at once
+    train = np.stack([flow, cmd], 1)
+    det = artefacts.create("var", ["flow", "cmd"], inputs=["cmd"]).fit(train, progress=False)
+    assert det.judged.tolist() == [True, False]
+    live = train[:300].copy()
+    live[150, 1], live[150, 0] = 1.0, 0.0  # told to open, did not
+    s = det.score(live[None])
+    assert np.all(s.channel[..., 1] == 0)
+    assert s.reconstruction[0, 150] > 20 * np.quantile(s.reconstruction[0, 10:140], 0.99)
+    with pytest.raises(ValueError, match="lags"):
+        artefacts.create("var", ["a"], lags=40)
