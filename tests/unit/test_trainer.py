@@ -118,3 +118,17 @@ def test_a_first_model_that_alarms_far_more_than_the_cold_start_is_rejected():
     assert rule.decide({"alarm_rate": 0.02, "detection": -0.1, "score_max": 9.0}, None, cold)[0]
     assert not rule.decide({"alarm_rate": 0.2, "detection": 0.9, "score_max": 9.0}, None, cold)[0]
     assert not rule.decide({"alarm_rate": 0.01, "detection": 0.9, "score_max": 1e30}, None, cold)[0]
+
+
+def test_the_trainer_trains_the_named_model_with_the_declared_inputs(tmp_path):
+    """``vigil trainer --model var --inputs 'ch5'``: the registered model forecasts only the measured
+    channels and never blames the input."""
+    values = normal_history("plant-01", 6, 2000, START, 4).values
+    registry = Registry(tmp_path)
+    cfg = TrainerConfig(model="var", model_config={"inputs": ["ch5"]}, min_points=500, generator_config=GEN,
+                        generated_windows=64)
+    e = retrain_entity(history(values), registry, cfg, Settings())
+    assert e["event"] in ("promoted", "rejected"), e
+    det = registry.load(registry.versions("plant-01")[-1])
+    assert det.model_id.startswith("var@") and det.inputs == ["ch5"]
+    assert det.judged.tolist() == [True] * 5 + [False]
