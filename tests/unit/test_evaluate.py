@@ -82,7 +82,8 @@ def test_quality_benchmark_resumes_and_renders_every_model_and_dataset(tmp_path)
     for name, seed in (("one", 0), ("two", 1)):
         d = small_dataset()
         paths[name] = tmp_path / f"{name}.npz"
-        np.savez(paths[name], train=d.train, test=d.test, label=d.label, interpretation=d.interpretation)
+        extra = {"inputs": np.array([5])} if name == "two" else {}  # "two" declares channel c5 an input
+        np.savez(paths[name], train=d.train, test=d.test, label=d.label, interpretation=d.interpretation, **extra)
     results = tmp_path / "r.jsonl"
     quality.run(["pca", "iforest"], paths, results, quick=True, progress=False)
     rows = [orjson.loads(x) for x in results.read_bytes().splitlines()]
@@ -91,6 +92,12 @@ def test_quality_benchmark_resumes_and_renders_every_model_and_dataset(tmp_path)
     assert len(rows) == 2 * 2 * (len(quality.VARIANTS) - 1) + 2 * len(quality.BASELINES)
     assert sum(r["model"] == quality.PREVIOUS for r in rows) == 2
     assert sum(r["model"] == quality.SPE_ONLY for r in rows) == 2
+    # the inputs a dataset declares are given to the models that can leave them out, and to the
+    # baselines that stand for today's PCA; iforest cannot, and "inputs judged too" must not
+    judged = {(r["model"], r["dataset"]): r["inputs"] for r in rows if r["variant"] == "default"}
+    assert judged[("pca", "two")] == 1 and judged[(quality.SPE_ONLY, "two")] == 1
+    assert judged[("iforest", "two")] == 0 and judged[(quality.ALL_CHANNELS, "two")] == 0
+    assert judged[("pca", "one")] == 0
     quality.run(["pca", "iforest"], paths, results, quick=True, progress=False)
     assert len(results.read_bytes().splitlines()) == len(rows), "a second run resumes: nothing redone"
     doc = tmp_path / "b.md"
@@ -100,6 +107,9 @@ def test_quality_benchmark_resumes_and_renders_every_model_and_dataset(tmp_path)
     text = doc.read_text()
     assert text.count(quality.BEGIN) == 1 and "hand-written throughput section" in text
     assert "| pca | " in text and "| iforest | " in text and "| one | two | mean |" in text.replace("model | ", "")
+    # the floor a point-wise F1 is read against: every point in alarm, F1 = 2p / (1 + p)
+    p = np.mean([r["anomalous_points"] / r["points"] for r in rows if r["dataset"] == "one"])
+    assert f"| (alarm on every point: no model) | {2 * p / (1 + p):.3f} |" in text
 
 
 def test_evaluation_cannot_read_test_labels_before_the_scores_are_final(tmp_path, monkeypatch):
