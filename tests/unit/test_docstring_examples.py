@@ -1,0 +1,13 @@
+"""The examples in docstrings run as written (a stale example misleads more than none)."""
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["scoring.feedback", "detectors.var"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    failed, tried = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert tried > 0 and failed == 0
