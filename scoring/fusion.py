@@ -26,7 +26,8 @@ def fuse(scores: Scores, rule: str = "sum", weight: float = 1.0) -> np.ndarray:
 
 
 def top_channels(channel_scores: np.ndarray, names: list[str], k: int) -> list[dict]:
-    """The k channels with the highest scores, highest first, as alert payload entries."""
+    """The k channels with the highest scores, highest first, as alert payload entries; a channel that
+    contributed nothing (score 0: an input channel, ``detectors.base.Detector.judge``) is no cause."""
     k = min(k, len(names))
     idx = np.argsort(-channel_scores, kind="stable")[:k]
-    return [{"channel": names[i], "score": round(float(channel_scores[i]), 4)} for i in idx]
+    return [{"channel": names[i], "score": round(float(channel_scores[i]), 4)} for i in idx if channel_scores[i] > 0]

@@ -107,7 +107,21 @@ def _stream(det, values, start=1_700_000_000.0):
     scores = [orjson.loads(r.value) for o in out for r in o.scores]
     thr = np.array([t if t is not None else np.nan for m in scores for t in m["threshold"]], float)
     score = np.array([s for m in scores for s in m["score"]])
+    pipe.published_alerts = [orjson.loads(r.value) for o in out for r in o.alerts]
     return score, thr, pipe
+
+
+def test_an_incident_names_measured_channels_only():
+    det = fit_for_serving(PCADetector(NAMES, inputs=["cmd_*"]), plant(4000), progress=False)
+    live = plant(900, seed=2)
+    live[600:640, 2] = 1.0  # the valve is told to open for 40 readings and the flow does not answer
+    live[600:640, 0] = 0.0
+    live[600:640, 1] = 0.0
+    _, _, pipe = _stream(det, live)
+    incidents = [a for a in pipe.published_alerts if a.get("channels")]
+    assert incidents, pipe.published_alerts
+    named = {c["channel"] for a in incidents for c in a["channels"]}
+    assert named and named <= {"flow", "pressure"}, named
 
 
 def test_a_judged_channel_held_constant_in_training_alarms_when_it_moves_not_when_it_wiggles():
