@@ -393,7 +393,9 @@ def cmd_eval(args) -> int:
                 stream = stream_through_kafka({"eval": (artefact, data)}, settings, args.broker)["eval"]
         else:
             stream = stream_offline(det, data, settings)
-        result = {"dataset": data.name, "through_kafka": args.through_kafka, **report(stream, data, settings.top_k)}
+        result = {"dataset": data.name, "through_kafka": args.through_kafka, "inputs": det.inputs,
+                  "judged_channels": len(det.channels) if det.judged is None else int(det.judged.sum()),
+                  "channels": len(det.channels), **report(stream, data, settings.top_k)}
         if args.json:
             print(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY).decode(), flush=True)
         else:

@@ -10,6 +10,9 @@ def print_report(r: dict) -> None:
     via = "through Kafka" if r.get("through_kafka") else "offline pipeline"
     print(f"{r['dataset']}  model {r['model_id']}  ({via}; {r['points']} test points, {r['anomalous_points']} "
           f"anomalous in {r['events']} events)")
+    if r.get("inputs"):
+        shown = ", ".join(r["inputs"][:4]) + (", ..." if len(r["inputs"]) > 4 else "")
+        print(f"  judged {r['judged_channels']} of {r['channels']} channels; inputs, learnt from but not judged: {shown}")
     print(f"  point-wise at the online threshold  {_prf(r['point'])}  (alarm rate {r['alarm_rate']:.4f})")
     print(f"  affiliation                         {_prf(r['affiliation'])}")
     print(f"  incidents vs events                 {_prf(r['incident'])}  ({r['incidents']} incidents)")

@@ -148,3 +148,19 @@ def test_a_judged_channel_held_constant_in_training_alarms_when_it_moves_not_whe
 def test_only_a_degenerate_calibration_is_floored():
     assert floor_for(np.zeros(100)) == FLOOR and floor_for(np.full(100, 1e-31)) == FLOOR
     assert floor_for(np.r_[np.zeros(99), 0.05]) == 0.0 and floor_for(np.zeros(0)) == 0.0
+
+
+def test_vigil_eval_uses_the_inputs_a_dataset_declares_and_says_so(tmp_path, capsys):
+    from cli.main import main
+
+    folder = tmp_path / "smap_msl" / "smap"
+    folder.mkdir(parents=True)
+    train, test = plant(2000), plant(600, seed=1)
+    np.savez(folder / "X-1.npz", train=train, test=test, label=np.zeros(600, np.int8))
+    results = {}
+    for flag in ([], ["--inputs", ""], ["--inputs", "ch3"]):
+        assert main(["eval", "--json", "--data", str(folder / "X-1.npz"), *flag]) == 0
+        results[" ".join(flag)] = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert results[""]["inputs"] == ["ch1", "ch2", "ch3"] and results[""]["judged_channels"] == 1
+    assert results["--inputs "]["inputs"] == [] and results["--inputs "]["judged_channels"] == 4
+    assert results["--inputs ch3"]["judged_channels"] == 3
