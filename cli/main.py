@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replication factor of the topics created on first start")
     p.add_argument("--group", default=d.group)
     _topics_arg(p)
+    p.add_argument("--inputs", type=_inputs, default=[], metavar="PATTERNS",
+                   help="channels that are the plant's inputs (commands, setpoints), for entities scored by the "
+                        "cold start: learnt from, never judged or blamed (a trained model carries its own)")
     p.add_argument("--detector", default=None, metavar="HOST:PORT",
                    help="score in a `vigil detector` process (e.g. one per GPU) instead of in this process")
     p.add_argument("--batch-size", type=_positive, default=d.batch_size, help="messages per micro-batch")
@@ -354,6 +357,7 @@ def cmd_worker(args) -> int:
     from stream.worker import run_worker
 
     settings = settings_from_args(args)
+    settings.inputs = list(args.inputs)
     for spec in args.model:
         entity, sep, path = spec.partition("=")
         settings.models[entity if sep else "*"] = path if sep else entity

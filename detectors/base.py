@@ -69,24 +69,13 @@ class Detector:
         return list(self.info.config.get("inputs") or [])
 
     def learn_judged(self) -> None:
-        """Which channels the score judges: those that the declared inputs do not name.
-
-        An input (a command sent, a setpoint) is what the plant was told to do: it informs the model,
-        which learns how the measured channels answer it, but a new command is operation, not a fault,
-        and never its cause. So the point score is the mean channel score of the *measured* channels.
-        If the patterns name every channel (or there are none), every channel is judged."""
-        patterns = self.inputs
-        measured = np.array([not any(fnmatchcase(c, p) for p in patterns) for c in self.channels])
-        self.judged = measured if patterns and measured.any() and not measured.all() else None
+        """Which channels the score judges: those that the declared inputs do not name
+        (``judged_mask``)."""
+        self.judged = judged_mask(self.channels, self.inputs)
 
     def judge(self, scores: Scores) -> Scores:
-        """``scores`` with the point score over the judged channels only, and the other channels' scores
-        zero (an input is never blamed); unchanged when every channel is judged."""
-        if self.judged is None:
-            return scores
-        channel = np.where(self.judged, scores.channel, 0).astype(np.float32)
-        point = scores.channel[..., self.judged].mean(-1).astype(np.float32)
-        return Scores(point, channel, scores.divergence)
+        """``scores`` with only the judged channels judged (``judge_scores``)."""
+        return judge_scores(scores, self.judged)
 
     @property
     def channels(self) -> list[str]:
@@ -148,6 +137,33 @@ class StreamingDetector:
 
     def load_state(self, state: dict) -> "StreamingDetector":
         raise NotImplementedError
+
+
+def judged_mask(channels: list[str], inputs: list[str]) -> np.ndarray | None:
+    """The channels to judge: those that no pattern in ``inputs`` names; None for all of them (no
+    inputs, or patterns that name every channel).
+
+    An input (a command sent, a setpoint) is what the plant was told to do: it informs the model,
+    which learns how the measured channels answer it, but a new command is operation, not a fault,
+    and never its cause. So the point score is the mean channel score of the *measured* channels.
+
+    >>> judged_mask(["flow", "cmd_open"], ["cmd_*"]).tolist()
+    [True, False]
+    >>> judged_mask(["flow", "cmd_open"], []) is None
+    True
+    """
+    measured = np.array([not any(fnmatchcase(c, p) for p in inputs) for c in channels], bool)
+    return measured if inputs and measured.any() and not measured.all() else None
+
+
+def judge_scores(scores: Scores, judged: np.ndarray | None) -> Scores:
+    """``scores`` with the point score over the ``judged`` channels only and the other channels'
+    scores zero (an input is never blamed); unchanged when ``judged`` is None."""
+    if judged is None:
+        return scores
+    channel = np.where(judged, scores.channel, 0).astype(np.float32)
+    point = scores.channel[..., judged].mean(-1).astype(np.float32)
+    return Scores(point, channel, scores.divergence)
 
 
 def check_windows(windows: np.ndarray, channels: int) -> np.ndarray:

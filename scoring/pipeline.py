@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from detectors import artefacts
-from detectors.base import Detector, Scores, StreamingDetector
+from detectors.base import Detector, Scores, StreamingDetector, judge_scores, judged_mask
 
 from .codec import (
     OUTPUT_LIMIT,
@@ -133,6 +133,8 @@ class EntityState:
         self.streaming: StreamingDetector | None = (
             None if detector else artefacts.streaming_class(settings.cold_start)(len(names)))
         self.model = (detector or self.streaming).model_id
+        # the cold start judges the channels that the worker's --inputs do not name (a model, its own)
+        self.cold_judged = judged_mask(names, settings.inputs) if self.streaming is not None else None
         # operators' feedback, through the trainer: the served threshold is the calibrated one times this
         self.threshold_scale = float(getattr(detector, "threshold_scale", 1.0)) if detector is not None else 1.0
         fill = getattr(detector, "mean", None)
@@ -364,7 +366,8 @@ class Pipeline:
         if ent.streaming is not None:  # scored row by row: the window only keeps its history
             ent.window.extend(rows)
             warming = min(len(rows), ent.streaming.ready_from())
-            return Block(ent, ts, scores=Scores(*ent.streaming.score_learn(rows)), warming=warming, values=rows)
+            scores = judge_scores(Scores(*ent.streaming.score_learn(rows)), ent.cold_judged)
+            return Block(ent, ts, scores=scores, warming=warming, values=rows)
         windows, counts = ent.window.push(rows, lengths)
         return Block(ent, ts, windows, counts, values=rows)
 

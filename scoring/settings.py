@@ -59,6 +59,9 @@ class Settings:
     device: str = "auto"
     torch_threads: int = 0  # CPU threads for inference; 0: all cores but two (the event loop, Kafka), at least 1
     cold_start: str = "coldstart"  # the streaming detector of entities without a model (detectors.artefacts.STREAMING)
+    # Channel patterns that are the plant's inputs (commands, setpoints), for the cold start: judged by
+    # nobody (detectors.base.judged_mask). A trained model carries its own, set when it was trained.
+    inputs: list[str] = field(default_factory=list)
     detector: str | None = None  # HOST:PORT of a `vigil detector` process that scores; None: in process
     # scoring
     fusion: str = "sum"

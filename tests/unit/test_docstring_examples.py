@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-MODULES = ["scoring.feedback", "detectors.var"]
+MODULES = ["scoring.feedback", "detectors.var", "detectors.base"]
 
 
 @pytest.mark.parametrize("name", MODULES)

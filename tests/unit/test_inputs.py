@@ -164,3 +164,19 @@ def test_vigil_eval_uses_the_inputs_a_dataset_declares_and_says_so(tmp_path, cap
     assert results[""]["inputs"] == ["ch1", "ch2", "ch3"] and results[""]["judged_channels"] == 1
     assert results["--inputs "]["inputs"] == [] and results["--inputs "]["judged_channels"] == 4
     assert results["--inputs ch3"]["judged_channels"] == 3
+
+
+def test_the_cold_start_judges_the_channels_the_worker_says_are_not_inputs():
+    live = plant(1200, seed=4)
+    live[700:720, 3] = 1.0  # the close command, never sent before, is sent; the plant answers as it should
+    alarms = {}
+    for inputs in ([], ["cmd_*"]):
+        pipe = Pipeline(Settings(inputs=inputs))  # no model: every entity is scored by the cold start
+        msgs = [Message(0, i, b"e", encode_readings("e", 1_700_000_000.0 + i, live[i], NAMES)) for i in range(len(live))]
+        out = [asyncio.run(pipe.process(msgs[i:i + 50])) for i in range(0, len(msgs), 50)]
+        scores = [orjson.loads(r.value) for o in out for r in o.scores]
+        alarm = np.array([t is not None and s > t for m in scores for s, t in zip(m["score"], m["threshold"])])
+        alerts = [orjson.loads(r.value) for o in out for r in o.alerts]
+        alarms[tuple(inputs)] = (int(alarm[700:725].sum()), {c["channel"] for a in alerts for c in a["channels"]})
+    assert alarms[()][0] > 0 and "cmd_close" in alarms[()][1]  # judged as a channel, the command alarms
+    assert alarms[("cmd_*",)][0] == 0 and not alarms[("cmd_*",)][1] & {"cmd_open", "cmd_close"}
