@@ -86,17 +86,17 @@ def _timestamp(text: str) -> float:
 
 def _model_config(args, data=None) -> dict:
     """``--preset``, ``--epochs`` and ``--inputs`` where given, as detector configuration; without
-    ``--inputs``, the inputs ``data`` declares (``training.data``), for a model that can judge without them."""
+    ``--inputs``, the inputs ``data`` declares (``training.data``) where the model takes inputs."""
     config = {k: v for k, v in (("preset", args.preset), ("epochs", args.epochs)) if v is not None}
     inputs = getattr(args, "inputs", None)
-    if inputs and artefacts.is_artefact(args.model):
+    trained = artefacts.is_artefact(args.model)
+    if inputs and trained:
         raise UsageError(f"--inputs: {args.model} is a trained model; its inputs were set when it was trained")
-    if inputs and not artefacts.model_class(args.model).supports_inputs:
-        judges = ", ".join(m for m in artefacts.MODELS if artefacts.model_class(m).supports_inputs)
+    takes_inputs = not trained and artefacts.model_class(args.model).supports_inputs
+    if inputs and not takes_inputs:
         raise UsageError(f"--inputs: {args.model} scores every channel alike and cannot leave inputs out; "
-                         f"models that can: {judges}")
-    if inputs is None and data is not None and data.inputs and not artefacts.is_artefact(args.model) \
-            and artefacts.model_class(args.model).supports_inputs:
+                         f"models that can: {', '.join(artefacts.judging())}")
+    if inputs is None and data is not None and takes_inputs:
         inputs = list(data.inputs)
     if inputs:
         config["inputs"] = inputs

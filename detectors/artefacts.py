@@ -76,17 +76,14 @@ def create(name: str, channels: list[str], **config) -> Detector:
     """A new, unfitted detector by name."""
     cls = model_class(name)
     if config.get("inputs") and not cls.supports_inputs:
-        judges = ", ".join(n for n in MODELS if _supports_inputs(n))
         raise ValueError(f"{name} scores every channel alike and cannot leave input channels out; "
-                         f"models that can: {judges}")
+                         f"models that can: {', '.join(judging())}")
     return cls(channels, **config)
 
 
-def _supports_inputs(name: str) -> bool:
-    try:
-        return model_class(name).supports_inputs
-    except ValueError:
-        return False
+def judging() -> list[str]:
+    """The models that take input channels (``Detector.supports_inputs``)."""
+    return [n for n in available() if model_class(n).supports_inputs]
 
 
 def save(detector: Detector, path: str | os.PathLike) -> Path:
