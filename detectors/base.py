@@ -49,6 +49,11 @@ class Detector:
     context: int | None = None
 
     def __init__(self, channels: list[str], **config):
+        # no inputs declared: none in the config either (artefacts say ``inputs`` only when they have some)
+        if config.get("inputs"):
+            config["inputs"] = list(config["inputs"])
+        else:
+            config.pop("inputs", None)
         self.info = ModelInfo(name=self.name, channels=list(channels), config=dict(config))
         # Calibration scores, kept apart so that a threshold can be calibrated under whichever fusion
         # rule the stream uses (divergence None: the model has none): the scores of the training

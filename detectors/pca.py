@@ -27,9 +27,8 @@ class PCADetector(Detector):
 
     def __init__(self, channels: list[str], variance: float = 0.95, max_components: int | None = None,
                  min_scale: float = 1e-4, t2: float = 1.0, inputs: list[str] | None = None):
-        config = {"inputs": list(inputs)} if inputs else {}
         super().__init__(channels, variance=variance, max_components=max_components, min_scale=min_scale, t2=t2,
-                         **config)
+                         inputs=inputs)
         c = len(channels)
         self.mean = np.zeros(c, np.float32)
         self.std = np.ones(c, np.float32)

@@ -42,8 +42,7 @@ class VARDetector(Detector):
                  window: int = 32, inputs: list[str] | None = None):
         if not 1 <= lags < window:
             raise ValueError(f"var: lags must be in 1..window-1, got lags={lags}, window={window}")
-        config = {"inputs": list(inputs)} if inputs else {}
-        super().__init__(channels, lags=lags, ridge=ridge, min_scale=min_scale, window=window, **config)
+        super().__init__(channels, lags=lags, ridge=ridge, min_scale=min_scale, window=window, inputs=inputs)
         c = len(channels)
         self.mean = np.zeros(c, np.float32)
         self.std = np.ones(c, np.float32)
