@@ -149,6 +149,8 @@ def load(path: str | os.PathLike) -> Detector:
         detector.train_reconstruction = tensors.pop("train_reconstruction")
         detector.train_divergence = tensors.pop("train_divergence", None)
         judged = tensors.pop("judged", None)
+        if judged is not None and judged.shape != (len(detector.channels),):
+            raise ValueError(f"judged mask of shape {judged.shape} for {len(detector.channels)} channels")
         detector.judged = None if judged is None else judged.astype(bool)
         detector.calibration_source = meta.get("calibration", "train")
         detector.threshold_scale = float(meta.get("threshold_scale", 1.0))

@@ -69,10 +69,18 @@ def test_no_inputs_or_inputs_naming_every_channel_judge_every_channel():
 
 def test_judged_channels_travel_with_the_artefact(tmp_path):
     det = fit_for_serving(PCADetector(NAMES, inputs=["cmd_open", "cmd_close"]), plant(3000), progress=False)
-    back = artefacts.load(artefacts.save(det, tmp_path / "m"))
+    path = artefacts.save(det, tmp_path / "m")
+    back = artefacts.load(path)
     assert back.judged.tolist() == [True, True, False, False] and back.inputs == ["cmd_open", "cmd_close"]
     w = plant(64, seed=5)[None]
     assert np.array_equal(back.score(w).reconstruction, det.score(w).reconstruction)
+    # a mask that does not fit the channels is a broken artefact, said at load, never a crash at scoring
+    from safetensors.numpy import load_file, save_file
+    tensors = load_file(str(path / "model.safetensors"))
+    tensors["judged"] = np.ones(3, np.uint8)
+    save_file(tensors, str(path / "model.safetensors"))
+    with pytest.raises(artefacts.ArtefactError, match="judged mask"):
+        artefacts.load(path)
 
 
 def test_deep_models_judge_the_measured_channels_and_tree_models_refuse_inputs():
