@@ -35,18 +35,18 @@ def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def train_models(entities: list[str], channels: int, end_ts: float, seed: int, workdir: Path,
                  points: int = 5000) -> dict[str, Path]:
-    """A PCA model per entity, trained on its simulated normal history (the data an operator already has)."""
+    """Vigil's default model per entity (``auto``: PCA on the simulated plant's correlated channels), trained
+    on its simulated normal history (the data an operator already has)."""
     from tqdm import tqdm
 
     from detectors import artefacts
-    from detectors.pca import PCADetector
     from producers.simulate import normal_history
     from training.calibration import fit_for_serving
 
     out = {}
     for entity in tqdm(entities, desc="training models", unit="entity"):
         hist = normal_history(entity, channels, points, end_ts, seed)
-        det = fit_for_serving(PCADetector(hist.channels), hist.values, progress=False)
+        det = fit_for_serving(artefacts.create(artefacts.DEFAULT_MODEL, hist.channels), hist.values, progress=False)
         out[entity] = artefacts.save(det, workdir / "models" / entity)
     return out
 

@@ -92,7 +92,7 @@ def _model_config(args, data=None) -> dict:
     trained = artefacts.is_artefact(args.model)
     if inputs and trained:
         raise UsageError(f"--inputs: {args.model} is a trained model; its inputs were set when it was trained")
-    takes_inputs = not trained and artefacts.model_class(args.model).supports_inputs
+    takes_inputs = not trained and artefacts.takes_inputs(args.model)
     if inputs and not takes_inputs:
         raise UsageError(f"--inputs: {args.model} scores every channel alike and cannot leave inputs out; "
                          f"models that can: {', '.join(artefacts.judging())}")
@@ -207,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score datasets' test splits as the worker does and report honest metrics")
     p.add_argument("--model", default=artefacts.DEFAULT_MODEL,
                    help="a model name (trained on each dataset's train split) or an artefact directory "
-                        f"(default: {artefacts.DEFAULT_MODEL}, Vigil's measured default)")
+                        f"(default: {artefacts.DEFAULT_MODEL}, Vigil's measured default: pca, or var for an "
+                        "entity with one measured channel)")
     p.add_argument("--data", action="append", required=True,
                    help="dataset: .npz, a folder of .npz (SMAP/MSL), SMD text, telemanom or CSV; repeatable")
     p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
@@ -236,8 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_arg(p)
     _topics_arg(p)
     p.add_argument("--registry", default="./registry", help="model registry directory (shared with workers)")
-    p.add_argument("--model", default=artefacts.DEFAULT_MODEL, choices=list(artefacts.MODELS),
-                   help="model to train per entity")
+    p.add_argument("--model", default=artefacts.DEFAULT_MODEL, choices=artefacts.CHOICES,
+                   help="model to train per entity (default: auto: pca, or var for an entity with one "
+                        "measured channel)")
     p.add_argument("--preset", default=None)
     p.add_argument("--epochs", type=_positive, default=None)
     _inputs_arg(p, default_from_data=False)
@@ -308,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=_timestamp, default=None)
 
     p = sub.add_parser("train", help="train a detector on a dataset's train split and save an artefact")
-    p.add_argument("--model", default=artefacts.DEFAULT_MODEL, choices=list(artefacts.MODELS))
+    p.add_argument("--model", default=artefacts.DEFAULT_MODEL, choices=artefacts.CHOICES,
+                   help="default: auto: pca, or var for an entity with one measured channel")
     p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
     p.add_argument("--epochs", type=_positive, default=None)
     _inputs_arg(p)
@@ -381,8 +384,8 @@ def cmd_eval(args) -> int:
     from training.evaluate import report, stream_offline, train_or_load
     from training.report import print_report
 
-    if not artefacts.is_artefact(args.model) and args.model not in artefacts.MODELS:
-        raise UsageError(f"--model {args.model}: neither a model name ({', '.join(artefacts.MODELS)}) nor a "
+    if not artefacts.is_artefact(args.model) and args.model not in artefacts.CHOICES:
+        raise UsageError(f"--model {args.model}: neither a model name ({', '.join(artefacts.CHOICES)}) nor a "
                          f"model artefact folder (one that `vigil train` wrote)")
     settings = settings_from_args(args)
     settings.score_channels = True

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from .base import Detector
+from .base import Detector, judged_mask
 
 FORMAT = 2  # 2: training reconstruction and divergence stored apart
 # name -> "module:class", imported on first use so that a worker serving PCA never imports the rest.
@@ -33,8 +33,11 @@ MODELS: dict[str, str] = {
 }
 
 
-# What Vigil trains when the user names no model: the best measured default (docs/benchmarks.md).
-DEFAULT_MODEL = "pca"
+# What Vigil trains when the user names no model: ``auto``, the model ``default_model`` picks for the
+# entity's channels, the best measured default (docs/benchmarks.md).
+AUTO = "auto"
+DEFAULT_MODEL = AUTO
+CHOICES = [AUTO, *MODELS]  # what --model accepts by name
 
 # Streaming detectors (``detectors.base.StreamingDetector``): what scores an entity without a model.
 STREAMING: dict[str, str] = {
@@ -72,8 +75,36 @@ def available() -> list[str]:
     return out
 
 
+def default_model(channels: list[str], inputs: list[str] | None = None) -> str:
+    """The model ``auto`` trains: ``pca`` for an entity with two or more judged channels, ``var`` for one.
+
+    Why: PCA scores a reading by how far it falls from the subspace the channels share, i.e. by their
+    learnt correlations. With a single measured channel (a telemetry value and the commands it is
+    sent, SMAP/MSL's layout) there is no correlation among judged channels to learn, and PCA reduces
+    to a z-score of the value; a forecaster still models the channel's own dynamics (and, with
+    inputs, its answer to them). Measured per entity: docs/benchmarks.md.
+
+    >>> default_model(["flow", "pressure"]), default_model(["telemetry", "cmd_1"], ["cmd_*"])
+    ('pca', 'var')
+    """
+    judged = judged_mask(channels, inputs or [])
+    measured = len(channels) if judged is None else int(judged.sum())
+    return "pca" if measured >= 2 else "var"
+
+
+def resolve(name: str, channels: list[str], inputs: list[str] | None = None) -> str:
+    """``name``, with ``auto`` replaced by the model it picks for these channels."""
+    return default_model(channels, inputs) if name == AUTO else name
+
+
+def takes_inputs(name: str) -> bool:
+    """Whether a model (or ``auto``: every model it picks does) can leave input channels out."""
+    return name == AUTO or model_class(name).supports_inputs
+
+
 def create(name: str, channels: list[str], **config) -> Detector:
-    """A new, unfitted detector by name."""
+    """A new, unfitted detector by name (``auto``: ``default_model``'s pick)."""
+    name = resolve(name, channels, config.get("inputs"))
     cls = model_class(name)
     if config.get("inputs") and not cls.supports_inputs:
         raise ValueError(f"{name} scores every channel alike and cannot leave input channels out; "

@@ -31,7 +31,7 @@ from .calibration import fit_for_serving
 from .data import Dataset, load, seal
 from .evaluate import report, stream_offline
 
-MODELS = list(artefacts.MODELS)  # every registered model, in the registry's order
+MODELS = list(artefacts.CHOICES)  # Vigil's default (auto), then every registered model in the registry's order
 SMD = ["machine-1-6", "machine-1-7", "machine-2-1", "machine-2-2", "machine-2-7", "machine-2-8",
        "machine-3-3", "machine-3-4"]
 
@@ -109,7 +109,7 @@ def model_config(model: str, quick: bool, seed: int = 0, inputs: list[str] | Non
     and the dataset's input channels for a model that can leave them out of its judgement."""
     config = {} if model not in DEEP else (
         {"preset": "small", "epochs": 1, "seed": seed} if quick else {"preset": "small", "seed": seed})
-    if inputs and artefacts.model_class(model).supports_inputs:
+    if inputs and artefacts.takes_inputs(model):
         config["inputs"] = list(inputs)
     return config
 
@@ -161,7 +161,8 @@ def run(models: list[str], datasets: dict[str, Path], results: Path, quick: bool
                     t1 = time.perf_counter()
                     settings = replace(Settings(device=device, score_channels=True), **VARIANTS[v])
                     r = report(stream_offline(cached, data, settings), data, settings.top_k)
-                    _write(results, {**r, **base, "model": model, "variant": v, "device": det.device,
+                    _write(results, {**r, **base, "model": model, "trained": det.info.name, "variant": v,
+                                     "device": det.device,
                                      "calibration_source": det.calibration_source, "train_seconds": round(train_s, 1),
                                      "score_seconds": round(time.perf_counter() - t1, 1)})
                     print(f"{model:8s} {ds_name:12s} {v:18s} seed {seed} point F1 {r['point']['f1']:.3f}  "
@@ -309,7 +310,10 @@ def markdown(results: Path, command: str) -> str:
              "entities); their columns are means over entities. `" + PREVIOUS + "` is PCA as served before this "
              "protocol (fitted on all of `train`, calibrated on its own training scores, SPOT q = 1e-3 on raw "
              "scores, no T^2), and `" + SPE_ONLY + "` today's PCA without Hotelling's T^2 (`detectors/pca.py`), both "
-             "measured in the same run. No setting was chosen on test labels. Metrics: "
+             "measured in the same run. `auto` is what Vigil trains when no model is named "
+             "(`detectors.artefacts.default_model`): `pca` where two or more channels are judged (every SMD machine), "
+             "`var` where one is (every SMAP/MSL channel file, whose other columns are commands). "
+             "No setting was chosen on test labels. Metrics: "
              "`training/metrics.py`, `training/range_metrics.py`.", "",
              "### Honest: point-wise F1 at the online threshold (what the operator's alarms score)", ""]
     lines += _table(default, models, datasets, lambda r: r["point"]["f1"], sd=True)

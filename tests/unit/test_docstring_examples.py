@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-MODULES = ["scoring.feedback", "detectors.var", "detectors.base"]
+MODULES = ["scoring.feedback", "detectors.var", "detectors.base", "detectors.artefacts"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -172,6 +172,22 @@ def test_vigil_eval_uses_the_inputs_a_dataset_declares_and_says_so(tmp_path, cap
     assert results[""]["inputs"] == ["ch1", "ch2", "ch3"] and results[""]["judged_channels"] == 1
     assert results["--inputs "]["inputs"] == [] and results["--inputs "]["judged_channels"] == 4
     assert results["--inputs ch3"]["judged_channels"] == 3
+    # no --model: the default (auto) forecasts a lone measured channel and reconstructs several
+    assert results[""]["model_id"].startswith("var@")
+    assert results["--inputs "]["model_id"].startswith("pca@") and results["--inputs ch3"]["model_id"].startswith("pca@")
+
+
+def test_the_default_model_follows_the_number_of_judged_channels(tmp_path):
+    assert artefacts.DEFAULT_MODEL == artefacts.AUTO and artefacts.AUTO in artefacts.CHOICES
+    assert artefacts.create("auto", NAMES).name == "pca"
+    assert artefacts.create("auto", NAMES, inputs=["cmd_*"]).name == "pca"  # flow and pressure judged
+    lone = artefacts.create("auto", NAMES, inputs=["pressure", "cmd_*"])
+    assert lone.name == "var" and lone.inputs == ["pressure", "cmd_*"]
+    assert artefacts.create("auto", ["level"]).name == "var"  # a single channel, no inputs
+    assert artefacts.create("auto", NAMES, inputs=["*"]).name == "pca"  # naming every channel names none
+    # the artefact records what was trained, not "auto"
+    det = fit_for_serving(lone, plant(2000), progress=False)
+    assert artefacts.load(artefacts.save(det, tmp_path / "m")).name == "var"
 
 
 def test_the_cold_start_judges_the_channels_the_worker_says_are_not_inputs():

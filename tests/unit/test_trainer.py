@@ -132,3 +132,17 @@ def test_the_trainer_trains_the_named_model_with_the_declared_inputs(tmp_path):
     det = registry.load(registry.versions("plant-01")[-1])
     assert det.model_id.startswith("var@") and det.inputs == ["ch5"]
     assert det.judged.tolist() == [True] * 5 + [False]
+
+
+def test_with_no_model_named_the_trainer_picks_per_entity_by_its_judged_channels(tmp_path):
+    """``vigil trainer`` without ``--model`` (``auto``): PCA for an entity with several measured channels,
+    VAR for one whose other channels are all inputs (a telemetry value beside its commands)."""
+    values = normal_history("plant-01", 4, 1500, START, 4).values
+    registry = Registry(tmp_path)
+    for entity, inputs, model in (("many", [], "pca"), ("one", ["ch1", "ch2", "ch3"], "var")):
+        cfg = TrainerConfig(model_config={"inputs": inputs} if inputs else {}, min_points=500,
+                            generator_config=GEN, generated_windows=64)
+        assert cfg.model == "auto"
+        e = retrain_entity(history(values, entity), registry, cfg, Settings())
+        assert e["event"] in ("promoted", "rejected"), e
+        assert registry.load(registry.versions(entity)[-1]).model_id.startswith(f"{model}@")
