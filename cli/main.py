@@ -402,6 +402,7 @@ def cmd_eval(args) -> int:
             stream = stream_offline(det, data, settings)
         result = {"dataset": data.name, "through_kafka": args.through_kafka, "inputs": det.inputs,
                   "judged_channels": len(det.channels) if det.judged is None else int(det.judged.sum()),
+                  "filled_training_values": int(det.filled_training_values),
                   "channels": len(det.channels), **report(stream, data, settings.top_k)}
         if args.json:
             print(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY).decode(), flush=True)
@@ -613,7 +614,9 @@ def cmd_train(args) -> int:
     det = fit_for_serving(artefacts.create(args.model, data.channels, **_model_config(args, data)).to(args.device),
                           data.train)
     path = artefacts.save(det, args.out)
-    print(f"vigil: trained {det.model_id} on {data.train.shape[0]} points x {data.train.shape[1]} channels -> {path}")
+    filled = f" ({det.filled_training_values} missing values filled)" if det.filled_training_values else ""
+    print(f"vigil: trained {det.model_id} on {data.train.shape[0]} points x {data.train.shape[1]} channels{filled} "
+          f"-> {path}")
     return 0
 
 

@@ -67,6 +67,8 @@ class Detector:
         self.threshold_scale = 1.0
         # The channels the score judges (a mask), None: all of them. Set by ``fit`` (``learn_judged``).
         self.judged: np.ndarray | None = None
+        # Missing values of the training split filled before fitting (training.calibration.fit_for_serving)
+        self.filled_training_values = 0
 
     @property
     def inputs(self) -> list[str]:

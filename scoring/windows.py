@@ -15,6 +15,34 @@ import base64
 import numpy as np
 
 
+def fill_gaps(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """A whole recorded series (a training split) with its missing values filled, and how many were.
+
+    A gap (NaN or infinite) takes the channel's last value before it, as the stream imputes a
+    missing reading (``EntityWindow.impute``); a gap at the start takes the channel's first value (the
+    stream would use the model's mean, which a training split has yet to give), and a channel never
+    measured is 0. Real plant histories have gaps (a sensor offline, a column added later); a model
+    fitted on them would otherwise fail or learn NaN.
+
+    >>> filled, n = fill_gaps(np.array([[np.nan, 1.0], [2.0, np.nan], [np.nan, 3.0]]))
+    >>> filled.tolist(), n
+    ([[2.0, 1.0], [2.0, 1.0], [2.0, 3.0]], 3)
+    """
+    x = np.array(values, dtype=np.float64)
+    gaps = ~np.isfinite(x)
+    n = int(gaps.sum())
+    if not n:
+        return x, 0
+    x[gaps] = np.nan
+    rows = np.arange(len(x))[:, None]
+    last = np.maximum.accumulate(np.where(gaps, -1, rows), axis=0)  # index of each cell's last value
+    first = np.argmax(~gaps, axis=0)  # index of each channel's first value (0 when never measured)
+    cols = np.arange(x.shape[1])
+    x = x[np.where(last < 0, first[None, :], last), cols]
+    x[np.isnan(x)] = 0.0
+    return x, n
+
+
 class EntityWindow:
     def __init__(self, window: int, hop: int, channels: int, fill: np.ndarray | None = None):
         if not 1 <= hop <= window:

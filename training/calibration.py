@@ -8,7 +8,8 @@ held-out tail is scored exactly as the stream scores it (the same windows and ho
 as context), and those scores, in time order, become the artefact's calibration scores
 (``Detector.train_reconstruction``/``train_divergence``, with ``calibration_source = "holdout"``).
 Too short a split (fewer than ``min_fit + min_holdout`` points) is fitted whole and calibrated on its
-training scores as before.
+training scores as before. Missing values in the split are filled first (``scoring.windows.fill_gaps``)
+and counted (``filled_training_values``, kept in the artefact).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from detectors.base import Detector
 from scoring.settings import Settings
-from scoring.windows import EntityWindow
+from scoring.windows import EntityWindow, fill_gaps
 
 HOLDOUT = 0.2  # the share of the training split held out for calibration
 
@@ -25,7 +26,8 @@ def fit_for_serving(det: Detector, train: np.ndarray, settings: Settings | None 
                     min_fit: int = 500, min_holdout: int = 200, progress: bool = True) -> Detector:
     """Fit ``det`` on ``train`` less its last ``holdout`` share and calibrate it on that tail."""
     settings = settings or Settings()
-    train = np.asarray(train, np.float32)
+    filled, det.filled_training_values = fill_gaps(train)  # gaps in a recorded history (scoring.windows)
+    train = filled.astype(np.float32)
     n_hold = int(len(train) * holdout)
     if n_hold < min_holdout or len(train) - n_hold < min_fit:
         det.fit(train, progress=progress)

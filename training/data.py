@@ -156,6 +156,21 @@ def load_telemanom(root: Path, spacecraft: str | None = None) -> Dataset:
                    inputs=telemanom_inputs(names))
 
 
+MISSING = {"", "na", "nan", "n/a", "null", "none"}  # CSV cells that are a missing value (NaN, filled later)
+
+
+def _cell(row: list[str], i: int, line: int, path: Path, missing: bool = True) -> float:
+    """One CSV cell as a number; an empty or NA cell is NaN (a gap, filled before fitting and imputed
+    when streamed), anything else that is not a number is an error naming the line and column."""
+    text = row[i].strip() if i < len(row) else ""
+    if missing and text.lower() in MISSING:
+        return float("nan")
+    try:
+        return float(text)
+    except ValueError:
+        raise DataError(f"{path}: line {line}, column {i + 1}: {text!r} is not a number") from None
+
+
 def load_csv(path: Path, train_fraction: float = 0.5) -> Dataset:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
@@ -164,8 +179,8 @@ def load_csv(path: Path, train_fraction: float = 0.5) -> Dataset:
     if label_col is None:
         raise ValueError(f"{path}: no label column (label, is_anomaly or anomaly)")
     keep = [i for i, h in enumerate(header) if i != label_col and h.strip().lower() not in ("timestamp", "time", "ts")]
-    values = np.array([[float(r[i]) for i in keep] for r in body], np.float32)
-    label = np.array([int(float(r[label_col])) for r in body], np.int8)
+    values = np.array([[_cell(r, i, n, path) for i in keep] for n, r in enumerate(body, 2)], np.float32)
+    label = np.array([int(_cell(r, label_col, n, path, missing=False)) for n, r in enumerate(body, 2)], np.int8)
     cut = int(len(values) * train_fraction)
     return Dataset(path.stem, values[:cut], values[cut:], label[cut:], [header[i] for i in keep])
 

@@ -13,6 +13,9 @@ def print_report(r: dict) -> None:
     if r.get("inputs"):
         shown = ", ".join(r["inputs"][:4]) + (", ..." if len(r["inputs"]) > 4 else "")
         print(f"  judged {r['judged_channels']} of {r['channels']} channels; inputs, learnt from but not judged: {shown}")
+    if r.get("filled_training_values"):
+        print(f"  training split: {r['filled_training_values']} missing values filled (a channel's last value; "
+              f"its first before it was measured)")
     print(f"  point-wise at the online threshold  {_prf(r['point'])}  (alarm rate {r['alarm_rate']:.4f})")
     print(f"  affiliation                         {_prf(r['affiliation'])}")
     print(f"  incidents vs events                 {_prf(r['incident'])}  ({r['incidents']} incidents)")

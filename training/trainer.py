@@ -32,7 +32,7 @@ from scoring.fusion import fuse
 from scoring.pipeline import SCORE_CAP, Message, Pipeline
 from scoring.settings import Settings
 from scoring.thresholds import floor_for, make_threshold
-from scoring.windows import EntityWindow
+from scoring.windows import fill_gaps
 
 from . import feedback
 from .calibration import fit_for_serving
@@ -55,10 +55,11 @@ class History:
     entity: str
     names: list[str]
     ts: np.ndarray  # [n]
-    values: np.ndarray  # [n, C] float32, missing values forward-filled
+    values: np.ndarray  # [n, C] float32, missing values filled (scoring.windows.fill_gaps)
     excluded: int = 0  # points left out because an incident covered them
     labels: list = field(default_factory=list)  # training.feedback.Segment: operators' labelled periods
     labels_unusable: int = 0  # labels with no reading of the history in their period
+    filled: int = 0  # missing values filled in the kept points
 
 
 @dataclass
@@ -168,7 +169,7 @@ def build_histories(readings: list[Readings], incidents: dict, history: float,
                     known_names: dict[str, list[str]] | None = None,
                     max_incident: float = float("inf"),
                     labels: dict[str, list[Feedback]] | None = None) -> dict[str, History]:
-    """Per entity: rows in timestamp order (duplicates dropped), missing values forward-filled, the
+    """Per entity: rows in timestamp order (duplicates dropped), missing values filled (``fill_gaps``), the
     points inside incidents and older than ``history`` before the newest left out.
 
     An incident longer than ``max_incident`` is not left out: alarms that never stop are the old
@@ -200,7 +201,8 @@ def build_histories(readings: list[Readings], incidents: dict, history: float,
         ts, vals = ts[order], vals[order]
         first = np.r_[True, ts[1:] != ts[:-1]]
         ts, vals = ts[first], vals[first]
-        vals = EntityWindow(1, 1, vals.shape[1]).impute(vals)
+        missing = ~np.isfinite(vals)
+        vals, _ = fill_gaps(vals)
         keep = ts >= ts[-1] - history
         inside = np.zeros(len(ts), bool)
         for start, end in incidents.get(entity, []):
@@ -214,7 +216,8 @@ def build_histories(readings: list[Readings], incidents: dict, history: float,
         segments = [feedback.segment(ts, values32, fb) for fb in mine]
         keep &= ~inside
         out[entity] = History(entity, names[entity], ts[keep], values32[keep], excluded,
-                              [s for s in segments if s is not None], sum(s is None for s in segments))
+                              [s for s in segments if s is not None], sum(s is None for s in segments),
+                              int(missing[keep].sum()))
     return out
 
 
@@ -332,7 +335,8 @@ def retrain_entity(hist: History, registry: Registry, config: TrainerConfig, set
             cold_m = cold_start_label_free(hist, n_hold, normal, generated, settings)
         promote, why = config.rule.decide(cand_m, champ_m, cold_m, labels)
         metrics = {"candidate": cand_m, "champion": champ_m, "cold_start": cold_m, "points": int(len(hist.ts)),
-                   "excluded_incident_points": hist.excluded, "holdout_points": int(n_hold)}
+                   "excluded_incident_points": hist.excluded, "holdout_points": int(n_hold),
+                   "filled_values": hist.filled}
         if labels is not None or hist.labels_unusable:
             metrics["feedback"] = {**(labels or {}), "unusable_labels": hist.labels_unusable}
         cand_version = registry.register(entity, cand, trained_from=float(hist.ts[0]),

@@ -50,6 +50,16 @@ def test_csv_with_label_column(tmp_path):
     assert d.channels == ["a", "b"] and d.train.shape == (5, 2) and d.label.tolist() == [0, 0, 1, 0, 0]
 
 
+def test_csv_gaps_are_missing_values_and_text_is_an_error_that_says_where(tmp_path):
+    f = tmp_path / "plant.csv"
+    f.write_text("timestamp,a,b,label\n1,1.0,2.0,0\n2,,2.1,0\n3,1.2,NA,0\n4,1.1,2.2,1\n")
+    d = load(f)
+    assert np.isnan(d.train[1, 0]) and np.isnan(d.test[0, 1]) and d.label.tolist() == [0, 1]
+    f.write_text("timestamp,a,b,label\n1,1.0,open,0\n")
+    with pytest.raises(DataError, match="line 2, column 3: 'open' is not a number"):
+        load(f)
+
+
 def test_unknown_layout(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load(tmp_path / "nothing")

@@ -204,3 +204,28 @@ def test_the_cold_start_judges_the_channels_the_worker_says_are_not_inputs():
         alarms[tuple(inputs)] = (int(alarm[700:725].sum()), {c["channel"] for a in alerts for c in a["channels"]})
     assert alarms[()][0] > 0 and "cmd_close" in alarms[()][1]  # judged as a channel, the command alarms
     assert alarms[("cmd_*",)][0] == 0 and not alarms[("cmd_*",)][1] & {"cmd_open", "cmd_close"}
+
+
+def test_a_training_split_with_gaps_is_filled_counted_and_scored(tmp_path, capsys):
+    """A recorded history with a sensor offline for a while, a column never measured and an infinity:
+    `vigil eval` and `vigil train` fit on it (gaps filled as the stream fills them), say how many values
+    were filled, and the artefact keeps the count."""
+    from cli.main import main
+
+    train, test = plant(3000), plant(800, seed=1)
+    train[100:400, 1] = np.nan  # pressure offline for 300 points
+    train[:50, 0] = np.nan  # flow recorded from point 50 on
+    train[:, 3] = np.nan  # a command column never recorded
+    train[1000, 2] = np.inf
+    label = np.zeros(800, np.int8)
+    label[400:440] = 1
+    test[400:440, 1] += 3.0  # pressure departs from flow
+    np.savez(tmp_path / "gaps.npz", train=train, test=test, label=label)
+    n_gaps = 300 + 50 + 3000 + 1
+    assert main(["eval", "--json", "--data", str(tmp_path / "gaps.npz")]) == 0
+    r = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["filled_training_values"] == n_gaps
+    assert r["point"]["recall"] > 0.5 and np.isfinite(r["auc_pr"])
+    assert main(["train", "--data", str(tmp_path / "gaps.npz"), "--out", str(tmp_path / "m")]) == 0
+    det = artefacts.load(tmp_path / "m")
+    assert det.filled_training_values == n_gaps and np.isfinite(det.train_reconstruction).all()

@@ -37,7 +37,7 @@ def test_histories_drop_repeats_fill_gaps_leave_out_incidents_and_old_points():
     h = build_histories([first, repeat], {"e": [(START + 5, START + 6)]}, history=9.0)["e"]
     assert h.names == ["a", "b"]
     assert h.ts.tolist() == [START + t for t in (1, 2, 3, 4, 7, 8, 9, 10)]  # 0 too old, 5-6 in an incident
-    assert h.excluded == 2
+    assert h.excluded == 2 and h.filled == 1
     assert h.values[2].tolist() == [6.0, 5.0]  # row 3's missing b filled forward from row 2
     assert h.values[-1].tolist() == [21.0, 20.0]  # named values land in the entity's channel order
     assert h.values[-2].tolist() == [18.0, 19.0], "a repeated timestamp keeps the first reading"
