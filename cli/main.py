@@ -379,10 +379,14 @@ def cmd_detector(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    import tempfile
+
+    from tqdm import tqdm
+
     from stream.evaluation import stream_through_kafka
-    from training.data import load, seal
-    from training.evaluate import report, stream_offline, train_or_load
-    from training.report import print_report
+    from training.data import load_entities, seal
+    from training.evaluate import mean_of, mean_report, report, stream_offline, train_or_load
+    from training.report import print_report, print_summary
 
     if not artefacts.is_artefact(args.model) and args.model not in artefacts.CHOICES:
         raise UsageError(f"--model {args.model}: neither a model name ({', '.join(artefacts.CHOICES)}) nor a "
@@ -390,24 +394,39 @@ def cmd_eval(args) -> int:
     settings = settings_from_args(args)
     settings.score_channels = True
     for path in args.data:
-        data = seal(load(path))  # no label can be read before report(), after scoring
-        det = train_or_load(args.model, data, args.device, **_model_config(args, data))
+        # a folder of channel files is one entity per file, each with its own model, as a stream deploys them
+        datasets = [seal(d) for d in load_entities(path)]  # no label can be read before report(), after scoring
+        many = len(datasets) > 1
+        dets = [train_or_load(args.model, d, args.device, progress=not many, **_model_config(args, d))
+                for d in tqdm(datasets, desc=f"training on {path}", unit="entity", disable=not many)]
         if args.through_kafka:
-            import tempfile
-
             with tempfile.TemporaryDirectory(prefix="vigil-eval-model-") as tmp:
-                artefact = args.model if artefacts.is_artefact(args.model) else artefacts.save(det, Path(tmp) / "m")
-                stream = stream_through_kafka({"eval": (artefact, data)}, settings, args.broker)["eval"]
+                jobs = {f"eval-{i}": (args.model if artefacts.is_artefact(args.model)
+                                      else artefacts.save(det, Path(tmp) / f"m{i}"), d)
+                        for i, (det, d) in enumerate(zip(dets, datasets))}
+                by_job = stream_through_kafka(jobs, settings, args.broker)
+                streams = [by_job[f"eval-{i}"] for i in range(len(datasets))]
         else:
-            stream = stream_offline(det, data, settings)
-        result = {"dataset": data.name, "through_kafka": args.through_kafka, "inputs": det.inputs,
-                  "judged_channels": len(det.channels) if det.judged is None else int(det.judged.sum()),
-                  "filled_training_values": int(det.filled_training_values),
-                  "channels": len(det.channels), **report(stream, data, settings.top_k)}
-        if args.json:
-            print(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY).decode(), flush=True)
-        else:
-            print_report(result)
+            streams = [stream_offline(det, d, settings) for det, d in zip(dets, datasets)]
+        results = [{"dataset": d.name, "through_kafka": args.through_kafka, "inputs": det.inputs,
+                    "judged_channels": len(det.channels) if det.judged is None else int(det.judged.sum()),
+                    "filled_training_values": int(det.filled_training_values),
+                    "channels": len(det.channels), **report(stream, d, settings.top_k)}
+                   for det, d, stream in zip(dets, datasets, streams)]
+        for result in results:
+            if args.json:
+                print(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY).decode(), flush=True)
+            else:
+                print_report(result)
+        if many:
+            summary = {"dataset": str(path), "entities": len(results), "models": sorted({r["model_id"].split("@")[0]
+                                                                                          for r in results}),
+                       "through_kafka": args.through_kafka, "mean": mean_report(results),
+                       "anomalous_share": mean_of(r["anomalous_points"] / r["points"] for r in results)}
+            if args.json:
+                print(orjson.dumps(summary, option=orjson.OPT_SERIALIZE_NUMPY).decode(), flush=True)
+            else:
+                print_summary(summary)
     return 0
 
 

@@ -3,7 +3,8 @@
 Layouts read by ``load(path)``:
 - a shared ``.npz`` (keys ``train``, ``test``, ``label``, optional ``interpretation``);
 - a folder of such ``.npz`` files (SMAP or MSL: every channel file of one spacecraft), concatenated
-  in name order as the common benchmark versions do;
+  in name order as the common benchmark versions do (``load_entities``: each file an entity, as a
+  stream deploys them);
 - SMD's original text layout: a folder with ``train/``, ``test/``, ``test_label/`` and optional
   ``interpretation_label/``, and ``path`` naming the machine, e.g. ``ServerMachineDataset/machine-1-1``;
 - telemanom: a folder with ``train/*.npy``, ``test/*.npy`` and ``labeled_anomalies.csv``;
@@ -133,27 +134,33 @@ def load_smd_text(root: Path, machine: str) -> Dataset:
                    np.array(rows, np.int64).reshape(-1, 3) if rows else None)
 
 
-def load_telemanom(root: Path, spacecraft: str | None = None) -> Dataset:
-    """telemanom: per-channel .npy arrays and labeled_anomalies.csv (inclusive [start, end] sequences)."""
+def telemanom_channels(root: Path, spacecraft: str | None = None) -> list[Dataset]:
+    """telemanom: per-channel .npy arrays and labeled_anomalies.csv (inclusive [start, end] sequences);
+    one dataset per channel file, named ``FOLDER/CHANNEL``."""
     table = list(csv.DictReader(open(root / "labeled_anomalies.csv")))
     if spacecraft:
         table = [r for r in table if r["spacecraft"].upper() == spacecraft.upper()]
     table.sort(key=lambda r: r["chan_id"])
-    trains, tests, labels = [], [], []
+    out = []
     for row in table:
         test = np.load(root / "test" / f"{row['chan_id']}.npy").astype(np.float32)
         label = np.zeros(len(test), np.int8)
         for start, end in ast.literal_eval(row["anomaly_sequences"]):
             label[start:end + 1] = 1
-        trains.append(np.load(root / "train" / f"{row['chan_id']}.npy").astype(np.float32))
-        tests.append(test)
-        labels.append(label)
-    if not tests:
+        train = np.load(root / "train" / f"{row['chan_id']}.npy").astype(np.float32)
+        names = _names(train.shape[1])
+        out.append(Dataset(f"{root.name}/{row['chan_id']}", train, test, label, names, inputs=telemanom_inputs(names)))
+    if not out:
         raise FileNotFoundError(f"{root}: no channels{' for ' + spacecraft if spacecraft else ''}")
-    train = np.concatenate(trains)
-    names = _names(train.shape[1])
-    return Dataset(spacecraft or root.name, train, np.concatenate(tests), np.concatenate(labels), names,
-                   inputs=telemanom_inputs(names))
+    return out
+
+
+def load_telemanom(root: Path, spacecraft: str | None = None) -> Dataset:
+    """Every channel of a telemanom folder (or of one spacecraft) concatenated: one model for all."""
+    parts = telemanom_channels(root, spacecraft)
+    return Dataset(spacecraft or root.name, np.concatenate([p.train for p in parts]),
+                   np.concatenate([p.test for p in parts]), np.concatenate([p.label for p in parts]),
+                   parts[0].channels, inputs=parts[0].inputs)
 
 
 MISSING = {"", "na", "nan", "n/a", "null", "none"}  # CSV cells that are a missing value (NaN, filled later)
@@ -191,6 +198,28 @@ class DataError(ValueError):
 
 LAYOUTS = ("an .npz with train, test and label arrays, a folder of them (SMAP/MSL), a telemanom folder "
            "(labeled_anomalies.csv), SMD text (train/, test/, test_label/) or a CSV")
+
+
+def load_entities(path: str | Path) -> list[Dataset]:
+    """The entities ``path`` holds, each as a stream deploys it: every file of a folder of ``.npz`` (a
+    spacecraft's channel files) and every channel of a telemanom folder is an entity of its own, named
+    ``FOLDER/NAME``; any other layout is one entity (``load``, which concatenates a folder instead: one
+    model for all of it). Why: concatenated, the channel files of SMAP share one model and one threshold,
+    and every model scores near the base rate; deployed, each has its own."""
+    p = Path(path)
+    try:
+        if p.is_dir() and (p / "labeled_anomalies.csv").exists():
+            return telemanom_channels(p)
+        if p.is_dir() and not (p.parent / "train" / f"{p.name}.txt").exists() and any(p.glob("*.npz")):
+            out = []
+            for f in sorted(p.glob("*.npz")):
+                d = load_npz(f)
+                d.name = f"{p.name}/{f.stem}"
+                out.append(d)
+            return out
+    except Exception as exc:  # noqa: BLE001 - as load(): one line for the user
+        raise DataError(f"{path}: cannot be read as a dataset ({type(exc).__name__}: {exc})") from None
+    return [load(p)]
 
 
 def load(path: str | Path, **kw) -> Dataset:

@@ -137,6 +137,26 @@ def report(stream: Stream, data: Dataset, top_k: int = 3) -> dict:
     return out
 
 
+def mean_of(values) -> float:
+    """Mean of the known values (JSON writes NaN as null)."""
+    known = [v for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(known)) if known else float("nan")
+
+
+def mean_report(rows: list[dict]) -> dict:
+    """One report whose numbers are the means of ``rows``' (nested dicts alike), NaN left out: the
+    per-entity mean that SMAP/MSL are read by; other fields from the first."""
+    out = {}
+    for k, v in rows[0].items():
+        if isinstance(v, dict):
+            out[k] = mean_report([r[k] for r in rows if isinstance(r.get(k), dict)])
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = mean_of([r.get(k) for r in rows])
+        else:
+            out[k] = v
+    return out
+
+
 def alarm_cells(alarm: np.ndarray, channel: np.ndarray, k: int) -> np.ndarray:
     """(time, channel) cells an alert blames: the top-k channels at every alarm point."""
     cells = np.zeros(channel.shape, bool)
@@ -147,8 +167,8 @@ def alarm_cells(alarm: np.ndarray, channel: np.ndarray, k: int) -> np.ndarray:
     return cells
 
 
-def train_or_load(model: str, data: Dataset, device: str = "auto", **config) -> Detector:
+def train_or_load(model: str, data: Dataset, device: str = "auto", progress: bool = True, **config) -> Detector:
     """An artefact directory is loaded; a model name is trained on the dataset's train split."""
     if artefacts.is_artefact(model):
         return artefacts.load(model).to(device)
-    return fit_for_serving(artefacts.create(model, data.channels, **config).to(device), data.train)
+    return fit_for_serving(artefacts.create(model, data.channels, **config).to(device), data.train, progress=progress)

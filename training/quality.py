@@ -29,7 +29,7 @@ from scoring.settings import Settings
 
 from .calibration import fit_for_serving
 from .data import Dataset, load, seal
-from .evaluate import report, stream_offline
+from .evaluate import mean_of, mean_report, report, stream_offline
 
 MODELS = list(artefacts.CHOICES)  # Vigil's default (auto), then every registered model in the registry's order
 SMD = ["machine-1-6", "machine-1-7", "machine-2-1", "machine-2-2", "machine-2-7", "machine-2-8",
@@ -199,25 +199,6 @@ def _rows(results: Path, protocol: int = PROTOCOL) -> list[dict]:
     return list(latest.values())
 
 
-def _mean(values) -> float:
-    """Mean of the known values (JSON writes NaN as null)."""
-    known = [v for v in values if v is not None and not np.isnan(v)]
-    return float(np.mean(known)) if known else float("nan")
-
-
-def _average(rows: list[dict]) -> dict:
-    """One row whose numbers are the means of ``rows``' (nested dicts alike); other fields from the first."""
-    out = {}
-    for k, v in rows[0].items():
-        if isinstance(v, dict):
-            out[k] = _average([r[k] for r in rows if isinstance(r.get(k), dict)])
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[k] = _mean([r.get(k) for r in rows])
-        else:
-            out[k] = v
-    return out
-
-
 def group(dataset: str) -> str:
     """The column a dataset belongs to: an SMD machine, or the spacecraft of a SMAP/MSL entity."""
     return dataset.split("/", 1)[0]
@@ -231,7 +212,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
         by_entity.setdefault((r["model"], r["variant"], r["dataset"]), []).append(r)
     seeds = []
     for rs in by_entity.values():
-        row = _average(rs)
+        row = mean_report(rs)
         row["seeds"], row["f1_sd"] = len(rs), float(np.std([x["point"]["f1"] for x in rs]))
         seeds.append(row)
     by_group: dict[tuple, list] = {}
@@ -239,7 +220,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
         by_group.setdefault((r["model"], r["variant"], group(r["dataset"])), []).append(r)
     out = []
     for (model, variant, col), rs in by_group.items():
-        row = _average(rs)
+        row = mean_report(rs)
         row.update(dataset=col, entities=len(rs), seeds=min(r["seeds"] for r in rs))
         out.append(row)
     return out
@@ -251,7 +232,7 @@ def _table(rows, models, datasets, value, fmt="{:.3f}", sd=False) -> list[str]:
     for m in models:
         vals = [value(by[(m, d)]) if (m, d) in by else None for d in datasets]
         vals = [None if v is None or np.isnan(v) else v for v in vals]
-        mean = fmt.format(_mean(vals)) if all(v is not None for v in vals) else "–"
+        mean = fmt.format(mean_of(vals)) if all(v is not None for v in vals) else "–"
         cells = []
         for d, v in zip(datasets, vals):
             cell = "–" if v is None else fmt.format(v)
@@ -276,9 +257,9 @@ def _alarm_everything(raw: list[dict], datasets: list[str]) -> str:
     cols = []
     for d in datasets:
         f1 = [2 * p / (1 + p) for name, p in share.items() if group(name) == d]
-        cols.append(_mean(f1))
+        cols.append(mean_of(f1))
     cells = ["–" if np.isnan(v) else f"{v:.3f}" for v in cols]
-    mean = "–" if any(np.isnan(v) for v in cols) else f"{_mean(cols):.3f}"
+    mean = "–" if any(np.isnan(v) for v in cols) else f"{mean_of(cols):.3f}"
     return "| (alarm on every point: no model) | " + " | ".join(cells) + f" | {mean} |"
 
 
@@ -346,8 +327,8 @@ def markdown(results: Path, command: str) -> str:
         for m in models:
             loc = [r["localisation"] for r in default if r["model"] == m and r["dataset"] in smd and "localisation" in r]
             if loc:
-                lines.append(f"| {m} | {_mean(x['hit@150'] for x in loc):.3f} | "
-                             f"{_mean(x['ndcg@150'] for x in loc):.3f} | {_mean(x['cell']['f1'] for x in loc):.3f} |")
+                lines.append(f"| {m} | {mean_of(x['hit@150'] for x in loc):.3f} | "
+                             f"{mean_of(x['ndcg@150'] for x in loc):.3f} | {mean_of(x['cell']['f1'] for x in loc):.3f} |")
     lines += ["", "### Inflated, for comparison with papers only", "",
               "Oracle best F1 (threshold chosen on the test labels themselves):", ""]
     lines += _table(default, models, datasets, lambda r: r["oracle_best_f1"]["f1"])
@@ -364,7 +345,7 @@ def markdown(results: Path, command: str) -> str:
         cells = []
         for v in VARIANTS:
             vals = [r["point"]["f1"] for r in rows if r["model"] == m and r["variant"] == v and r["dataset"] in datasets]
-            cells.append(f"{_mean(vals):.3f} ({len(vals)})" if vals else "–")
+            cells.append(f"{mean_of(vals):.3f} ({len(vals)})" if vals else "–")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     with_div = [m for m in models if any(r["model"] == m and r["variant"] == "fusion=product" for r in rows)]
     lines += ["", "In parentheses: columns measured. `fusion=product` exists only for models with a divergence "
@@ -378,7 +359,7 @@ def markdown(results: Path, command: str) -> str:
     lines += ["", "### Cost", "", "| model | mean training seconds per entity | device |", "|---|---|---|"]
     for m in models:
         rs = [r for r in default if r["model"] == m]
-        lines.append(f"| {m} | {_mean(r['train_seconds'] for r in rs):.1f} | "
+        lines.append(f"| {m} | {mean_of(r['train_seconds'] for r in rs):.1f} | "
                      f"{', '.join(sorted({r['device'] for r in rs}))} |")
     lines.append(END)
     return "\n".join(lines) + "\n"

@@ -26,3 +26,17 @@ def print_report(r: dict) -> None:
               f"NDCG@100% {loc['ndcg@100']:.3f}  @150% {loc['ndcg@150']:.3f}  cells {_prf(loc['cell'])}")
     print(f"  oracle best F1 (threshold chosen on test labels)  {r['oracle_best_f1']['f1']:.3f}")
     print(f"  point-adjusted F1 (inflated)        {_prf(r['point_adjusted_f1'])}")
+
+
+def print_summary(s: dict) -> None:
+    """The mean over the entities of a folder (each channel file its own entity and model)."""
+    m = s["mean"]
+    via = "through Kafka" if s.get("through_kafka") else "offline pipeline"
+    print(f"{s['dataset']}: mean over {s['entities']} entities, each with its own {'/'.join(s['models'])} model ({via})")
+    print(f"  point-wise at the online threshold  {_prf(m['point'])}  (alarm rate {m['alarm_rate']:.4f}, "
+          f"anomalous share {s['anomalous_share']:.4f})")
+    print(f"  affiliation                         {_prf(m['affiliation'])}")
+    print(f"  incidents vs events                 {_prf(m['incident'])}")
+    print(f"  AUC-PR {m['auc_pr']:.3f}   VUS-PR {m['vus_pr']:.3f}")
+    print(f"  oracle best F1 (threshold chosen on test labels)  {m['oracle_best_f1']['f1']:.3f}")
+    print(f"  point-adjusted F1 (inflated)        {_prf(m['point_adjusted_f1'])}")

@@ -1,5 +1,6 @@
 """Every model is served by a worker through a real broker, and the stream's scores are the offline ones."""
 import numpy as np
+import orjson
 import pytest
 import torch
 
@@ -70,3 +71,27 @@ def test_every_model_served_through_kafka_scores_as_the_offline_pipeline(broker,
         print(f"{name}: AUC-PR {r['auc_pr']:.3f} (base rate {base_rate:.3f}), point F1 {r['point']['f1']:.3f}, "
               f"HitRate@100% {r['localisation']['hit@100']:.3f}")
         assert r["auc_pr"] > 2 * base_rate, name
+
+
+def test_vigil_eval_of_a_folder_through_kafka_reports_what_the_offline_pipeline_does(broker, tmp_path, capsys):
+    """`vigil eval --data FOLDER --through-kafka`: every channel file its own entity and model, all of
+    them served by one worker through the broker, each entity's metrics and their mean as offline."""
+    from cli.main import main
+
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "craft"
+    folder.mkdir()
+    for k in range(2):
+        data = small_dataset()
+        test = data.test + 0.01 * rng.normal(size=data.test.shape)  # two entities, two test periods
+        np.savez(folder / f"E-{k}.npz", train=data.train, test=test, label=data.label)
+    results = {}
+    for via in ([], ["--through-kafka", "--broker", broker]):
+        assert main(["eval", "--json", "--data", str(folder), *via]) == 0
+        results[bool(via)] = [orjson.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    offline, streamed = results[False], results[True]
+    assert [r["dataset"] for r in streamed] == ["craft/E-0", "craft/E-1", str(folder)]
+    assert streamed[-1]["through_kafka"] and streamed[-1]["entities"] == 2
+    for o, s in zip(offline[:-1], streamed[:-1]):
+        assert s["point"] == o["point"] and s["alarm_rate"] == o["alarm_rate"] and s["incidents"] == o["incidents"]
+    assert streamed[-1]["mean"]["point"] == offline[-1]["mean"]["point"]

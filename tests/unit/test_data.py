@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import DataError, load
+from training.data import DataError, load, load_entities
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -41,6 +41,24 @@ def test_telemanom_layout(tmp_path):
     d = load(tmp_path)
     assert d.label.tolist() == [0, 1, 1, 0, 0, 0, 0, 0, 0, 1]  # inclusive ends, channels in name order
     assert load(tmp_path, spacecraft="msl").label.tolist() == [0, 0, 0, 0, 1]
+    per_channel = load_entities(tmp_path)  # as a stream deploys them: each channel its own entity
+    assert [e.name for e in per_channel] == [f"{tmp_path.name}/A-1", f"{tmp_path.name}/B-1"]
+    assert per_channel[1].label.tolist() == [0, 0, 0, 0, 1] and per_channel[0].inputs == ["ch1", "ch2"]
+
+
+def test_a_folder_of_channel_files_is_one_entity_per_file_and_anything_else_one_entity(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "craft"
+    folder.mkdir()
+    for name, n in (("B-2", 30), ("A-1", 20)):
+        np.savez(folder / f"{name}.npz", train=rng.normal(size=(50, 3)), test=rng.normal(size=(n, 3)),
+                 label=np.zeros(n, np.int8))
+    entities = load_entities(folder)
+    assert [(e.name, len(e.test)) for e in entities] == [("craft/A-1", 20), ("craft/B-2", 30)]
+    assert len(load(folder).test) == 50, "load concatenates: one model for the whole folder"
+    assert [e.name for e in load_entities(folder / "A-1.npz")] == ["A-1"]
+    with pytest.raises(DataError, match="no such file"):
+        load_entities(tmp_path / "nothing")
 
 
 def test_csv_with_label_column(tmp_path):
