@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {artefacts.DEFAULT_MODEL}, Vigil's measured default: pca, or var for an "
                         "entity with one measured channel)")
     p.add_argument("--data", action="append", required=True,
-                   help="dataset: .npz, a folder of .npz (SMAP/MSL), SMD text, telemanom or CSV; repeatable")
+                   help="dataset: .npz, a folder of .npz (SMAP/MSL: each file an entity with its own model, "
+                        "then their mean), SMD text, telemanom or CSV; repeatable")
     p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
     p.add_argument("--epochs", type=_positive, default=None)
     _inputs_arg(p)
@@ -317,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     _inputs_arg(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--data", required=True, help="dataset whose train split to learn: .npz, a folder of .npz "
-                                                 "(SMAP/MSL), SMD text, telemanom or CSV")
+                                                 "(SMAP/MSL: one model on all its files; a stream deploys one per "
+                                                 "file), SMD text, telemanom or CSV")
     p.add_argument("--out", required=True, help="artefact directory to write")
 
     p = sub.add_parser("demo", help="broker + worker + simulator, printing alerts as they happen")
