@@ -334,13 +334,15 @@ def encode_scores(entity: str, ts: np.ndarray, score: np.ndarray, threshold: np.
     return out
 
 
-def drift_alert(entity: str, state: str, ts: float, start: float, level, model: str) -> Alert:
+def drift_alert(entity: str, state: str, ts: float, start: float, level, model: str,
+                channels: list[dict] | None = None) -> Alert:
     """A ``drift`` (or ``drift_end``) record on ``vigil.alerts``: the entity's scores as a whole left the
-    level its model was calibrated at (``scoring.conditioning.Level``); the trainer retrains it."""
+    level its model was calibrated at (``scoring.conditioning.Level``); the trainer retrains it.
+    ``channels``: the channels that departed most (``fusion.top_channels``)."""
     median = level.median() or level.base
     return Alert(alert_id=hashlib.blake2b(f"{entity}|drift|{start!r}".encode(), digest_size=8).hexdigest(),
                  entity=entity, state=state, ts=ts, start=start, end=ts, score=round(float(median), 6),
-                 threshold=round(float(level.base_threshold), 6), channels=[], model=model,
+                 threshold=round(float(level.base_threshold), 6), channels=list(channels or []), model=model,
                  detail={"level_ratio": round(float(median / level.base), 3), "retrain": state == "drift"})
 
 

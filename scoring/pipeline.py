@@ -37,7 +37,7 @@ from .codec import (
     encode_scores,
 )
 from .conditioning import Level, Smoother
-from .fusion import fuse
+from .fusion import fuse, top_channels
 from .incidents import IncidentTracker
 from .settings import Settings
 from .thresholds import floor_for, make_threshold, threshold_from_state, trim_far_out
@@ -449,7 +449,7 @@ class Pipeline:
         ent.counts["scored"] += len(ts)
         alerts = ent.incidents.observe(ts, score, threshold, alarm, channel, s.reconstruction, s.divergence,
                                        ent.names, ent.model)
-        alerts += self._drift_events(ent, ts, drift)
+        alerts += self._drift_events(ent, ts, drift, channel)
         if self.board is not None:
             self.board.observe(ent, ts, score, threshold, channel, alerts, block.values)
         key = ent.entity.encode()
@@ -506,8 +506,11 @@ class Pipeline:
                 drift[start:] = drifting
         return thr, alarm, drift
 
-    def _drift_events(self, ent: EntityState, ts: np.ndarray, drift: np.ndarray | None) -> list:
-        """A ``drift`` event where the entity starts drifting, ``drift_end`` where it stops."""
+    def _drift_events(self, ent: EntityState, ts: np.ndarray, drift: np.ndarray | None,
+                      channel: np.ndarray) -> list:
+        """A ``drift`` event where the entity starts drifting, naming the channels that score highest
+        at that point (smoothed: what departed, for the operator to tell a new mode from a slow
+        fault), and ``drift_end`` where it stops."""
         if drift is None:
             return []
         out = []
@@ -515,7 +518,8 @@ class Pipeline:
         for i in np.flatnonzero(drift != np.r_[was, drift[:-1]]).tolist():
             if drift[i]:
                 ent.drift_start = float(ts[i])
-                out.append(drift_alert(ent.entity, "drift", float(ts[i]), ent.drift_start, ent.level, ent.model))
+                out.append(drift_alert(ent.entity, "drift", float(ts[i]), ent.drift_start, ent.level, ent.model,
+                                       top_channels(channel[i], ent.names, self.settings.top_k)))
             else:
                 out.append(drift_alert(ent.entity, "drift_end", float(ts[i]), ent.drift_start, ent.level, ent.model))
                 ent.drift_start = None

@@ -67,6 +67,23 @@ def test_a_regime_change_raises_one_drift_event_instead_of_a_flood():
     assert alarms[:2000].mean() < 0.05 and alarms[4000:].mean() < 0.05, "no flood after the level caught up"
 
 
+def test_a_drift_event_names_the_channels_that_departed():
+    """Drift or slow fault? The operator is told where it shows: here one channel moves for good."""
+    rng = np.random.default_rng(4)
+    names = ["flow", "pressure", "speed", "level", "temp_in", "temp_out", "current", "power"]
+    mix = rng.normal(size=(2, 8))
+    train = rng.normal(size=(3000, 2)) @ mix + 0.1 * rng.normal(size=(3000, 8))
+    live = rng.normal(size=(5000, 2)) @ mix + 0.1 * rng.normal(size=(5000, 8))
+    live[2000:, 2] += 2.0  # speed leaves its relation with the others and stays there
+    ts = 1.7e9 + np.arange(len(live), dtype=np.float64)
+    msgs = [Message(0, i // 100, b"p", encode_readings("p", ts[i:i + 100], live[i:i + 100], names))
+            for i in range(0, len(live), 100)]
+    pipe = Pipeline(Settings(), {"*": PCADetector(names).fit(train)})
+    alerts = [orjson.loads(r.value) for m in msgs for r in asyncio.run(pipe.process([m])).alerts]
+    drift = [a for a in alerts if a["state"] == "drift"]
+    assert len(drift) == 1 and drift[0]["channels"][0]["channel"] == "speed", drift[0]["channels"]
+
+
 def test_the_level_is_the_same_whatever_the_micro_batches_and_survives_a_restore():
     rng = np.random.default_rng(3)
     x = rng.exponential(size=4000) * np.r_[np.ones(2000), np.full(2000, 15.0)]
