@@ -30,6 +30,7 @@ class EntityTrace:
         self.incidents: dict[str, dict] = {}  # alert id -> latest alert message
         self.names: list[str] = []
         self.model, self.state = "", "warming up"
+        self.drift_channels: list[str] = []  # where the entity's last drift event said it departed
         self.seen = 0.0  # wall clock of the last reading scored
         self.models: list[dict] = []  # the models that served it here, oldest first (at most 20)
 
@@ -121,12 +122,14 @@ class Board:
         t.names, t.model, t.seen = ent.names, ent.model, time.time()
         t.extend(ts, score, threshold, channel, raw)
         for a in alerts:
-            if a["state"] not in ("drift", "drift_end"):
+            if a["state"] == "drift":
+                t.drift_channels = [c["channel"] for c in a["channels"]]
+            elif a["state"] != "drift_end":
                 t.incidents[a["alert_id"]] = a
         while len(t.incidents) > self.max_incidents:
             t.incidents.pop(next(iter(t.incidents)))
         if getattr(ent, "drift_start", None) is not None:
-            t.state = "drifting (retrain asked)"
+            t.state = "drifting (retrain asked)" + (f": {', '.join(t.drift_channels)}" if t.drift_channels else "")
         elif ent.detector is None:
             t.state = "no model" if ent.threshold is not None else "no model, warming up"
         elif ent.threshold is None:

@@ -11,6 +11,7 @@ from scoring.codec import encode_readings
 from scoring.conditioning import Level, Smoother
 from scoring.pipeline import Message, Pipeline
 from scoring.settings import Settings
+from stream.board import Board
 
 
 def test_smoothing_is_the_same_whatever_the_micro_batches_and_survives_a_restore():
@@ -78,10 +79,12 @@ def test_a_drift_event_names_the_channels_that_departed():
     ts = 1.7e9 + np.arange(len(live), dtype=np.float64)
     msgs = [Message(0, i // 100, b"p", encode_readings("p", ts[i:i + 100], live[i:i + 100], names))
             for i in range(0, len(live), 100)]
-    pipe = Pipeline(Settings(), {"*": PCADetector(names).fit(train)})
+    board = Board()
+    pipe = Pipeline(Settings(), {"*": PCADetector(names).fit(train)}, board=board)
     alerts = [orjson.loads(r.value) for m in msgs for r in asyncio.run(pipe.process([m])).alerts]
     drift = [a for a in alerts if a["state"] == "drift"]
     assert len(drift) == 1 and drift[0]["channels"][0]["channel"] == "speed", drift[0]["channels"]
+    assert board.entities["p"].state.startswith("drifting (retrain asked): speed")  # the dashboard says it too
 
 
 def test_the_level_is_the_same_whatever_the_micro_batches_and_survives_a_restore():
