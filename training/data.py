@@ -8,8 +8,11 @@ Layouts read by ``load(path)``:
 - SMD's original text layout: a folder with ``train/``, ``test/``, ``test_label/`` and optional
   ``interpretation_label/``, and ``path`` naming the machine, e.g. ``ServerMachineDataset/machine-1-1``;
 - telemanom: a folder with ``train/*.npy``, ``test/*.npy`` and ``labeled_anomalies.csv``;
-- a CSV with a header and a label column (``label``, ``is_anomaly`` or ``anomaly``), split in time
-  (``train_fraction``, default 0.5; the train part's labels are ignored).
+- a CSV with a header and a label column (``LABEL_COLUMNS``: ``label``, ``is_anomaly``, ``anomaly``,
+  ``attack``, ``Normal/Attack``; numbers, or text where ``normal`` is normal), split in time
+  (``train_fraction``, default 0.5; the train part's labels are ignored); empty or ``NA`` cells are gaps;
+- for ``load_entities``, a folder of any of these files, or an SMD-layout folder of machines (a fleet):
+  one entity each.
 
 A dataset can say which of its channels are the plant's inputs (commands, setpoints; ``inputs``):
 an ``.npz`` with an ``inputs`` array of column indices, and telemanom's layout (the SMAP/MSL channel
@@ -178,16 +181,31 @@ def _cell(row: list[str], i: int, line: int, path: Path, missing: bool = True) -
         raise DataError(f"{path}: line {line}, column {i + 1}: {text!r} is not a number") from None
 
 
+LABEL_COLUMNS = ("label", "is_anomaly", "anomaly", "attack", "normal/attack")
+NORMAL = {"0", "normal", "false", "no"}  # label text that means a normal point; any other text is anomalous
+
+
+def _label(row: list[str], i: int, line: int, path: Path) -> int:
+    """A label cell: a number (non-zero: anomalous), or text such as SWaT's Normal/Attack."""
+    text = row[i].strip() if i < len(row) else ""
+    if not text:
+        raise DataError(f"{path}: line {line}, column {i + 1}: the label is empty")
+    try:
+        return int(float(text) != 0)
+    except ValueError:
+        return int(text.lower() not in NORMAL)
+
+
 def load_csv(path: Path, train_fraction: float = 0.5) -> Dataset:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
-    label_col = next((i for i, h in enumerate(header) if h.strip().lower() in ("label", "is_anomaly", "anomaly")), None)
+    label_col = next((i for i, h in enumerate(header) if h.strip().lower() in LABEL_COLUMNS), None)
     if label_col is None:
-        raise ValueError(f"{path}: no label column (label, is_anomaly or anomaly)")
+        raise ValueError(f"{path}: no label column ({', '.join(LABEL_COLUMNS)})")
     keep = [i for i, h in enumerate(header) if i != label_col and h.strip().lower() not in ("timestamp", "time", "ts")]
     values = np.array([[_cell(r, i, n, path) for i in keep] for n, r in enumerate(body, 2)], np.float32)
-    label = np.array([int(_cell(r, label_col, n, path, missing=False)) for n, r in enumerate(body, 2)], np.int8)
+    label = np.array([_label(r, label_col, n, path) for n, r in enumerate(body, 2)], np.int8)
     cut = int(len(values) * train_fraction)
     return Dataset(path.stem, values[:cut], values[cut:], label[cut:], [header[i] for i in keep])
 
@@ -201,25 +219,36 @@ LAYOUTS = ("an .npz with train, test and label arrays, a folder of them (SMAP/MS
 
 
 def load_entities(path: str | Path) -> list[Dataset]:
-    """The entities ``path`` holds, each as a stream deploys it: every file of a folder of ``.npz`` (a
-    spacecraft's channel files) and every channel of a telemanom folder is an entity of its own, named
-    ``FOLDER/NAME``; any other layout is one entity (``load``, which concatenates a folder instead: one
-    model for all of it). Why: concatenated, the channel files of SMAP share one model and one threshold,
-    and every model scores near the base rate; deployed, each has its own."""
+    """The entities ``path`` holds, each as a stream deploys it, named ``FOLDER/NAME``: every file of a
+    folder of ``.npz`` (a spacecraft's channel files) or of ``.csv``, every channel of a telemanom
+    folder, every machine of an SMD-layout folder (``train/``, ``test/``, ``test_label/``: a server
+    fleet). Any other path is one entity (``load``, which concatenates a folder of ``.npz`` instead:
+    one model for all of it). Why: concatenated, the channel files of SMAP share one model and one
+    threshold, and every model scores near the base rate; deployed, each has its own."""
     p = Path(path)
+    if not p.is_dir():
+        return [load(p)]
     try:
-        if p.is_dir() and (p / "labeled_anomalies.csv").exists():
+        if (p / "labeled_anomalies.csv").exists():
             return telemanom_channels(p)
-        if p.is_dir() and not (p.parent / "train" / f"{p.name}.txt").exists() and any(p.glob("*.npz")):
+        if (p / "train").is_dir() and (p / "test_label").is_dir():
+            machines = sorted(f.stem for f in (p / "train").glob("*.txt"))
+            out = [load_smd_text(p, m) for m in machines]
+        elif any(p.glob("*.npz")):
+            out = [load_npz(f) for f in sorted(p.glob("*.npz"))]
+        elif any(p.glob("*.csv")):
+            out = [load_csv(f) for f in sorted(p.glob("*.csv"))]
+        else:
             out = []
-            for f in sorted(p.glob("*.npz")):
-                d = load_npz(f)
-                d.name = f"{p.name}/{f.stem}"
-                out.append(d)
-            return out
+    except DataError:
+        raise
     except Exception as exc:  # noqa: BLE001 - as load(): one line for the user
         raise DataError(f"{path}: cannot be read as a dataset ({type(exc).__name__}: {exc})") from None
-    return [load(p)]
+    if not out:
+        return [load(p)]
+    for d in out:
+        d.name = f"{p.name}/{d.name}"
+    return out
 
 
 def load(path: str | Path, **kw) -> Dataset:

@@ -27,6 +27,11 @@ def test_smd_text_layout(tmp_path):
     d = load(tmp_path / "machine-9-9")
     assert d.train.shape == (3, 2) and d.label.tolist() == [0, 1, 0]
     assert d.interpretation.tolist() == [[0, 1, 1]]  # 1-based text becomes 0-based, half-open rows
+    for sub in ("train", "test", "test_label"):  # a second machine: the folder is a fleet
+        (tmp_path / sub / "machine-1-1.txt").write_text((tmp_path / sub / "machine-9-9.txt").read_text())
+    fleet = load_entities(tmp_path)
+    assert [m.name for m in fleet] == [f"{tmp_path.name}/machine-1-1", f"{tmp_path.name}/machine-9-9"]
+    assert fleet[1].interpretation.tolist() == [[0, 1, 1]] and fleet[0].interpretation is None
 
 
 def test_telemanom_layout(tmp_path):
@@ -57,6 +62,11 @@ def test_a_folder_of_channel_files_is_one_entity_per_file_and_anything_else_one_
     assert [(e.name, len(e.test)) for e in entities] == [("craft/A-1", 20), ("craft/B-2", 30)]
     assert len(load(folder).test) == 50, "load concatenates: one model for the whole folder"
     assert [e.name for e in load_entities(folder / "A-1.npz")] == ["A-1"]
+    plants = tmp_path / "plants"
+    plants.mkdir()
+    for name in ("north", "south"):
+        (plants / f"{name}.csv").write_text("ts,a,b,label\n" + "".join(f"{i},{i},{-i},0\n" for i in range(10)))
+    assert [(e.name, e.train.shape) for e in load_entities(plants)] == [("plants/north", (5, 2)), ("plants/south", (5, 2))]
     with pytest.raises(DataError, match="no such file"):
         load_entities(tmp_path / "nothing")
 
@@ -73,6 +83,8 @@ def test_csv_gaps_are_missing_values_and_text_is_an_error_that_says_where(tmp_pa
     f.write_text("timestamp,a,b,label\n1,1.0,2.0,0\n2,,2.1,0\n3,1.2,NA,0\n4,1.1,2.2,1\n")
     d = load(f)
     assert np.isnan(d.train[1, 0]) and np.isnan(d.test[0, 1]) and d.label.tolist() == [0, 1]
+    f.write_text(" Timestamp,a,b,Normal/Attack\n1,1,2,Normal\n2,1,2,Normal\n3,1,2,Attack\n4,1,2,A ttack\n")
+    assert load(f).label.tolist() == [1, 1]  # SWaT's text labels (and its typo)
     f.write_text("timestamp,a,b,label\n1,1.0,open,0\n")
     with pytest.raises(DataError, match="line 2, column 3: 'open' is not a number"):
         load(f)
