@@ -38,5 +38,9 @@ def print_summary(s: dict) -> None:
     print(f"  affiliation                         {_prf(m['affiliation'])}")
     print(f"  incidents vs events                 {_prf(m['incident'])}")
     print(f"  AUC-PR {m['auc_pr']:.3f}   VUS-PR {m['vus_pr']:.3f}")
+    loc = m.get("localisation")
+    if loc:
+        print(f"  localisation  HitRate@100% {loc['hit@100']:.3f}  @150% {loc['hit@150']:.3f}  "
+              f"NDCG@100% {loc['ndcg@100']:.3f}  @150% {loc['ndcg@150']:.3f}")
     print(f"  oracle best F1 (threshold chosen on test labels)  {m['oracle_best_f1']['f1']:.3f}")
     print(f"  point-adjusted F1 (inflated)        {_prf(m['point_adjusted_f1'])}")
