@@ -15,6 +15,14 @@ import base64
 import numpy as np
 
 
+def forward_fill(x: np.ndarray) -> np.ndarray:
+    """Each NaN of ``x`` [T, C] replaced by the last value before it in its channel (NaN where there is
+    none): how the stream imputes a missing reading."""
+    idx = np.where(np.isnan(x), 0, np.arange(len(x))[:, None])
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    return x[idx, np.arange(x.shape[1])]
+
+
 def fill_gaps(values: np.ndarray) -> tuple[np.ndarray, int]:
     """A whole recorded series (a training split) with its missing values filled, and how many were.
 
@@ -34,11 +42,7 @@ def fill_gaps(values: np.ndarray) -> tuple[np.ndarray, int]:
     if not n:
         return x, 0
     x[gaps] = np.nan
-    rows = np.arange(len(x))[:, None]
-    last = np.maximum.accumulate(np.where(gaps, -1, rows), axis=0)  # index of each cell's last value
-    first = np.argmax(~gaps, axis=0)  # index of each channel's first value (0 when never measured)
-    cols = np.arange(x.shape[1])
-    x = x[np.where(last < 0, first[None, :], last), cols]
+    x = forward_fill(forward_fill(x)[::-1])[::-1]  # then the first value backwards over a leading gap
     x[np.isnan(x)] = 0.0
     return x, n
 
@@ -55,10 +59,7 @@ class EntityWindow:
         """Forward-fill NaN per channel from the last seen value; returns a new float64 array."""
         rows = np.array(rows, dtype=np.float64)
         if np.isnan(rows).any():
-            ext = np.vstack([self.last[None], rows])
-            idx = np.where(np.isnan(ext), 0, np.arange(len(ext))[:, None])
-            np.maximum.accumulate(idx, axis=0, out=idx)
-            rows = ext[idx, np.arange(ext.shape[1])][1:]
+            rows = forward_fill(np.vstack([self.last[None], rows]))[1:]
             rows[np.isnan(rows)] = 0.0  # a channel never seen and without a fill value
         self.last = rows[-1].copy()
         return rows
