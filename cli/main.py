@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_arg(p)
     p.add_argument("--model", action="append", default=[], metavar="[ENTITY=]PATH",
                    help="model artefact directory, for one entity (ENTITY=PATH) or for every entity "
-                        "whose channels match (PATH); entities without a model use the cold-start detector")
+                        "whose channels match (PATH); a folder of artefacts (vigil train of a folder): each "
+                        "to the entity it is named after; entities without a model use the cold-start detector")
     p.add_argument("--partitions", type=_positive, default=d.partitions,
                    help="partitions of vigil.readings when it is created (outputs follow its count)")
     p.add_argument("--replication", type=int, default=d.replication,
@@ -317,10 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, default=None)
     _inputs_arg(p)
     p.add_argument("--device", default="auto")
-    p.add_argument("--data", required=True, help="dataset whose train split to learn: .npz, a folder of .npz "
-                                                 "(SMAP/MSL: one model on all its files; a stream deploys one per "
-                                                 "file), SMD text, telemanom or CSV")
-    p.add_argument("--out", required=True, help="artefact directory to write")
+    p.add_argument("--data", required=True, help="dataset whose train split to learn: .npz, SMD text, telemanom "
+                                                 "or CSV; a folder of channel files (SMAP/MSL) or of machines: one "
+                                                 "model per entity")
+    p.add_argument("--out", required=True, help="artefact directory to write (a folder of them, one per entity, "
+                                                "for a folder of entities)")
 
     p = sub.add_parser("demo", help="broker + worker + simulator, printing alerts as they happen")
     p.add_argument("--entities", type=_positive, default=4)
@@ -363,10 +365,28 @@ def cmd_worker(args) -> int:
 
     settings = settings_from_args(args)
     settings.inputs = list(args.inputs)
-    for spec in args.model:
-        entity, sep, path = spec.partition("=")
-        settings.models[entity if sep else "*"] = path if sep else entity
+    settings.models = model_specs(args.model)
     return run_worker(settings, args.log_level)
+
+
+def model_specs(specs: list[str]) -> dict[str, str]:
+    """``vigil worker --model`` values -> entity: artefact directory. ``ENTITY=PATH`` serves one entity;
+    ``PATH`` an artefact serves every entity whose channels match (``*``); ``PATH`` a folder of
+    artefacts (what `vigil train` writes for a folder of channel files) serves each entity by its
+    folder's name."""
+    models = {}
+    for spec in specs:
+        entity, sep, path = spec.partition("=")
+        if sep:
+            models[entity] = path
+        elif artefacts.is_artefact(spec) or not Path(spec).is_dir():
+            models["*"] = spec
+        else:
+            found = {sub.name: str(sub) for sub in sorted(Path(spec).iterdir()) if artefacts.is_artefact(sub)}
+            if not found:
+                raise UsageError(f"--model {spec}: neither a model artefact nor a folder of them")
+            models.update(found)
+    return models
 
 
 def cmd_detector(args) -> int:
@@ -626,18 +646,25 @@ def cmd_feedback(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from detectors import artefacts
-    from training.data import load
+    """One artefact for a dataset; for a folder of channel files (or a fleet), one per entity under
+    ``--out``, named as the entity, which `vigil worker --model OUT` serves each to its entity."""
+    from tqdm import tqdm
 
-    data = load(args.data)
     from training.calibration import fit_for_serving
+    from training.data import load_entities
 
-    det = fit_for_serving(artefacts.create(args.model, data.channels, **_model_config(args, data)).to(args.device),
-                          data.train)
-    path = artefacts.save(det, args.out)
-    filled = f" ({det.filled_training_values} missing values filled)" if det.filled_training_values else ""
-    print(f"vigil: trained {det.model_id} on {data.train.shape[0]} points x {data.train.shape[1]} channels{filled} "
-          f"-> {path}")
+    datasets = load_entities(args.data)
+    many = len(datasets) > 1
+    for data in tqdm(datasets, desc=f"training on {args.data}", unit="entity", disable=not many):
+        det = fit_for_serving(artefacts.create(args.model, data.channels, **_model_config(args, data)).to(args.device),
+                              data.train, progress=not many)
+        path = artefacts.save(det, Path(args.out) / data.name.rsplit("/", 1)[-1] if many else args.out)
+        filled = f" ({det.filled_training_values} missing values filled)" if det.filled_training_values else ""
+        print(f"vigil: trained {det.model_id} on {data.train.shape[0]} points x {data.train.shape[1]} channels"
+              f"{filled} -> {path}", file=sys.stderr if many else sys.stdout)
+    if many:
+        print(f"vigil: {len(datasets)} models in {args.out}, one per entity; serve them with "
+              f"`vigil worker --model {args.out}`")
     return 0
 
 

@@ -253,3 +253,24 @@ def test_vigil_eval_of_a_folder_scores_each_channel_file_as_its_own_entity_and_r
     assert summary["mean"]["point"]["f1"] == pytest.approx(np.mean([e["point"]["f1"] for e in entities]))
     assert summary["anomalous_share"] == pytest.approx(40 / 600)
     assert summary["mean"]["point"]["recall"] > 0.5
+
+
+def test_vigil_train_of_a_folder_writes_a_model_per_entity_that_the_worker_serves_by_name(tmp_path, capsys):
+    from cli.main import UsageError, main, model_specs
+
+    folder = tmp_path / "smap_msl" / "smap"
+    folder.mkdir(parents=True)
+    for k in range(2):
+        np.savez(folder / f"X-{k}.npz", train=plant(1500, seed=k), test=plant(300, seed=5 + k),
+                 label=np.zeros(300, np.int8))
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "models")]) == 0
+    assert "serve them with `vigil worker --model" in capsys.readouterr().out
+    served = model_specs([str(tmp_path / "models")])
+    assert sorted(served) == ["X-0", "X-1"]
+    assert all(artefacts.load(p).name == "var" and artefacts.load(p).inputs == ["ch1", "ch2", "ch3"]
+               for p in served.values())
+    one = served["X-0"]
+    assert model_specs([one]) == {"*": one} and model_specs([f"pump-7={one}"]) == {"pump-7": one}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="neither a model artefact nor a folder of them"):
+        model_specs([str(tmp_path / "empty")])
