@@ -6,6 +6,20 @@ def _prf(d: dict) -> str:
     return f"P {d['precision']:.3f}  R {d['recall']:.3f}  F1 {d['f1']:.3f}"
 
 
+def _print_metrics(r: dict, alarms: str, incidents: str) -> None:
+    """The metric lines of one report or of a mean report (``training.evaluate.mean_report``)."""
+    print(f"  point-wise at the online threshold  {_prf(r['point'])}  ({alarms})")
+    print(f"  affiliation                         {_prf(r['affiliation'])}")
+    print(f"  incidents vs events                 {_prf(r['incident'])}  ({incidents})")
+    print(f"  AUC-PR {r['auc_pr']:.3f}   VUS-PR {r['vus_pr']:.3f}")
+    loc = r.get("localisation")
+    if loc:
+        print(f"  localisation  HitRate@100% {loc['hit@100']:.3f}  @150% {loc['hit@150']:.3f}  "
+              f"NDCG@100% {loc['ndcg@100']:.3f}  @150% {loc['ndcg@150']:.3f}  cells {_prf(loc['cell'])}")
+    print(f"  oracle best F1 (threshold chosen on test labels)  {r['oracle_best_f1']['f1']:.3f}")
+    print(f"  point-adjusted F1 (inflated)        {_prf(r['point_adjusted_f1'])}")
+
+
 def print_report(r: dict) -> None:
     via = "through Kafka" if r.get("through_kafka") else "offline pipeline"
     print(f"{r['dataset']}  model {r['model_id']}  ({via}; {r['points']} test points, {r['anomalous_points']} "
@@ -16,16 +30,7 @@ def print_report(r: dict) -> None:
     if r.get("filled_training_values"):
         print(f"  training split: {r['filled_training_values']} missing values filled (a channel's last value; "
               f"its first before it was measured)")
-    print(f"  point-wise at the online threshold  {_prf(r['point'])}  (alarm rate {r['alarm_rate']:.4f})")
-    print(f"  affiliation                         {_prf(r['affiliation'])}")
-    print(f"  incidents vs events                 {_prf(r['incident'])}  ({r['incidents']} incidents)")
-    print(f"  AUC-PR {r['auc_pr']:.3f}   VUS-PR {r['vus_pr']:.3f}")
-    loc = r.get("localisation")
-    if loc:
-        print(f"  localisation  HitRate@100% {loc['hit@100']:.3f}  @150% {loc['hit@150']:.3f}  "
-              f"NDCG@100% {loc['ndcg@100']:.3f}  @150% {loc['ndcg@150']:.3f}  cells {_prf(loc['cell'])}")
-    print(f"  oracle best F1 (threshold chosen on test labels)  {r['oracle_best_f1']['f1']:.3f}")
-    print(f"  point-adjusted F1 (inflated)        {_prf(r['point_adjusted_f1'])}")
+    _print_metrics(r, f"alarm rate {r['alarm_rate']:.4f}", f"{r['incidents']} incidents")
 
 
 def print_summary(s: dict) -> None:
@@ -33,14 +38,5 @@ def print_summary(s: dict) -> None:
     m = s["mean"]
     via = "through Kafka" if s.get("through_kafka") else "offline pipeline"
     print(f"{s['dataset']}: mean over {s['entities']} entities, each with its own {'/'.join(s['models'])} model ({via})")
-    print(f"  point-wise at the online threshold  {_prf(m['point'])}  (alarm rate {m['alarm_rate']:.4f}, "
-          f"anomalous share {s['anomalous_share']:.4f})")
-    print(f"  affiliation                         {_prf(m['affiliation'])}")
-    print(f"  incidents vs events                 {_prf(m['incident'])}")
-    print(f"  AUC-PR {m['auc_pr']:.3f}   VUS-PR {m['vus_pr']:.3f}")
-    loc = m.get("localisation")
-    if loc:
-        print(f"  localisation  HitRate@100% {loc['hit@100']:.3f}  @150% {loc['hit@150']:.3f}  "
-              f"NDCG@100% {loc['ndcg@100']:.3f}  @150% {loc['ndcg@150']:.3f}")
-    print(f"  oracle best F1 (threshold chosen on test labels)  {m['oracle_best_f1']['f1']:.3f}")
-    print(f"  point-adjusted F1 (inflated)        {_prf(m['point_adjusted_f1'])}")
+    _print_metrics(m, f"alarm rate {m['alarm_rate']:.4f}, anomalous share {s['anomalous_share']:.4f}",
+                   f"{m['incidents']:.1f} incidents per entity")
