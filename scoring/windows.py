@@ -23,28 +23,27 @@ def forward_fill(x: np.ndarray) -> np.ndarray:
     return x[idx, np.arange(x.shape[1])]
 
 
-def fill_gaps(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """A whole recorded series (a training split) with its missing values filled, and how many were.
+def fill_gaps(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A whole recorded series (a training split) with its missing values filled, and where they were.
 
     A gap (NaN or infinite) takes the channel's last value before it, as the stream imputes a
     missing reading (``EntityWindow.impute``); a gap at the start takes the channel's first value (the
     stream would use the model's mean, which a training split has yet to give), and a channel never
     measured is 0. Real plant histories have gaps (a sensor offline, a column added later); a model
-    fitted on them would otherwise fail or learn NaN.
+    fitted on them would otherwise fail or learn NaN. Without gaps, ``values`` come back as they are.
 
-    >>> filled, n = fill_gaps(np.array([[np.nan, 1.0], [2.0, np.nan], [np.nan, 3.0]]))
-    >>> filled.tolist(), n
+    >>> filled, gaps = fill_gaps(np.array([[np.nan, 1.0], [2.0, np.nan], [np.nan, 3.0]]))
+    >>> filled.tolist(), int(gaps.sum())
     ([[2.0, 1.0], [2.0, 1.0], [2.0, 3.0]], 3)
     """
-    x = np.array(values, dtype=np.float64)
-    gaps = ~np.isfinite(x)
-    n = int(gaps.sum())
-    if not n:
-        return x, 0
-    x[gaps] = np.nan
+    values = np.asarray(values)
+    gaps = ~np.isfinite(values)
+    if not gaps.any():
+        return values, gaps
+    x = np.where(gaps, np.nan, values).astype(np.float64)
     x = forward_fill(forward_fill(x)[::-1])[::-1]  # then the first value backwards over a leading gap
     x[np.isnan(x)] = 0.0
-    return x, n
+    return x, gaps
 
 
 class EntityWindow:

@@ -26,8 +26,9 @@ def fit_for_serving(det: Detector, train: np.ndarray, settings: Settings | None 
                     min_fit: int = 500, min_holdout: int = 200, progress: bool = True) -> Detector:
     """Fit ``det`` on ``train`` less its last ``holdout`` share and calibrate it on that tail."""
     settings = settings or Settings()
-    filled, det.filled_training_values = fill_gaps(train)  # gaps in a recorded history (scoring.windows)
-    train = filled.astype(np.float32)
+    filled, gaps = fill_gaps(train)  # gaps in a recorded history (scoring.windows)
+    det.filled_training_values = int(gaps.sum())
+    train = np.asarray(filled, np.float32)
     n_hold = int(len(train) * holdout)
     if n_hold < min_holdout or len(train) - n_hold < min_fit:
         det.fit(train, progress=progress)

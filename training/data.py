@@ -109,15 +109,19 @@ def load_npz(path: Path) -> Dataset:
                    d["interpretation"] if "interpretation" in d.files else None, inputs)
 
 
-def load_npz_folder(path: Path) -> Dataset:
-    parts = [load_npz(f) for f in sorted(path.glob("*.npz"))]
+def concatenate(name: str, parts: list[Dataset], where: Path) -> Dataset:
+    """Entities of one layout as one dataset, in order (one model for all of them)."""
     if not parts:
-        raise FileNotFoundError(f"{path}: no .npz files")
+        raise FileNotFoundError(f"{where}: no entities")
     widths = {p.train.shape[1] for p in parts}
     if len(widths) != 1:
-        raise ValueError(f"{path}: files have different channel counts {sorted(widths)}")
-    return Dataset(path.name, np.concatenate([p.train for p in parts]), np.concatenate([p.test for p in parts]),
+        raise ValueError(f"{where}: files have different channel counts {sorted(widths)}")
+    return Dataset(name, np.concatenate([p.train for p in parts]), np.concatenate([p.test for p in parts]),
                    np.concatenate([p.label for p in parts]), parts[0].channels, inputs=parts[0].inputs)
+
+
+def load_npz_folder(path: Path) -> Dataset:
+    return concatenate(path.name, [load_npz(f) for f in sorted(path.glob("*.npz"))], path)
 
 
 def load_smd_text(root: Path, machine: str) -> Dataset:
@@ -160,10 +164,7 @@ def telemanom_channels(root: Path, spacecraft: str | None = None) -> list[Datase
 
 def load_telemanom(root: Path, spacecraft: str | None = None) -> Dataset:
     """Every channel of a telemanom folder (or of one spacecraft) concatenated: one model for all."""
-    parts = telemanom_channels(root, spacecraft)
-    return Dataset(spacecraft or root.name, np.concatenate([p.train for p in parts]),
-                   np.concatenate([p.test for p in parts]), np.concatenate([p.label for p in parts]),
-                   parts[0].channels, inputs=parts[0].inputs)
+    return concatenate(spacecraft or root.name, telemanom_channels(root, spacecraft), root)
 
 
 MISSING = {"", "na", "nan", "n/a", "null", "none"}  # CSV cells that are a missing value (NaN, filled later)

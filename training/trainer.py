@@ -201,8 +201,7 @@ def build_histories(readings: list[Readings], incidents: dict, history: float,
         ts, vals = ts[order], vals[order]
         first = np.r_[True, ts[1:] != ts[:-1]]
         ts, vals = ts[first], vals[first]
-        missing = ~np.isfinite(vals)
-        vals, _ = fill_gaps(vals)
+        vals, missing = fill_gaps(vals)
         keep = ts >= ts[-1] - history
         inside = np.zeros(len(ts), bool)
         for start, end in incidents.get(entity, []):
