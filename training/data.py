@@ -39,6 +39,10 @@ class Dataset:
     inputs: list[str] = field(default_factory=list)  # channels that are inputs (detectors.base.Detector.judge)
 
 
+class DataError(ValueError):
+    """A dataset path that cannot be read; the message says which and what Vigil reads."""
+
+
 class LabelsSealed(RuntimeError):
     """Test labels were read before the scores they judge were final."""
 
@@ -97,15 +101,37 @@ def telemanom_inputs(channels: list[str]) -> list[str]:
     return list(channels[1:])
 
 
+LABEL_KEYS = ("label", "labels", "test_label")  # an .npz's test labels, under the first of these it has
+
+
+def _columns(a: np.ndarray) -> np.ndarray:
+    """[T, C] float32; a 1-D array is one channel."""
+    a = np.asarray(a, np.float32)
+    return a[:, None] if a.ndim == 1 else a
+
+
 def load_npz(path: Path) -> Dataset:
+    """Keys ``train``, ``test``, a label (``LABEL_KEYS``), and optionally ``interpretation``, ``inputs``
+    (column indices) and ``channels`` (names; otherwise ``ch0``, ``ch1``, ...)."""
     d = np.load(path)
-    train, test = d["train"].astype(np.float32), d["test"].astype(np.float32)
-    names = _names(train.shape[1])
+    train, test = _columns(d["train"]), _columns(d["test"])
+    key = next((k for k in LABEL_KEYS if k in d.files), None)
+    if key is None:
+        raise DataError(f"{path}: no test labels (a key {' or '.join(LABEL_KEYS)}); it has {', '.join(d.files)}")
+    label = np.asarray(d[key])
+    if len(label) != len(test):
+        raise DataError(f"{path}: {len(label)} labels for {len(test)} test points")
+    label = (label.reshape(len(test), -1).max(1) != 0).astype(np.int8)  # [N, C] labels: any channel
+    if train.shape[1] != test.shape[1]:
+        raise DataError(f"{path}: train has {train.shape[1]} channels, test {test.shape[1]}")
+    names = [str(n) for n in d["channels"]] if "channels" in d.files else _names(train.shape[1])
+    if len(names) != train.shape[1]:
+        raise DataError(f"{path}: {len(names)} channel names for {train.shape[1]} channels")
     if "inputs" in d.files:
         inputs = [names[int(i)] for i in np.atleast_1d(d["inputs"])]
     else:  # the shared data's smap_msl/{smap,msl}/*.npz: one telemanom channel file each
         inputs = telemanom_inputs(names) if path.parent.parent.name == "smap_msl" else []
-    return Dataset(path.stem, train, test, d["label"].astype(np.int8), names,
+    return Dataset(path.stem, train, test, label, names,
                    d["interpretation"] if "interpretation" in d.files else None, inputs)
 
 
@@ -197,26 +223,44 @@ def _label(row: list[str], i: int, line: int, path: Path) -> int:
         return int(text.lower() not in NORMAL)
 
 
+NOT_CHANNELS = ("timestamp", "datetime", "date", "time", "ts", "index", "row", "changepoint")
+
+
+def _not_a_channel(name: str) -> bool:
+    """A time or row column (``timestamp``, PSM's ``timestamp_(min)``, SKAB's ``datetime``) or a second
+    label (SKAB's ``changepoint``): judging it would score the clock or read the labels."""
+    name = name.strip().lower()
+    return name in NOT_CHANNELS or name.startswith(("timestamp", "datetime"))
+
+
 def load_csv(path: Path, train_fraction: float = 0.5) -> Dataset:
+    """One entity from a CSV with a header: comma-, semicolon- or tab-separated (sniffed), split in time."""
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], rows[1:]
-    label_col = next((i for i, h in enumerate(header) if h.strip().lower() in LABEL_COLUMNS), None)
-    if label_col is None:
-        raise ValueError(f"{path}: no label column ({', '.join(LABEL_COLUMNS)})")
-    keep = [i for i, h in enumerate(header) if i != label_col and h.strip().lower() not in ("timestamp", "time", "ts")]
-    values = np.array([[_cell(r, i, n, path) for i in keep] for n, r in enumerate(body, 2)], np.float32)
-    label = np.array([_label(r, label_col, n, path) for n, r in enumerate(body, 2)], np.int8)
+        try:
+            dialect = csv.Sniffer().sniff(f.read(1 << 16), delimiters=",;\t")
+        except csv.Error:
+            dialect = csv.excel
+        f.seek(0)
+        reader = csv.reader(f, dialect)
+        header = next(reader, [])
+        label_col = next((i for i, h in enumerate(header) if h.strip().lower() in LABEL_COLUMNS), None)
+        if label_col is None:
+            raise DataError(f"{path}: no label column (one of {', '.join(LABEL_COLUMNS)})")
+        keep = [i for i, h in enumerate(header) if i != label_col and not _not_a_channel(h)]
+        values, label = [], []
+        for n, r in enumerate(reader, 2):
+            if r:
+                values.append([_cell(r, i, n, path) for i in keep])
+                label.append(_label(r, label_col, n, path))
+    values = np.array(values, np.float32).reshape(len(values), len(keep))
     cut = int(len(values) * train_fraction)
-    return Dataset(path.stem, values[:cut], values[cut:], label[cut:], [header[i] for i in keep])
-
-
-class DataError(ValueError):
-    """A dataset path that cannot be read; the message says which and what Vigil reads."""
+    return Dataset(path.stem, values[:cut], values[cut:], np.array(label[cut:], np.int8),
+                   [header[i].strip() for i in keep])
 
 
 LAYOUTS = ("an .npz with train, test and label arrays, a folder of them (SMAP/MSL), a telemanom folder "
-           "(labeled_anomalies.csv), SMD text (train/, test/, test_label/) or a CSV")
+           "(labeled_anomalies.csv), SMD text (train/, test/, test_label/: one machine, or a folder of them), "
+           "a CSV with a label column, or a folder of CSVs")
 
 
 def load_entities(path: str | Path) -> list[Dataset]:

@@ -45,10 +45,16 @@ class Stream:
             return self.score > self.threshold  # NaN threshold: no alarm
 
     def incident_mask(self) -> np.ndarray:
-        """The points an operator sees inside an incident (opened to last alarm)."""
+        """The points an operator sees inside an incident (opened to last alarm). An incident still open
+        when the test ends was last reported by an ``update`` whose ``end`` may be long past: every alarm
+        after its start belongs to it, so it runs to the last of them."""
         mask = np.zeros(len(self.score), bool)
+        alarms = np.flatnonzero(self.alarm)
         for a in self.incidents:
-            mask[a["start"]:a["end"] + 1] = True
+            end = a["end"]
+            if a["state"] != "close" and len(alarms):
+                end = max(end, int(alarms[-1]))
+            mask[a["start"]:end + 1] = True
         return mask
 
 

@@ -90,6 +90,35 @@ def test_csv_gaps_are_missing_values_and_text_is_an_error_that_says_where(tmp_pa
         load(f)
 
 
+def test_csv_other_delimiters_clock_columns_and_a_second_label_are_not_channels(tmp_path):
+    f = tmp_path / "skab.csv"  # SKAB: semicolons, a datetime column, and a changepoint label beside anomaly
+    f.write_text("datetime;Current;Pressure;anomaly;changepoint\n"
+                 + "".join(f"2020-03-09 10:14:{i:02d};{i}.5;{-i};{int(i > 7)};{int(i == 8)}\n" for i in range(10)))
+    d = load(f)
+    assert d.channels == ["Current", "Pressure"] and d.test[:, 0].tolist() == [5.5, 6.5, 7.5, 8.5, 9.5]
+    assert d.label.tolist() == [0, 0, 0, 1, 1]
+    f = tmp_path / "psm.csv"  # PSM's clock column, tab-separated
+    f.write_text("timestamp_(min)\tfeature_0\tlabel\n" + "".join(f"{i}\t{i * 0.1}\t0\n" for i in range(6)))
+    assert load(f).channels == ["feature_0"]
+
+
+def test_npz_variants_one_channel_names_and_what_is_wrong(tmp_path):
+    f = tmp_path / "pump.npz"
+    np.savez(f, train=np.arange(8.0), test=np.arange(4.0), labels=np.array([0, 0, 1, 1]),
+             channels=np.array(["flow"]))
+    d = load(f)
+    assert d.train.shape == (8, 1) and d.channels == ["flow"] and d.label.tolist() == [0, 0, 1, 1]
+    np.savez(f, train=np.zeros((8, 2)), test=np.zeros((4, 2)), label=np.zeros(3))
+    with pytest.raises(DataError, match="3 labels for 4 test points"):
+        load(f)
+    np.savez(f, train=np.zeros((8, 2)), test=np.zeros((4, 2)))
+    with pytest.raises(DataError, match="no test labels"):
+        load(f)
+    np.savez(f, train=np.zeros((8, 2)), test=np.zeros((4, 3)), label=np.zeros(4))
+    with pytest.raises(DataError, match="train has 2 channels, test 3"):
+        load(f)
+
+
 def test_unknown_layout(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load(tmp_path / "nothing")

@@ -35,6 +35,10 @@ def test_collect_rebuilds_points_from_score_messages_and_refuses_gaps_and_repeat
     assert s.channel.shape == (3, 2) and s.model == "pca@1"
     assert [(a["start"], a["end"], a["state"]) for a in s.incidents] == [(1, 2, "closed")]
     assert s.incident_mask().tolist() == [False, True, True]
+    # an incident still open at the end was last reported by an update: it runs to the last alarm
+    still_open = Stream(np.array([0, 5, 0, 5, 5, 0.]), np.full(6, 2.0), None,
+                        [{"start": 1, "end": 1, "state": "update"}], "m@1")
+    assert still_open.incident_mask().tolist() == [False, True, True, True, True, False]
     with pytest.raises(ValueError, match="not scored"):
         collect(msgs[:1], [], 3)
     with pytest.raises(ValueError, match="twice"):
