@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=None,
                    help="JSON-lines results, resumed if present (default bench/results/quality[-quick].jsonl)")
     p.add_argument("--doc", default=None, help="markdown to write the section into (default docs/benchmarks.md; "
-                                               "with --quick, stdout)")
+                                               "with --quick or --results, stdout)")
     p.add_argument("--no-run", action="store_true", help="only render the results file")
     p.add_argument("--device", default="auto")
 
@@ -477,7 +477,9 @@ def cmd_bench(args) -> int:
         print(f"vigil: no results in {results} yet: run without --no-run first", file=sys.stderr)
         return 2
     command = "vigil bench quality" + (" --quick" if args.quick else "")
-    doc = args.doc or (None if args.quick else "docs/benchmarks.md")
+    # A results file of one's own (a few models, a scratch run) would replace the published tables with
+    # its rows: it is printed unless --doc says where it goes.
+    doc = args.doc or (None if args.quick or args.results else "docs/benchmarks.md")
     if doc is None:
         print(quality.markdown(results, command))
     else:

@@ -3,6 +3,7 @@ import numpy as np
 import orjson
 import pytest
 
+from cli.main import main
 from detectors.pca import PCADetector
 from scoring.settings import Settings
 from training import quality
@@ -81,7 +82,7 @@ def test_offline_stream_scores_every_test_point_with_a_calibrated_threshold():
     assert len(s.incidents) >= 3
 
 
-def test_quality_benchmark_resumes_and_renders_every_model_and_dataset(tmp_path):
+def test_quality_benchmark_resumes_and_renders_every_model_and_dataset(tmp_path, monkeypatch, capsys):
     paths = {}
     for name, seed in (("one", 0), ("two", 1)):
         d = small_dataset()
@@ -114,6 +115,11 @@ def test_quality_benchmark_resumes_and_renders_every_model_and_dataset(tmp_path)
     # the floor a point-wise F1 is read against: every point in alarm, F1 = 2p / (1 + p)
     p = np.mean([r["anomalous_points"] / r["points"] for r in rows if r["dataset"] == "one"])
     assert f"| (alarm on every point: no model) | {2 * p / (1 + p):.3f} |" in text
+    # a results file of one's own is printed, not written over the published tables
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    assert main(["bench", "quality", "--no-run", "--results", str(results)]) == 0
+    assert "| pca | " in capsys.readouterr().out and not (tmp_path / "docs" / "benchmarks.md").exists()
 
 
 def test_evaluation_cannot_read_test_labels_before_the_scores_are_final(tmp_path, monkeypatch):
