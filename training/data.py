@@ -11,6 +11,8 @@ Layouts read by ``load(path)``:
 - a CSV with a header and a label column (``LABEL_COLUMNS``: ``label``, ``is_anomaly``, ``anomaly``,
   ``attack``, ``Normal/Attack``; numbers, or text where ``normal`` is normal), split in time
   (``train_fraction``, default 0.5; the train part's labels are ignored); empty or ``NA`` cells are gaps;
+  comma, semicolon or tab separated; time columns and SKAB's ``changepoint`` are not channels;
+- PSM's layout: a folder with ``train.csv``, ``test.csv`` and ``test_label.csv``;
 - for ``load_entities``, a folder of any of these files, or an SMD-layout folder of machines (a fleet):
   one entity each.
 
@@ -233,8 +235,9 @@ def _not_a_channel(name: str) -> bool:
     return name in NOT_CHANNELS or name.startswith(("timestamp", "datetime"))
 
 
-def load_csv(path: Path, train_fraction: float = 0.5) -> Dataset:
-    """One entity from a CSV with a header: comma-, semicolon- or tab-separated (sniffed), split in time."""
+def read_csv(path: Path, need_label: bool = True) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """A CSV with a header, comma-, semicolon- or tab-separated (sniffed): its channel names, their values
+    [T, C] and its label column (``LABEL_COLUMNS``; None when it has none and ``need_label`` is false)."""
     with open(path, newline="") as f:
         try:
             dialect = csv.Sniffer().sniff(f.read(1 << 16), delimiters=",;\t")
@@ -244,23 +247,47 @@ def load_csv(path: Path, train_fraction: float = 0.5) -> Dataset:
         reader = csv.reader(f, dialect)
         header = next(reader, [])
         label_col = next((i for i, h in enumerate(header) if h.strip().lower() in LABEL_COLUMNS), None)
-        if label_col is None:
+        if label_col is None and need_label:
             raise DataError(f"{path}: no label column (one of {', '.join(LABEL_COLUMNS)})")
         keep = [i for i, h in enumerate(header) if i != label_col and not _not_a_channel(h)]
         values, label = [], []
         for n, r in enumerate(reader, 2):
             if r:
                 values.append([_cell(r, i, n, path) for i in keep])
-                label.append(_label(r, label_col, n, path))
+                if label_col is not None:
+                    label.append(_label(r, label_col, n, path))
     values = np.array(values, np.float32).reshape(len(values), len(keep))
+    return [header[i].strip() for i in keep], values, np.array(label, np.int8) if label_col is not None else None
+
+
+def load_csv(path: Path, train_fraction: float = 0.5) -> Dataset:
+    """One entity from one labelled CSV, split in time (the train part's labels are not used)."""
+    channels, values, label = read_csv(path)
     cut = int(len(values) * train_fraction)
-    return Dataset(path.stem, values[:cut], values[cut:], np.array(label[cut:], np.int8),
-                   [header[i].strip() for i in keep])
+    return Dataset(path.stem, values[:cut], values[cut:], label[cut:], channels)
+
+
+def is_split_csv(path: Path) -> bool:
+    """PSM's layout: a folder with ``train.csv``, ``test.csv`` and ``test_label.csv``."""
+    return all((path / f).is_file() for f in ("train.csv", "test.csv", "test_label.csv"))
+
+
+def load_split_csv(path: Path) -> Dataset:
+    """One entity from ``train.csv``, ``test.csv`` and ``test_label.csv`` (PSM's layout, eBay's server
+    metrics): the same channels in both splits, the labels in their own file."""
+    channels, train, _ = read_csv(path / "train.csv", need_label=False)
+    test_channels, test, _ = read_csv(path / "test.csv", need_label=False)
+    if test_channels != channels:
+        raise DataError(f"{path}: train.csv and test.csv have different channels")
+    _, _, label = read_csv(path / "test_label.csv")
+    if len(label) != len(test):
+        raise DataError(f"{path}: {len(label)} labels in test_label.csv for {len(test)} rows of test.csv")
+    return Dataset(path.name, train, test, label, channels)
 
 
 LAYOUTS = ("an .npz with train, test and label arrays, a folder of them (SMAP/MSL), a telemanom folder "
            "(labeled_anomalies.csv), SMD text (train/, test/, test_label/: one machine, or a folder of them), "
-           "a CSV with a label column, or a folder of CSVs")
+           "a CSV with a label column, a folder of CSVs, or train.csv, test.csv and test_label.csv (PSM)")
 
 
 def load_entities(path: str | Path) -> list[Dataset]:
@@ -276,6 +303,8 @@ def load_entities(path: str | Path) -> list[Dataset]:
     try:
         if (p / "labeled_anomalies.csv").exists():
             return telemanom_channels(p)
+        if is_split_csv(p):
+            return [load_split_csv(p)]
         if (p / "train").is_dir() and (p / "test_label").is_dir():
             machines = sorted(f.stem for f in (p / "train").glob("*.txt"))
             out = [load_smd_text(p, m) for m in machines]
@@ -308,6 +337,8 @@ def load(path: str | Path, **kw) -> Dataset:
             return load_csv(p, **kw)
         if p.is_dir() and (p / "labeled_anomalies.csv").exists():
             return load_telemanom(p, **kw)
+        if p.is_dir() and is_split_csv(p):
+            return load_split_csv(p)
         if p.is_dir() and any(p.glob("*.npz")):
             return load_npz_folder(p)
         if (p.parent / "train" / f"{p.name}.txt").exists():

@@ -102,6 +102,18 @@ def test_csv_other_delimiters_clock_columns_and_a_second_label_are_not_channels(
     assert load(f).channels == ["feature_0"]
 
 
+def test_psm_layout_train_test_and_labels_in_three_csvs(tmp_path):
+    (tmp_path / "train.csv").write_text("timestamp_(min),feature_0,feature_1\n0,1.0,\n1,2.0,3.0\n2,1.5,2.5\n")
+    (tmp_path / "test.csv").write_text("timestamp_(min),feature_0,feature_1\n3,1.0,2.0\n4,9.0,9.0\n")
+    (tmp_path / "test_label.csv").write_text("timestamp_(min),label\n3,0\n4,1\n")
+    for d in (load(tmp_path), *load_entities(tmp_path)):
+        assert d.channels == ["feature_0", "feature_1"] and d.train.shape == (3, 2) and np.isnan(d.train[0, 1])
+        assert d.test.tolist() == [[1.0, 2.0], [9.0, 9.0]] and d.label.tolist() == [0, 1]
+    (tmp_path / "test_label.csv").write_text("timestamp_(min),label\n3,0\n")
+    with pytest.raises(DataError, match="1 labels in test_label.csv for 2 rows"):
+        load(tmp_path)
+
+
 def test_npz_variants_one_channel_names_and_what_is_wrong(tmp_path):
     f = tmp_path / "pump.npz"
     np.savez(f, train=np.arange(8.0), test=np.arange(4.0), labels=np.array([0, 0, 1, 1]),
