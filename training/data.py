@@ -11,7 +11,8 @@ Layouts read by ``load(path)``:
 - a CSV with a header and a label column (``LABEL_COLUMNS``: ``label``, ``is_anomaly``, ``anomaly``,
   ``attack``, ``Normal/Attack``; numbers, or text where ``normal`` is normal), split in time
   (``train_fraction``, default 0.5; the train part's labels are ignored); empty or ``NA`` cells are gaps;
-  comma, semicolon or tab separated; time columns and SKAB's ``changepoint`` are not channels;
+  comma, semicolon or tab separated; notes above the header skipped; time columns and SKAB's
+  ``changepoint`` are not channels; labels of only -1 and 1 read -1 as the anomaly (``anomalous``);
 - PSM's layout: a folder with ``train.csv``, ``test.csv`` and ``test_label.csv``;
 - for ``load_entities``, a folder of any of these files, or an SMD-layout folder of machines (a fleet):
   one entity each.
@@ -123,7 +124,7 @@ def load_npz(path: Path) -> Dataset:
     label = np.asarray(d[key])
     if len(label) != len(test):
         raise DataError(f"{path}: {len(label)} labels for {len(test)} test points")
-    label = (label.reshape(len(test), -1).max(1) != 0).astype(np.int8)  # [N, C] labels: any channel
+    label = anomalous(label.reshape(len(test), -1)).max(1)  # [N, C] labels: any channel
     if train.shape[1] != test.shape[1]:
         raise DataError(f"{path}: train has {train.shape[1]} channels, test {test.shape[1]}")
     names = [str(n) for n in d["channels"]] if "channels" in d.files else _names(train.shape[1])
@@ -214,17 +215,37 @@ LABEL_COLUMNS = ("label", "is_anomaly", "anomaly", "attack", "normal/attack")
 NORMAL = {"0", "normal", "false", "no"}  # label text that means a normal point; any other text is anomalous
 
 
-def _label(row: list[str], i: int, line: int, path: Path) -> int:
-    """A label cell: a number (non-zero: anomalous), or text such as SWaT's Normal/Attack."""
+def _label(row: list[str], i: int, line: int, path: Path) -> float:
+    """A label cell: a number, or text such as SWaT's Normal/Attack (1 unless it means normal)."""
     text = row[i].strip() if i < len(row) else ""
     if not text:
         raise DataError(f"{path}: line {line}, column {i + 1}: the label is empty")
     try:
-        return int(float(text) != 0)
+        return float(text)
     except ValueError:
-        return int(text.lower() not in NORMAL)
+        return float(text.lower() not in NORMAL)
 
 
+def anomalous(labels: np.ndarray) -> np.ndarray:
+    """Labels as 0/1 int8: non-zero is anomalous, except in the outlier convention of scikit-learn
+    and WADI (only -1 and 1, -1 the anomaly), which would otherwise mark every point anomalous."""
+    labels = np.asarray(labels)
+    if labels.size and np.isin(labels, (-1, 1)).all() and (labels == -1).any():
+        return (labels == -1).astype(np.int8)
+    return (labels != 0).astype(np.int8)
+
+
+def _label_column(header: list[str]) -> int | None:
+    """The label column: one named in ``LABEL_COLUMNS``, else the first whose name says so (WADI's
+    ``Attack LABLE (1:No Attack, -1:Attack)``)."""
+    names = [h.strip().lower() for h in header]
+    exact = next((i for i, h in enumerate(names) if h in LABEL_COLUMNS), None)
+    if exact is not None:
+        return exact
+    return next((i for i, h in enumerate(names) if any(w in h for w in ("label", "attack", "anomal"))), None)
+
+
+HEADER_SEARCH = 10  # lines read for a header with a label column
 NOT_CHANNELS = ("timestamp", "datetime", "date", "time", "ts", "index", "row", "changepoint")
 
 
@@ -245,19 +266,27 @@ def read_csv(path: Path, need_label: bool = True) -> tuple[list[str], np.ndarray
             dialect = csv.excel
         f.seek(0)
         reader = csv.reader(f, dialect)
-        header = next(reader, [])
-        label_col = next((i for i, h in enumerate(header) if h.strip().lower() in LABEL_COLUMNS), None)
+        header, label_col, lines = [], None, 0
+        for row in reader:  # notes above the header (WADI has four lines of them) are skipped
+            lines += 1
+            cells = sum(bool(c.strip()) for c in row)
+            if cells and (not need_label or (cells >= 2 and _label_column(row) is not None)):
+                header, label_col = row, _label_column(row)
+                break
+            if lines == HEADER_SEARCH:
+                break
         if label_col is None and need_label:
-            raise DataError(f"{path}: no label column (one of {', '.join(LABEL_COLUMNS)})")
+            raise DataError(f"{path}: no label column (one of {', '.join(LABEL_COLUMNS)}) in its first "
+                            f"{HEADER_SEARCH} lines")
         keep = [i for i, h in enumerate(header) if i != label_col and not _not_a_channel(h)]
         values, label = [], []
-        for n, r in enumerate(reader, 2):
+        for n, r in enumerate(reader, lines + 1):
             if r:
                 values.append([_cell(r, i, n, path) for i in keep])
                 if label_col is not None:
                     label.append(_label(r, label_col, n, path))
     values = np.array(values, np.float32).reshape(len(values), len(keep))
-    return [header[i].strip() for i in keep], values, np.array(label, np.int8) if label_col is not None else None
+    return [header[i].strip() for i in keep], values, anomalous(np.array(label)) if label_col is not None else None
 
 
 def load_csv(path: Path, train_fraction: float = 0.5) -> Dataset:

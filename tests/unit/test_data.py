@@ -102,6 +102,21 @@ def test_csv_other_delimiters_clock_columns_and_a_second_label_are_not_channels(
     assert load(f).channels == ["feature_0"]
 
 
+def test_csv_notes_above_the_header_and_the_outlier_label_convention(tmp_path):
+    f = tmp_path / "wadi.csv"  # WADI: notes first, a label column named by its meaning, -1 the attack
+    f.write_text("Water distribution testbed\nexported 2019\n\n"
+                 "Row,Date,Time,1_AIT_001_PV,1_FIT_001_PV,\"Attack LABLE (1:No Attack, -1:Attack)\"\n"
+                 + "".join(f"{i},10/9/2017,6:00:{i:02d} PM,{i}.0,{2 * i}.0,{-1 if i in (7, 8) else 1}\n"
+                           for i in range(10)))
+    d = load(f)
+    assert d.channels == ["1_AIT_001_PV", "1_FIT_001_PV"] and d.label.tolist() == [0, 0, 1, 1, 0]
+    f.write_text("a,label\n1,0\n2,1\n3,0\n4,2\n")  # 0/1 (or any non-zero) stays as it was
+    assert load(f).label.tolist() == [0, 1]
+    f.write_text("a,label\n1,0\nx,0\n")
+    with pytest.raises(DataError, match="line 3, column 1"):  # line numbers count from the file's top
+        load(f)
+
+
 def test_psm_layout_train_test_and_labels_in_three_csvs(tmp_path):
     (tmp_path / "train.csv").write_text("timestamp_(min),feature_0,feature_1\n0,1.0,\n1,2.0,3.0\n2,1.5,2.5\n")
     (tmp_path / "test.csv").write_text("timestamp_(min),feature_0,feature_1\n3,1.0,2.0\n4,9.0,9.0\n")
