@@ -246,6 +246,7 @@ def _label_column(header: list[str]) -> int | None:
 
 
 HEADER_SEARCH = 10  # lines read for a header with a label column
+CSV_BLOCK = 65536  # rows converted to float32 at a time
 NOT_CHANNELS = ("timestamp", "datetime", "date", "time", "ts", "index", "row", "changepoint")
 
 
@@ -279,13 +280,17 @@ def read_csv(path: Path, need_label: bool = True) -> tuple[list[str], np.ndarray
             raise DataError(f"{path}: no label column (one of {', '.join(LABEL_COLUMNS)}) in its first "
                             f"{HEADER_SEARCH} lines")
         keep = [i for i, h in enumerate(header) if i != label_col and not _not_a_channel(h)]
-        values, label = [], []
+        blocks, rows, label = [], [], []  # rows become float32 blocks as they come: WADI is 1.2M x 127
         for n, r in enumerate(reader, lines + 1):
             if r:
-                values.append([_cell(r, i, n, path) for i in keep])
+                rows.append([_cell(r, i, n, path) for i in keep])
                 if label_col is not None:
                     label.append(_label(r, label_col, n, path))
-    values = np.array(values, np.float32).reshape(len(values), len(keep))
+                if len(rows) == CSV_BLOCK:
+                    blocks.append(np.array(rows, np.float32))
+                    rows = []
+    blocks.append(np.array(rows, np.float32).reshape(len(rows), len(keep)))
+    values = np.concatenate(blocks)
     return [header[i].strip() for i in keep], values, anomalous(np.array(label)) if label_col is not None else None
 
 
