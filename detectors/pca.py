@@ -1,16 +1,17 @@
 """PCA reconstruction detector: the honest baseline every deep model must beat.
 
 Channels are standardised on training data, projected on the top-k principal components and
-reconstructed; the squared error per channel, divided by that channel's mean training error, is the
-channel's residual score, and its mean over channels the residual statistic (SPE, or Q, of
-multivariate statistical process control). Its companion, Hotelling's T^2 inside the subspace, is
+reconstructed; the squared error per channel, divided by that channel's mean training error, averaged
+over channels, is the residual statistic (SPE, or Q, of multivariate statistical process control). Its companion, Hotelling's T^2 inside the subspace, is
 added (``t2``, see ``_combine``): the two together are the classic PCA monitoring pair. A channel's mean error is floored at
 ``min_scale`` (0.01% of its variance): a channel the components reconstruct almost perfectly (a constant,
 a duplicate of another) would otherwise have its rounding noise multiplied into scores of 1e10. The score of a point does not depend on
 the rest of its window, so any window length and hop give the same scores. With input channels
 declared (``inputs``: commands, setpoints), they take part in the components, so the residual of a
 measured channel says whether it answered its inputs as in training, but only the measured channels are
-judged (``Detector.judge``).
+judged (``Detector.judge``). A channel is blamed by how much the point's score would fall if it alone
+were corrected (reconstruction-based contributions, ``_blame``), not by its own residual, which a
+fault on a neighbour smears onto it.
 """
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ class PCADetector(Detector):
         self.components = vt[:k].T.astype(np.float32)
         self.component_var = np.maximum((s[:k] ** 2) / len(z), 1e-12).astype(np.float32)
         z = z.astype(np.float32)
-        err, proj = self._project(z)
+        resid, proj = self._project(z)
+        err = resid ** 2
+        self._blame_diag = None
         self.channel_scale = np.maximum(err.mean(0), self.info.config.get("min_scale", 1e-4)).astype(np.float32)
         self.train_reconstruction = self.judge(Scores(*self._combine(z, err / self.channel_scale, proj))).reconstruction
         return self
@@ -70,7 +73,9 @@ class PCADetector(Detector):
         variance); both have mean 1 on the training data, so ``t2`` = 1 weighs them alike. Without T^2 a
         reading that moves far along the directions the components span (a value far outside its
         range, with its correlations intact) reconstructs perfectly and scores nothing.
-        Channel: its normalised residual plus its share of T^2 (|z_c (P L^-1 P' z)_c| / k)."""
+        Parts per channel (their mean over the judged channels is the point score when inputs are
+        declared): its normalised residual plus its share of T^2 (|z_c (P L^-1 P' z)_c| / k). Which
+        channel is to blame is ``_blame``'s answer, not the largest part."""
         w = float(self.info.config.get("t2", 0.0))
         if not w or not len(self.component_var):
             return spe.mean(1).astype(np.float32), spe
@@ -80,21 +85,53 @@ class PCADetector(Detector):
         return (spe.mean(1) + w * t2).astype(np.float32), (spe + w * share).astype(np.float32)
 
     def _project(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Squared reconstruction error per channel [N, C] and the components' scores [N, k], from
+        """Reconstruction residual per channel [N, C] (signed) and the components' scores [N, k], from
         one projection on the model's device."""
         with torch.no_grad():
             zt = torch.from_numpy(np.ascontiguousarray(z)).to(self.device)
             p = torch.from_numpy(self.components).to(self.device)
             proj = zt @ p
-            return ((zt - proj @ p.T) ** 2).cpu().numpy(), proj.cpu().numpy()
+            return (zt - proj @ p.T).cpu().numpy(), proj.cpu().numpy()
+
+    def _blame(self, z: np.ndarray, resid: np.ndarray, proj: np.ndarray) -> np.ndarray:
+        """Each channel's reconstruction-based contribution (RBC; Alcala & Qin 2009) to the point score
+        z' M z: how much that score would fall if this channel alone were corrected, (M z)_c^2 / M_cc.
+        Why not the channel's own residual: the projection spreads one channel's fault over the channels
+        it is reconstructed from (the "smearing" of contribution plots), so a neighbour can outrank the
+        cause; RBC ranks a single faulty channel first. M is the score's own form: the residual part
+        C~ D C~ / n (C~ = I - P P', D the judged channels over their mean training error) and T^2's,
+        P L^-1 P' / k, restricted to the judged channels (symmetrised)."""
+        p, lam = self.components, self.component_var
+        mask = np.ones(len(self.channels), bool) if self.judged is None else self.judged
+        d = mask / self.channel_scale / mask.sum()  # D / n
+        w = float(self.info.config.get("t2", 0.0)) if len(lam) else 0.0
+        if getattr(self, "_blame_diag", None) is None:  # M_cc, derived from the tensors once
+            q = p.astype(np.float64) @ p.T.astype(np.float64)
+            diag = d * (1 - 2 * np.diag(q)) + (q * q) @ d
+            if w:
+                diag = diag + w * mask * ((p ** 2) / lam).sum(1) / len(lam)
+            self._blame_diag = np.maximum(diag, 1e-12).astype(np.float32)
+        dr = (resid * d).astype(np.float32)
+        back = -(dr @ p)  # [N, k]: C~ D r = D r - P P' D r
+        if w and self.judged is None:  # T^2's part P L^-1 P' z / k, P' z being ``proj``: one product for both
+            back += (w / len(lam)) * (proj / lam)
+        mz = dr + back @ p.T
+        if w and self.judged is not None:
+            k = len(lam)
+            mz += w / (2 * k) * (mask * ((proj / lam) @ p.T) + ((z * mask) @ p / lam) @ p.T)
+        return (mz ** 2 / self._blame_diag).astype(np.float32)
 
     def score(self, windows: np.ndarray) -> Scores:
         w = check_windows(windows, len(self.channels))
         b, t, c = w.shape
         z = ((w.reshape(-1, c) - self.mean) / self.std).astype(np.float32)
-        err, proj = self._project(z)
-        point, channel = self._combine(z, err / self.channel_scale, proj)
-        return self.judge(Scores(reconstruction=point.reshape(b, t), channel=channel.reshape(b, t, c)))
+        resid, proj = self._project(z)
+        point, parts = self._combine(z, resid ** 2 / self.channel_scale, proj)
+        point = self.judge(Scores(point, parts)).reconstruction  # with inputs, the judged channels' parts
+        channel = self._blame(z, resid, proj)
+        if self.judged is not None:
+            channel[:, ~self.judged] = 0  # an input is never blamed
+        return Scores(reconstruction=point.reshape(b, t), channel=channel.reshape(b, t, c))
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "std": self.std, "components": self.components,
@@ -103,6 +140,7 @@ class PCADetector(Detector):
     def load_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         self.mean, self.std = tensors["mean"], tensors["std"]
         self.components, self.channel_scale = tensors["components"], tensors["channel_scale"]
+        self._blame_diag = None
         if "component_var" in tensors:
             self.component_var = tensors["component_var"]
         else:  # an artefact from before T^2: scored as it was trained

@@ -52,9 +52,12 @@ def test_a_new_command_is_operation_while_a_plant_that_ignores_its_command_is_a_
         s_fault = det.score(fault[None])
         assert s_fault.reconstruction[0, 200:210].min() > 3 * normal
     s = judged.score(fault[None])
-    # inputs are never blamed, and the point score is the mean over the measured channels
+    # inputs are never blamed, and the point score is the mean of the measured channels' parts
     assert np.all(s.channel[..., 2:] == 0)
-    assert np.allclose(s.reconstruction, s.channel[..., :2].mean(-1))
+    z = ((fault - judged.mean) / judged.std).astype(np.float32)
+    resid, proj = judged._project(z)
+    _, parts = judged._combine(z, resid ** 2 / judged.channel_scale, proj)
+    assert np.allclose(s.reconstruction[0], parts[:, :2].mean(-1), rtol=1e-5)
     assert set(s.channel[0, 200:210].argmax(1).tolist()) <= {0, 1}
 
 
