@@ -2,11 +2,12 @@
 
 Channels are standardised on training data, projected on the top-k principal components and
 reconstructed; the squared error per channel, divided by that channel's mean training error, averaged
-over channels, is the residual statistic (SPE, or Q, of multivariate statistical process control). Its companion, Hotelling's T^2 inside the subspace, is
-added (``t2``, see ``_combine``): the two together are the classic PCA monitoring pair. A channel's mean error is floored at
-``min_scale`` (0.01% of its variance): a channel the components reconstruct almost perfectly (a constant,
-a duplicate of another) would otherwise have its rounding noise multiplied into scores of 1e10. The score of a point does not depend on
-the rest of its window, so any window length and hop give the same scores. With input channels
+over channels, is the residual statistic (SPE, or Q, of multivariate statistical process control). Its
+companion, Hotelling's T^2 inside the subspace, is added (``t2``, see ``_combine``): the two together
+are the classic PCA monitoring pair. A channel's mean error is floored at ``min_scale`` (0.01% of its
+variance): a channel the components reconstruct almost perfectly (a constant, a duplicate of another)
+would otherwise have its rounding noise multiplied into scores of 1e10. The score of a point does not
+depend on the rest of its window, so any window length and hop give the same scores. With input channels
 declared (``inputs``: commands, setpoints), they take part in the components, so the residual of a
 measured channel says whether it answered its inputs as in training, but only the measured channels are
 judged (``Detector.judge``). A channel is blamed by how much the point's score would fall if it alone
@@ -36,6 +37,7 @@ class PCADetector(Detector):
         self.components = np.zeros((c, 0), np.float32)  # [C, k]
         self.channel_scale = np.ones(c, np.float32)  # mean training squared error per channel
         self.component_var = np.ones(0, np.float32)  # [k] training variance of each component's score
+        self._blame_diag: np.ndarray | None = None  # [C] M_cc of ``_blame``, derived from the tensors on first use
 
     def fit(self, train: np.ndarray, progress: bool = True) -> "PCADetector":
         x = np.asarray(train, dtype=np.float64)
@@ -105,7 +107,7 @@ class PCADetector(Detector):
         mask = np.ones(len(self.channels), bool) if self.judged is None else self.judged
         d = mask / self.channel_scale / mask.sum()  # D / n
         w = float(self.info.config.get("t2", 0.0)) if len(lam) else 0.0
-        if getattr(self, "_blame_diag", None) is None:  # M_cc, derived from the tensors once
+        if self._blame_diag is None:
             q = p.astype(np.float64) @ p.T.astype(np.float64)
             diag = d * (1 - 2 * np.diag(q)) + (q * q) @ d
             if w:
