@@ -284,11 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="write the injected anomalies as JSON lines here")
     p.add_argument("--no-anomalies", action="store_true")
 
-    p = sub.add_parser("replay", help="publish a dataset split (.npz) as readings")
+    p = sub.add_parser("replay", help="publish a dataset's split as readings (any layout `vigil eval` reads; "
+                                      "a folder's entities each as their own)")
     _broker_arg(p)
     _topics_arg(p)
     p.add_argument("file")
-    p.add_argument("--entity", default=None, help="entity id (default: the file name)")
+    p.add_argument("--entity", default=None, help="entity id of a one-entity dataset (default: the file name)")
     p.add_argument("--split", default="test")
     p.add_argument("--rate", type=float, default=0.0)
     p.add_argument("--batch", type=int, default=100)
@@ -574,12 +575,16 @@ def cmd_simulate(args) -> int:
 def cmd_replay(args) -> int:
     from producers.publish import dataset_series, produce_series
 
+    try:
+        series = dataset_series(args.file, args.entity, args.split, args.start)
+    except ValueError as exc:  # DataError included: one line for the user
+        raise UsageError(str(exc)) from None
     broker = broker_from_env(args.broker)
     check_broker(broker)
-    series = dataset_series(args.file, args.entity, args.split, args.start)
     topic = Topics.named(args.topic_prefix).readings
-    n = asyncio.run(produce_series(broker, topic, [series], args.rate, args.batch, progress=True))
-    print(f"vigil: replayed {len(series.ts)} points of {series.entity} in {n} messages", file=sys.stderr)
+    n = asyncio.run(produce_series(broker, topic, series, args.rate, args.batch, progress=True))
+    what = series[0].entity if len(series) == 1 else f"{len(series)} entities"
+    print(f"vigil: replayed {sum(len(s.ts) for s in series)} points of {what} in {n} messages", file=sys.stderr)
     return 0
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -67,15 +66,26 @@ class Series:
         self.entity, self.channels, self.ts, self.values = entity, channels, ts, values
 
 
-def dataset_series(path: str, entity: str | None = None, split: str = "test", start: float | None = None) -> Series:
-    """One split of a shared ``.npz`` dataset as readings, one point a second from ``start`` (default: the
-    split ends now, so that no reading lies ahead of the wall clock)."""
-    data = np.load(path)
-    if split not in data:
-        raise SystemExit(f"vigil: {path} has no {split!r} array (has {', '.join(data.files)})")
-    values = np.asarray(data[split], dtype=np.float64)
-    names = [f"ch{i}" for i in range(values.shape[1])]
-    t0 = float(start if start is not None else int(time.time()) - len(values))
-    return Series(entity or Path(path).stem, names, t0 + np.arange(len(values), dtype=np.float64), values)
+def dataset_series(path: str, entity: str | None = None, split: str = "test",
+                   start: float | None = None) -> list[Series]:
+    """One split of a dataset as readings, one point a second from ``start`` (default: the split ends
+    now, so that no reading lies ahead of the wall clock): every entity the path holds
+    (``training.data.load_entities``: each file of a folder, each machine of a fleet), named as
+    ``vigil train --data PATH --out DIR`` names their models, with the dataset's channel names; a gap
+    (NaN) is sent as ``null``, which the worker imputes."""
+    from training.data import load_entities
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, not {split!r}")
+    datasets = load_entities(path)
+    if entity is not None and len(datasets) > 1:
+        raise ValueError(f"--entity names one entity, and {path} holds {len(datasets)}")
+    out = []
+    for d in datasets:
+        values = np.asarray(getattr(d, split), dtype=np.float64)
+        t0 = float(start if start is not None else int(time.time()) - len(values))
+        out.append(Series(entity or d.name.rsplit("/", 1)[-1], list(d.channels),
+                          t0 + np.arange(len(values), dtype=np.float64), values))
+    return out
 
 

@@ -25,6 +25,10 @@ def files(tmp_path):
     (broken / "model.json").write_text((good / "model.json").read_text())
     (broken / "model.safetensors").write_bytes(b"\x00" * 64)
     (tmp_path / "registry").mkdir()
+    (tmp_path / "craft").mkdir()
+    for name in ("A-1", "B-1"):
+        np.savez(tmp_path / "craft" / f"{name}.npz", train=rng.normal(size=(50, 2)), test=rng.normal(size=(20, 2)),
+                 label=np.zeros(20, np.int8))
     return tmp_path
 
 
@@ -38,6 +42,8 @@ MISTAKES = {
     "artefact with broken tensors": ("eval --model {t}/broken --data {t}/good.npz", "broken model artefact"),
     "worker with a missing artefact": ("worker --model {t}/nothing --broker 127.0.0.1:1", "not a Vigil model artefact"),
     "bad number": ("worker --batch-size -5", "expected a number above 0"),
+    "replay of a missing file": ("replay {t}/missing.npz --broker 127.0.0.1:1", "no such file"),
+    "one entity id for a folder of them": ("replay {t}/craft --entity pump --broker 127.0.0.1:1", "holds 2"),
     "bad duration": ("trainer --every 6x", "expected a duration"),
     "unknown threshold parameter": ("worker --threshold-param nope=1 --broker 127.0.0.1:1", "spot takes"),
     "threshold parameter out of range": ("worker --threshold-param q=5 --broker 127.0.0.1:1", "q must be"),

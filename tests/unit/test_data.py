@@ -146,6 +146,22 @@ def test_npz_variants_one_channel_names_and_what_is_wrong(tmp_path):
         load(f)
 
 
+def test_replay_sends_each_entity_under_the_name_its_model_is_trained_under(tmp_path):
+    from producers.publish import dataset_series
+
+    craft = tmp_path / "craft"
+    craft.mkdir()
+    for name in ("A-1", "B-2"):
+        np.savez(craft / f"{name}.npz", train=np.zeros((6, 2)), test=np.array([[1, np.nan], [2, 3.0]]),
+                 label=np.zeros(2), channels=np.array(["flow", "temp"]))
+    series = dataset_series(str(craft), start=100.0)
+    assert [(s.entity, s.channels, s.ts.tolist()) for s in series] == [
+        ("A-1", ["flow", "temp"], [100.0, 101.0]), ("B-2", ["flow", "temp"], [100.0, 101.0])]
+    assert np.isnan(series[0].values[0, 1])  # a gap: sent as null, imputed by the worker
+    one = dataset_series(str(craft / "A-1.npz"), entity="pump", split="train")
+    assert len(one) == 1 and one[0].entity == "pump" and one[0].values.shape == (6, 2)
+
+
 def test_unknown_layout(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load(tmp_path / "nothing")
