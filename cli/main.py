@@ -658,14 +658,14 @@ def cmd_train(args) -> int:
     from tqdm import tqdm
 
     from training.calibration import fit_for_serving
-    from training.data import load_entities
+    from training.data import entity_name, load_entities
 
     datasets = load_entities(args.data)
     many = len(datasets) > 1
     for data in tqdm(datasets, desc=f"training on {args.data}", unit="entity", disable=not many):
         det = fit_for_serving(artefacts.create(args.model, data.channels, **_model_config(args, data)).to(args.device),
                               data.train, progress=not many)
-        path = artefacts.save(det, Path(args.out) / data.name.rsplit("/", 1)[-1] if many else args.out)
+        path = artefacts.save(det, Path(args.out) / entity_name(data) if many else args.out)
         filled = f" ({det.filled_training_values} missing values filled)" if det.filled_training_values else ""
         print(f"vigil: trained {det.model_id} on {data.train.shape[0]} points x {data.train.shape[1]} channels"
               f"{filled} -> {path}", file=sys.stderr if many else sys.stdout)

@@ -73,7 +73,7 @@ def dataset_series(path: str, entity: str | None = None, split: str = "test",
     (``training.data.load_entities``: each file of a folder, each machine of a fleet), named as
     ``vigil train --data PATH --out DIR`` names their models, with the dataset's channel names; a gap
     (NaN) is sent as ``null``, which the worker imputes."""
-    from training.data import load_entities
+    from training.data import entity_name, load_entities
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, not {split!r}")
@@ -84,7 +84,7 @@ def dataset_series(path: str, entity: str | None = None, split: str = "test",
     for d in datasets:
         values = np.asarray(getattr(d, split), dtype=np.float64)
         t0 = float(start if start is not None else int(time.time()) - len(values))
-        out.append(Series(entity or d.name.rsplit("/", 1)[-1], list(d.channels),
+        out.append(Series(entity or entity_name(d), list(d.channels),
                           t0 + np.arange(len(values), dtype=np.float64), values))
     return out
 

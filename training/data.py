@@ -270,9 +270,9 @@ def read_csv(path: Path, need_label: bool = True) -> tuple[list[str], np.ndarray
         header, label_col, lines = [], None, 0
         for row in reader:  # notes above the header (WADI has four lines of them) are skipped
             lines += 1
-            cells = sum(bool(c.strip()) for c in row)
-            if cells and (not need_label or (cells >= 2 and _label_column(row) is not None)):
-                header, label_col = row, _label_column(row)
+            cells, col = sum(bool(c.strip()) for c in row), _label_column(row)
+            if cells and (not need_label or (cells >= 2 and col is not None)):
+                header, label_col = row, col
                 break
             if lines == HEADER_SEARCH:
                 break
@@ -322,6 +322,13 @@ def load_split_csv(path: Path) -> Dataset:
 LAYOUTS = ("an .npz with train, test and label arrays, a folder of them (SMAP/MSL), a telemanom folder "
            "(labeled_anomalies.csv), SMD text (train/, test/, test_label/: one machine, or a folder of them), "
            "a CSV with a label column, a folder of CSVs, or train.csv, test.csv and test_label.csv (PSM)")
+
+
+def entity_name(data: Dataset) -> str:
+    """The name a stream knows an entity of ``load_entities`` by (``NAME`` of ``FOLDER/NAME``): `vigil
+    train` saves its model under it and `vigil replay` sends its readings under it, so that `vigil
+    worker --model FOLDER` pairs the two."""
+    return data.name.rsplit("/", 1)[-1]
 
 
 def load_entities(path: str | Path) -> list[Dataset]:
