@@ -9,7 +9,7 @@ keep the fp32 ranking (Spearman >= 0.999) and stay within 1% of them (median rel
 Isolation forest and HST are CPU models (scikit-learn / river): they are timed on the CPU only.
 
     python bench/gpu.py [--models pca,lstm_ae,...] [--sizes 64,256,1024,4096] [--preset small|paper]
-        [--devices cpu,cuda] [--compile-cpu] [--json bench/results/gpu.json]
+        [--devices cpu,cuda] [--variants fp32,compile,bf16] [--compile-cpu] [--json bench/results/gpu.json]
 
 On a machine without CUDA it measures the CPU only and says so.
 """
@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budget", type=float, default=10.0, help="seconds per measurement at most")
     ap.add_argument("--compile-cpu", action="store_true", help="also torch.compile on the CPU (slow to compile)")
+    ap.add_argument("--variants", default="fp32,compile,bf16",
+                    help="torch models: which of fp32, compile (torch.compile) and bf16 (autocast) to time")
     ap.add_argument("--json", type=Path, default=None, help="write the rows here as JSON")
     args = ap.parse_args()
 
@@ -93,11 +95,13 @@ def main() -> None:
         det.to(device)
         window = det.cfg["window"] if isinstance(det, TorchDetector) else 32
         pool = sliding_windows(series, window, 1)
-        variants = [("fp32", None)]
+        wanted = args.variants.split(",")
+        variants = [("fp32", None)] if "fp32" in wanted or not isinstance(det, TorchDetector) else []
         if isinstance(det, TorchDetector):
-            if device != "cpu" or args.compile_cpu:
+            if "compile" in wanted and (device != "cpu" or args.compile_cpu):
                 variants.append(("fp32 + torch.compile", "compile"))
-            variants.append(("bf16 autocast", "bf16"))
+            if "bf16" in wanted:
+                variants.append(("bf16 autocast", "bf16"))
         reference = det.score(pool[:1024]).reconstruction[:, -1]
         for label, how in variants:
             net = det.net if isinstance(det, TorchDetector) else None

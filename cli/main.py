@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                "with --quick or --results, stdout)")
     p.add_argument("--no-run", action="store_true", help="only render the results file")
     p.add_argument("--device", default="auto")
+    p.add_argument("--preset", default="small", help="deep models' preset: small (CPU) or paper (GPU); "
+                                                     "give a paper run its own --results")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds of the deep models (default 0,1,2)")
+    p.add_argument("--variants", default=None, help="comma-separated settings to measure (default: all of them)")
 
     p = sub.add_parser("trainer", help="retrain models from Kafka history, compare without labels, promote")
     _broker_arg(p)
@@ -473,11 +477,19 @@ def cmd_bench(args) -> int:
             print(f"vigil: no shared datasets under {args.data_root}", file=sys.stderr)
             return 2
         models = args.models.split(",") if args.models else quality.MODELS
-        quality.run(models, datasets, results, args.quick, args.device)
+        variants = args.variants.split(",") if args.variants else None
+        unknown = set(variants or ()) - set(quality.VARIANTS)
+        if unknown:
+            print(f"vigil: no variant {', '.join(sorted(unknown))}; choose from {', '.join(quality.VARIANTS)}",
+                  file=sys.stderr)
+            return 2
+        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else quality.SEEDS
+        quality.run(models, datasets, results, args.quick, args.device, variants, seeds=seeds, preset=args.preset)
     if not results.exists():
         print(f"vigil: no results in {results} yet: run without --no-run first", file=sys.stderr)
         return 2
-    command = "vigil bench quality" + (" --quick" if args.quick else "")
+    command = "vigil bench quality" + (" --quick" if args.quick else "") + (
+        f" --preset {args.preset}" if args.preset != "small" else "")
     # A results file of one's own (a few models, a scratch run) would replace the published tables with
     # its rows: it is printed unless --doc says where it goes.
     doc = args.doc or (None if args.quick or args.results else "docs/benchmarks.md")

@@ -122,6 +122,24 @@ def test_quality_benchmark_resumes_and_renders_every_model_and_dataset(tmp_path,
     assert "| pca | " in capsys.readouterr().out and not (tmp_path / "docs" / "benchmarks.md").exists()
 
 
+def test_bench_quality_measures_the_preset_seeds_and_settings_asked_for(tmp_path, monkeypatch, capsys):
+    """A GPU run of the papers' presets: its rows say which preset made them, only the chosen settings
+    and seeds run, and the rendered protocol names that preset rather than ``small``."""
+    d = small_dataset()
+    (tmp_path / "smd").mkdir()
+    np.savez(tmp_path / "smd" / "machine-1-6.npz", train=d.train, test=d.test, label=d.label)
+    monkeypatch.setattr(quality, "QUICK_POINTS", 300)
+    results = tmp_path / "paper.jsonl"
+    args = ["bench", "quality", "--quick", "--models", "genias", "--data-root", str(tmp_path), "--results",
+            str(results), "--preset", "paper", "--seeds", "1", "--variants", "default"]
+    assert main(args) == 0
+    rows = [orjson.loads(x) for x in results.read_bytes().splitlines()]
+    assert [(r["model"], r["variant"], r["seed"], r["preset"]) for r in rows] == [("genias", "default", 1, "paper")]
+    assert "`paper` preset, seeds 1 " in capsys.readouterr().out
+    assert main(args[:-1] + ["no-such-setting"]) == 2
+    assert "no variant no-such-setting" in capsys.readouterr().err
+
+
 def test_evaluation_cannot_read_test_labels_before_the_scores_are_final(tmp_path, monkeypatch):
     import pytest
 
