@@ -142,7 +142,8 @@ def _scoring_args(p: argparse.ArgumentParser, publishes: bool = True) -> None:
     p.add_argument("--open-window", type=_positive, default=d.open_window)
     p.add_argument("--close-after", type=_positive, default=d.close_after,
                    help="points without an alarm that close an incident")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    p.add_argument("--device", default=d.device,
+                   help="auto (networks on cuda when present, other models on the CPU), cpu or cuda")
     if publishes:  # only the worker publishes scores (eval always asks for per-channel ones)
         p.add_argument("--score-channels", action="store_true",
                        help="publish per-channel scores of every point on vigil.scores")

@@ -93,10 +93,14 @@ class Detector:
         return f"{self.info.name}@{self.info.version}"
 
     device: str = "cpu"
+    # Whether ``to("auto")`` puts the model on a GPU when one is present. Only networks gain: PCA's few
+    # small products are slower on an H200 than on two CPU cores (docs/benchmarks.md, GPU), and the
+    # numpy and scikit-learn models never leave the CPU whatever the device says.
+    gpu_pays = False
 
     def to(self, device: str) -> "Detector":
-        """Run inference on ``device`` (``auto``: cuda when present)."""
-        self.device = resolve_device(device)
+        """Run inference on ``device`` (``auto``: cuda when present and ``gpu_pays``, else cpu)."""
+        self.device = resolve_device(device) if device != "auto" or self.gpu_pays else "cpu"
         return self
 
     def fit(self, train: np.ndarray, progress: bool = True) -> "Detector":

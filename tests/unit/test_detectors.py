@@ -109,6 +109,24 @@ def test_pca_on_cuda_matches_cpu():
     assert np.allclose(cpu.channel, gpu.channel, rtol=1e-4, atol=1e-5)
 
 
+
+def test_auto_device_puts_only_networks_on_a_gpu(monkeypatch):
+    """With a GPU present, ``auto`` leaves PCA, VAR and the tree models on the CPU (PCA is slower on the
+    GPU, the others never use it) and moves networks; a device named outright is obeyed."""
+    import torch
+
+    from detectors.base import resolve_device
+    from detectors.torch_base import TorchDetector
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    for name in artefacts.available():
+        det = artefacts.create(name, ["a", "b"])
+        det.net = None  # nothing to move: this machine has no GPU
+        want = "cuda" if isinstance(det, TorchDetector) else "cpu"
+        assert det.to("auto").device == want, name
+    assert PCADetector(["a", "b"]).to("cuda").device == "cuda"
+
 def marginal_outliers():
     """300 points with ten one-channel outliers of 6 sd (what tree ensembles on points can find)."""
     x = correlated(300, seed=7)
