@@ -93,9 +93,9 @@ class Detector:
         return f"{self.info.name}@{self.info.version}"
 
     device: str = "cpu"
-    # Whether ``to("auto")`` puts the model on a GPU when one is present. Only networks gain: PCA's few
-    # small products are slower on an H200 than on two CPU cores (docs/benchmarks.md, GPU), and the
-    # numpy and scikit-learn models never leave the CPU whatever the device says.
+    # Whether ``to("auto")`` puts the model on a GPU when one is present. Only networks gain: PCA runs
+    # just its projection there, and paid more in copies than it saved on an H200 (docs/benchmarks.md,
+    # GPU); the numpy, scikit-learn and river models never leave the CPU whatever the device says.
     gpu_pays = False
 
     def to(self, device: str) -> "Detector":
