@@ -126,7 +126,8 @@ class TorchDetector(Detector):
         if len(windows) > self.cfg["max_train_windows"]:
             windows = windows[np.sort(rng.choice(len(windows), self.cfg["max_train_windows"], replace=False))]
         self.steps_per_epoch = math.ceil(len(windows) / self.cfg["batch_size"])
-        return torch.from_numpy(np.ascontiguousarray(windows))
+        # a copy where the windows are a read-only view of the series (stride = window): torch warns on those
+        return torch.from_numpy(np.require(windows, np.float32, ["C", "W"]))
 
     def on_training_data(self, z: np.ndarray) -> None:
         """Hook: see the standardised training series [T, C] before the network is built."""

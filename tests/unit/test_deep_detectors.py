@@ -80,3 +80,14 @@ def test_scores_on_cuda_match_cpu(trained, tmp_path):
     assert np.corrcoef(cpu_s.reconstruction.ravel(), gpu_s.reconstruction.ravel())[0, 1] > 0.999
     if cpu_s.divergence is not None:
         assert np.allclose(cpu_s.divergence, gpu_s.divergence, rtol=1e-2, atol=1e-2)
+
+
+def test_training_windows_that_tile_the_series_train_without_a_warning():
+    """stride = window (POST's paper preset) makes the windows a read-only view of the series: torch
+    warns on those, so they are copied first."""
+    import warnings
+
+    det = artefacts.create("post", [f"c{i}" for i in range(4)], epochs=1, window=16, stride=16, batch_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        det.fit(correlated(400)[:, :4], progress=False)
