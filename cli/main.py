@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--preset", default="small", help="deep models' preset: small (CPU) or paper (GPU); "
                                                      "give a paper run its own --results")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds of the deep models (default 0,1,2)")
+    p.add_argument("--seeds", default=None, type=lambda v: tuple(int(s) for s in v.split(",")),
+                   help="comma-separated seeds of the deep models (default 0,1,2)")
     p.add_argument("--variants", default=None, help="comma-separated settings to measure (default: all of them)")
 
     p = sub.add_parser("trainer", help="retrain models from Kafka history, compare without labels, promote")
@@ -478,14 +479,17 @@ def cmd_bench(args) -> int:
             print(f"vigil: no shared datasets under {args.data_root}", file=sys.stderr)
             return 2
         models = args.models.split(",") if args.models else quality.MODELS
+        if args.preset != "small" and not args.results:  # its rows would resume as the small preset's
+            print(f"vigil: --preset {args.preset} needs a --results file of its own", file=sys.stderr)
+            return 2
         variants = args.variants.split(",") if args.variants else None
         unknown = set(variants or ()) - set(quality.VARIANTS)
         if unknown:
             print(f"vigil: no variant {', '.join(sorted(unknown))}; choose from {', '.join(quality.VARIANTS)}",
                   file=sys.stderr)
             return 2
-        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else quality.SEEDS
-        quality.run(models, datasets, results, args.quick, args.device, variants, seeds=seeds, preset=args.preset)
+        quality.run(models, datasets, results, args.quick, args.device, variants, seeds=args.seeds or quality.SEEDS,
+                    preset=args.preset)
     if not results.exists():
         print(f"vigil: no results in {results} yet: run without --no-run first", file=sys.stderr)
         return 2

@@ -111,8 +111,8 @@ def test_pca_on_cuda_matches_cpu():
 
 
 def test_auto_device_puts_only_networks_on_a_gpu(monkeypatch):
-    """With a GPU present, ``auto`` leaves PCA, VAR and the tree models on the CPU (PCA is slower on the
-    GPU, the others never use it) and moves networks; a device named outright is obeyed."""
+    """With a GPU present, ``auto`` leaves PCA, VAR and the tree models on the CPU (PCA gains nothing
+    there, the others never use it) and moves networks; a device named outright is obeyed."""
     import torch
 
     from detectors.base import resolve_device

@@ -138,6 +138,9 @@ def test_bench_quality_measures_the_preset_seeds_and_settings_asked_for(tmp_path
     assert "`paper` preset, seeds 1 " in capsys.readouterr().out
     assert main(args[:-1] + ["no-such-setting"]) == 2
     assert "no variant no-such-setting" in capsys.readouterr().err
+    at = args.index("--results")
+    assert main(args[:at] + args[at + 2:]) == 2, "a paper run resuming from the small preset's published rows"
+    assert "needs a --results file of its own" in capsys.readouterr().err
 
 
 def test_evaluation_cannot_read_test_labels_before_the_scores_are_final(tmp_path, monkeypatch):
