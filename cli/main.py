@@ -41,6 +41,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _whole_numbers(text: str) -> tuple[int, ...]:
+    """Comma-separated whole numbers, e.g. ``--seeds 0,1,2``."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
 def _broker_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", default=None,
                    help=f"Kafka bootstrap HOST:PORT (default: $VIGIL_BROKER or {DEFAULT_BROKER})")
@@ -237,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--preset", default="small", help="deep models' preset: small (CPU) or paper (GPU); "
                                                      "give a paper run its own --results")
-    p.add_argument("--seeds", default=None, type=lambda v: tuple(int(s) for s in v.split(",")),
+    p.add_argument("--seeds", default=None, type=_whole_numbers,
                    help="comma-separated seeds of the deep models (default 0,1,2)")
     p.add_argument("--variants", default=None, help="comma-separated settings to measure (default: all of them)")
 
