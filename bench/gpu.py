@@ -135,12 +135,22 @@ def main() -> None:
                     det.net = net
 
     print(f"\nScoring speed (Detector.score), {args.channels} channels, window 32 (model's own if fixed), "
-          f"hop {args.hop}: points/s = windows/s x {args.hop}. torch {torch.__version__}; GPU: {gpu}\n")
+          f"hop {args.hop}: points/s = windows/s x {args.hop}. torch {torch.__version__}; GPU: {gpu}. In brackets: "
+          f"the ratio to the same model's fp32 on the CPU in this run, or else to PCA's fp32 on the same device.\n")
     print("| model | device | variant | " + " | ".join(f"{s} windows" for s in sizes) + " | note |")
     print("|---|---|---|" + "---|" * len(sizes) + "---|")
+    speed = {(r["model"], r["device"], r["variant"], r["windows"]): r["points_per_s"] for r in rows if r["windows"]}
+
+    def cell(model: str, device: str, variant: str, size: int) -> str:
+        if (model, device, variant, size) not in speed:
+            return "–"
+        mine = speed[(model, device, variant, size)]
+        base = speed.get((model, "cpu", "fp32", size)) or speed.get(("pca", device, "fp32", size))
+        return f"{mine:,.0f}" + (f" ({mine / base:.2f})" if base else "")
+
     for key in dict.fromkeys((r["model"], r["device"], r["variant"]) for r in rows):
         mine = [r for r in rows if (r["model"], r["device"], r["variant"]) == key]
-        cells = {r["windows"]: f"{r['points_per_s']:,.0f}" for r in mine if r["windows"]}
+        cells = {s: cell(*key, s) for s in sizes}
         note = next((r["note"] for r in mine if r["note"]), "")
         print(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells.get(s, "–") for s in sizes) + f" | {note} |")
     if args.json:

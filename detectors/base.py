@@ -94,7 +94,7 @@ class Detector:
 
     device: str = "cpu"
     # Whether ``to("auto")`` puts the model on a GPU when one is present. Only networks gain: PCA runs
-    # just its projection there, and paid more in copies than it saved on an H200 (docs/benchmarks.md,
+    # just its projection there and scored no faster on an H200 than on two CPU cores (docs/benchmarks.md,
     # GPU); the numpy, scikit-learn and river models never leave the CPU whatever the device says.
     gpu_pays = False
 
