@@ -69,7 +69,7 @@ class Settings:
     threshold: str = "spot"
     threshold_params: dict = field(default_factory=dict)
     calibration: str = "train"  # one of CALIBRATIONS
-    calibration_points: int = 1000  # with SPOT's level 0.98: 20 peaks to fit the tail on
+    calibration_points: int = 1000  # with SPOT's level 0.98: 19 peaks to fit the tail on (thresholds.DEFAULTS)
     # score conditioning (scoring/conditioning.py): each point's score is the mean of the last
     # ``smooth`` fused scores; the threshold scales with the median of the last ``level_window``
     # (default: the number of calibration points, within 500..5000; 0: off)
