@@ -75,9 +75,9 @@ class Settings:
     # (default: the number of calibration points, within 500..5000; 0: off)
     smooth: int = 5
     level_window: int | None = None
-    # Entities on the cold start calibrate on this many points after the detector's warm-up: with
-    # SPOT's level 0.98, 6 peaks (its GPD fit needs 5), so alerts start minutes after the first
-    # reading; SPOT keeps learning the tail from there.
+    # Entities on the cold start calibrate on this many points after the detector's warm-up (SPOT
+    # fits its tail on 19 of them: min_peaks in scoring.thresholds.DEFAULTS), so alerts start minutes
+    # after the first reading; SPOT keeps learning the tail from there.
     cold_calibration_points: int = 300
     # incidents
     top_k: int = 3
