@@ -41,13 +41,14 @@ from scoring.windows import fill_gaps  # noqa: E402
 from training.calibration import fit_for_serving, stream_scores  # noqa: E402
 from training.data import load, seal  # noqa: E402
 from training.evaluate import Stream, stream_offline  # noqa: E402
+from training.metrics import prf  # noqa: E402
 from training.quality import SMD, CachedScores, dataset_paths, model_config  # noqa: E402
 
 SPANS = (1, 5, 20, 50, 100)  # smoothing spans of the grid (the worker's default: 5)
 
 
 def f1(flag: np.ndarray, label: np.ndarray) -> float:
-    return float(2 * (flag & label).sum() / max(flag.sum() + label.sum(), 1))
+    return prf(flag, label)["f1"]
 
 
 def drifting(stream: Stream) -> np.ndarray:
