@@ -128,16 +128,16 @@ def test_spot_min_peaks_lowers_t_for_a_short_calibration():
 
 def test_spot_min_peaks_estimates_a_heavy_tail_better_from_few_points():
     """Over 300 calibrations of 400 Pareto points, the 1% quantile is estimated with a smaller error
-    from 20 peaks than from the 7 that level 0.98 leaves."""
+    from the 19 peaks served than from the 7 that level 0.98 leaves."""
     truth = 0.01 ** (-1 / 3) - 1
-    err = {0: [], 20: []}
+    err = {0: [], DEFAULTS["spot"]["min_peaks"]: []}
     for seed in range(300):
         x = np.random.default_rng(seed).pareto(3, size=400)
         for k in err:
             th = SpotThreshold(q=1e-2, min_peaks=k)
             th.calibrate(x)
             err[k].append(abs(math.log(th.threshold / truth)))
-    assert np.mean(err[20]) < 0.95 * np.mean(err[0])
+    assert np.mean(err[DEFAULTS["spot"]["min_peaks"]]) < 0.95 * np.mean(err[0])
 
 
 def test_served_spot_keeps_the_peaks_of_a_full_calibration():
