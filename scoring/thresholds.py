@@ -608,7 +608,7 @@ KINDS: dict[str, type[Threshold]] = {
 # papers' 1e-3 on raw scores sat above the whole bulk of heavy-tailed scores and left real faults
 # silent (docs/benchmarks.md). min_peaks = 19: the tail is fitted on at least the peaks that a full
 # calibration gives (1,000 points at level 0.98: the 19 above sorted[980]), so longer calibrations
-# are unchanged; a model's held-out tail of a few hundred points would otherwise hand the GPD fit 5-9
+# are unchanged; a model's held-out tail of a few hundred points would otherwise hand the GPD fit 4-18
 # peaks, often one burst, and the 1% point would sit on it. The classes keep the papers' defaults.
 DEFAULTS: dict[str, dict] = {"spot": {"refit_every": 50, "q": 1e-2, "min_peaks": 19},
                              "dspot": {"refit_every": 50, "q": 1e-2, "min_peaks": 19},
