@@ -150,9 +150,8 @@ def main() -> None:
 
     for key in dict.fromkeys((r["model"], r["device"], r["variant"]) for r in rows):
         mine = [r for r in rows if (r["model"], r["device"], r["variant"]) == key]
-        cells = {s: cell(*key, s) for s in sizes}
         note = next((r["note"] for r in mine if r["note"]), "")
-        print(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells.get(s, "–") for s in sizes) + f" | {note} |")
+        print(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cell(*key, s) for s in sizes) + f" | {note} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=1))

@@ -26,6 +26,7 @@ import orjson
 from detectors import artefacts
 from detectors.base import Detector, Scores
 from scoring.settings import Settings
+from scoring.thresholds import DEFAULTS as THRESHOLD_DEFAULTS
 
 from .calibration import fit_for_serving
 from .data import Dataset, load, seal
@@ -292,7 +293,7 @@ def markdown(results: Path, command: str) -> str:
              "out and scored as the stream scores it to calibrate the threshold (`training/calibration.py`); "
              "the `test` split is scored by the worker's own pipeline (`training/evaluate.py`: window 32 / hop 16 "
              "unless the model fixes its window, sum fusion, scores averaged over 5 points, SPOT (q = 1e-2, "
-             "level 0.98 or lower to fit at least 19 peaks) on the held-out scores, its scale following the "
+             f"level 0.98 or lower to fit at least {THRESHOLD_DEFAULTS['spot']['min_peaks']} peaks) on the held-out scores, its scale following the "
              "entity's recent level, incidents "
              "opened by 2 alarms within 10 points). Deep models: "
              f"{' and '.join(f'`{p}`' for p in presets)} preset, seeds {', '.join(map(str, seeds))} "
