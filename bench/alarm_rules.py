@@ -1,0 +1,187 @@
+"""Alarm rules tried beside the served one on the default's scores: what each would do to the honest
+point-wise F1 and to floods, per dataset group. An analysis of rules not adopted, not a result.
+
+Every rule below was written down with its reason *before* it was measured, and none reads the test
+labels to set anything: its constants are textbook values or come from the entity's own held-out
+calibration scores. The test labels are read only to score it. A rule goes into the worker only where
+it gains on every group (SMD, SMAP, MSL); none of these did (docs/benchmarks.md, "SMAP and MSL per
+entity stay below the 0.30 goal").
+
+  served         the worker's default (``scoring.settings.Settings``)
+  level W        the level tracker (``scoring.conditioning.Level``) over a fixed W points instead of
+                 the calibration's length (why: how long a fault may last before it becomes the new
+                 level is a property of the plant, not of how much history its model had); ``off``: none
+  level q25      the level at the recent lower quartile rather than the median (why: a departure must
+                 fill three quarters of the window, not half, before it becomes the new level)
+  stuck xF       also alarm while a judged channel repeats one value more than F times as long as its
+                 longest run in ``train`` (why: a stuck sensor is a classic fault a forecaster misses,
+                 as it predicts "no change"); channels constant for 5% of ``train`` or more are exempt
+  cusum          also alarm when Page's CUSUM of the scores in threshold units (capped at 1), with
+                 reference value k = 0.5 (half-way to the threshold: the textbook k for a shift to
+                 it), exceeds its largest excursion on the calibration scores (why: the optimal
+                 detector of a sustained moderate shift, the anomaly type SMAP/MSL label)
+  quiet W        also alarm when the mean log-score over W points falls below its lowest value on
+                 the calibration scores (why: a residual *too small* for too long, a signal gone
+                 flat, is the other side of the innovation test)
+  geo K / mean K  smoothing over K points by the geometric (log-domain) or arithmetic mean (why: the
+                 geometric mean damps the isolated spikes of a heavy-tailed score)
+
+    python bench/alarm_rules.py [--groups SMAP,MSL,SMD] [--data-root ../shared/data]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detectors import artefacts  # noqa: E402
+from scoring import conditioning  # noqa: E402
+from scoring.settings import Settings  # noqa: E402
+from training.calibration import fit_for_serving  # noqa: E402
+from training.data import load, seal  # noqa: E402
+from training.evaluate import stream_offline  # noqa: E402
+from training.metrics import prf  # noqa: E402
+from training.quality import SMD, CachedScores, dataset_paths, model_config  # noqa: E402
+from training.trainer import serving_threshold  # noqa: E402
+
+EPS = 1e-3  # added before the log of a score (scores are in units of the mean training error)
+
+
+@contextlib.contextmanager
+def level_quantile(q: float):
+    """``Level`` taking the ``q`` quantile of its window instead of the median, for the duration."""
+    original = conditioning.Level.median
+
+    def median(self, values=None):
+        v = self.recent if values is None else values
+        if len(v) < min(self.MIN_POINTS, self.window):
+            return None
+        k = int(q * (len(v) - 1) + 0.5)
+        return float(np.partition(v, k)[k])
+    conditioning.Level.median = median
+    try:
+        yield
+    finally:
+        conditioning.Level.median = original
+
+
+@contextlib.contextmanager
+def geometric_smoothing():
+    """``Smoother`` averaging log-scores (the geometric mean), for the duration."""
+    original = conditioning.Smoother.apply
+
+    def apply(self, score, channel):
+        if self.k == 1 or not len(score):
+            return score, channel
+        out, ch = original(self, np.log(np.asarray(score, np.float64) + EPS), channel)
+        return np.exp(out) - EPS, ch
+    conditioning.Smoother.apply = apply
+    try:
+        yield
+    finally:
+        conditioning.Smoother.apply = original
+
+
+def run_lengths(x: np.ndarray) -> np.ndarray:
+    """Per point and channel: how many points the value has stood unchanged, itself included."""
+    out = np.ones(x.shape, np.int64)
+    for i in range(1, len(x)):
+        out[i] = np.where(x[i] == x[i - 1], out[i - 1] + 1, 1)
+    return out
+
+
+def cusum(z: np.ndarray, k: float) -> np.ndarray:
+    out, s = np.zeros(len(z)), 0.0
+    for i, v in enumerate(np.nan_to_num(z)):
+        s = max(0.0, s + v - k)
+        out[i] = s
+    return out
+
+
+def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
+    c, out = np.cumsum(np.r_[0.0, x]), np.full(len(x), np.nan)
+    if len(x) >= w:
+        out[w - 1:] = (c[w:] - c[:-w]) / w
+    return out
+
+
+def entity_rules(data, model: str) -> dict[str, np.ndarray]:
+    """Every rule's alarms on one entity's test split."""
+    det = CachedScores(fit_for_serving(artefacts.create(model, data.channels,
+                                                        **model_config(model, False, 0, data.inputs)),
+                                       data.train, progress=False))
+    test = seal(data)
+    base = Settings()
+    served = stream_offline(det, test, base)
+    out = {"served": served.alarm}
+    for w in (2000, 5000):
+        out[f"level {w}"] = stream_offline(det, test, replace(base, level_window=w)).alarm
+    out["level off"] = stream_offline(det, test, replace(base, level_window=0)).alarm
+    with level_quantile(0.25):
+        out["level q25"] = stream_offline(det, test, base).alarm
+    for k in (5, 20):
+        out[f"mean {k}"] = stream_offline(det, test, replace(base, smooth=k)).alarm
+        with geometric_smoothing():
+            out[f"geo {k}"] = stream_offline(det, test, replace(base, smooth=k)).alarm
+    # rules added to the served alarms, from the served scores and the entity's calibration
+    judged = np.array([c not in (data.inputs or []) for c in data.channels])
+    longest = run_lengths(data.train[:, judged]).max(0)
+    moving = longest < 0.05 * len(data.train)
+    runs = run_lengths(data.test[:, judged])[:, moving]
+    for f in (2, 3):
+        out[f"stuck x{f}"] = served.alarm | (runs > f * longest[moving]).any(1)
+    calibration = conditioning.Smoother(base.smooth, 1).smooth(np.asarray(det.train_reconstruction, np.float64))
+    if det.train_divergence is not None:  # fused as the worker fuses (sum), for models that have one
+        calibration = calibration + conditioning.Smoother(base.smooth, 1).smooth(np.asarray(det.train_divergence))
+    limit = serving_threshold(det, base)
+    h = max(float(cusum(np.minimum(calibration / limit, 1.0), 0.5).max()), 1.0)
+    out["cusum"] = served.alarm | (cusum(np.minimum(served.score / served.threshold, 1.0), 0.5) > h)
+    low = rolling_mean(np.log(calibration + EPS), 50)
+    low = low[np.isfinite(low)]
+    quiet = rolling_mean(np.log(np.nan_to_num(served.score) + EPS), 50)
+    out["quiet 50"] = served.alarm | (np.nan_to_num(quiet, nan=np.inf) < low.min()) if len(low) >= 50 \
+        else served.alarm
+    return out
+
+
+def group(name: str, paths: dict, model: str) -> list[str]:
+    names = SMD if name == "SMD" else sorted(p for p in paths if p.startswith(name + "/"))
+    rows = {}
+    for entity in tqdm(names, desc=name, unit="entity"):
+        data = load(paths[entity])
+        label = data.label.astype(bool)
+        for rule, alarm in entity_rules(data, model).items():
+            rows.setdefault(rule, []).append((prf(alarm, label)["f1"], alarm.mean(), label.mean()))
+    lines = []
+    for rule, r in rows.items():
+        r = np.array(r)
+        floods = int((r[:, 1] > 3 * r[:, 2] + 0.02).sum())
+        lines.append(f"  {rule:12s} F1 {r[:, 0].mean():.3f}  alarm rate {r[:, 1].mean():.3f}  "
+                     f"{floods} of {len(r)} entities over the flood line")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--groups", default="SMAP,MSL,SMD")
+    p.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p.add_argument("--model", default="auto")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    paths = dataset_paths(args.data_root)
+    for name in args.groups.split(","):
+        lines = group(name, paths, args.model)
+        print(f"\n{name} (model {args.model}; means over entities; honest point-wise F1)")
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
