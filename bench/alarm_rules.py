@@ -113,8 +113,8 @@ def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
     return out
 
 
-def entity_rules(data, model: str) -> dict[str, np.ndarray]:
-    """Every rule's alarms on one entity's test split."""
+def entity_rules(data, model: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every rule's alarms on one entity's test split, and the served scores."""
     det = CachedScores(fit_for_serving(artefacts.create(model, data.channels,
                                                         **model_config(model, False, 0, data.inputs)),
                                        data.train, progress=False))
@@ -149,18 +149,22 @@ def entity_rules(data, model: str) -> dict[str, np.ndarray]:
     quiet = rolling_mean(np.log(np.nan_to_num(served.score) + EPS), 50)
     out["quiet 50"] = served.alarm | (np.nan_to_num(quiet, nan=np.inf) < low.min()) if len(low) >= 50 \
         else served.alarm
-    return out
+    return out, served.score
 
 
 def group(name: str, paths: dict, model: str) -> list[str]:
     names = SMD if name == "SMD" else sorted(p for p in paths if p.startswith(name + "/"))
-    rows = {}
+    rows, quieter = {}, []
     for entity in tqdm(names, desc=name, unit="entity"):
         data = load(paths[entity])
         label = data.label.astype(bool)
-        for rule, alarm in entity_rules(data, model).items():
+        rules, score = entity_rules(data, model)
+        for rule, alarm in rules.items():
             rows.setdefault(rule, []).append((prf(alarm, label)["f1"], alarm.mean(), label.mean()))
-    lines = []
+        if label.any() and (~label).any() and np.nanmedian(score[label]) < 0.9 * np.nanmedian(score[~label]):
+            quieter.append(entity)
+    lines = [f"  labelled anomalies scoring lower than the normal points (served scores, median < 0.9x): "
+             f"{len(quieter)} of {len(names)} entities {', '.join(quieter)}"]
     for rule, r in rows.items():
         r = np.array(r)
         floods = int((r[:, 1] > 3 * r[:, 2] + 0.02).sum())
