@@ -1,8 +1,8 @@
 """Alarm rules tried beside the served one on the default's scores: what each would do to the honest
 point-wise F1 and to floods, per dataset group. An analysis of rules not adopted, not a result.
 
-Every rule below was written down with its reason *before* it was measured, and none reads the test
-labels to set anything: its constants are textbook values or come from the entity's own held-out
+Every rule below was picked for the reason given with it before it was measured (in scratch runs that
+this script repeats), and none reads the test labels to set anything: its constants are textbook values or come from the entity's own held-out
 calibration scores. The test labels are read only to score it. A rule goes into the worker only where
 it gains on every group (SMD, SMAP, MSL); none of these did (docs/benchmarks.md, "SMAP and MSL per
 entity stay below the 0.30 goal").
