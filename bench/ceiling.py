@@ -47,6 +47,16 @@ from training.quality import SMD, CachedScores, dataset_paths, model_config  # n
 SPANS = (1, 5, 20, 50, 100)  # smoothing spans of the grid (the worker's default: 5)
 
 
+def entities(name: str, paths: dict) -> list[str]:
+    """A dataset group's entities: the 8 SMD machines, or every SMAP/MSL channel file of the group."""
+    return SMD if name == "SMD" else sorted(p for p in paths if p.startswith(name + "/"))
+
+
+def floods(alarm_rate: float, share: float) -> bool:
+    """Over issue 14's flood line: an alarm rate above 3x the anomalous share + 0.02."""
+    return alarm_rate > 3 * share + 0.02
+
+
 def f1(flag: np.ndarray, label: np.ndarray) -> float:
     return prf(flag, label)["f1"]
 
@@ -82,7 +92,7 @@ def crossfitted(make, train: np.ndarray, folds: int, settings: Settings):
 
 
 def group(name: str, paths: dict, folds: int, model: str) -> dict:
-    names = SMD if name == "SMD" else sorted(p for p in paths if p.startswith(name + "/"))
+    names = entities(name, paths)
     grid = [(s, lv) for s in SPANS for lv in (True, False)]
     rows = []
     for entity in tqdm(names, desc=name, unit="entity"):
@@ -111,12 +121,12 @@ def group(name: str, paths: dict, folds: int, model: str) -> dict:
         rows.append(row)
     mean = lambda key, i=None: float(np.mean([r[key] if i is None else r[key][i] for r in rows]))  # noqa: E731
     best = max(grid, key=lambda g: mean(g, 0))
-    floods = sum(r[best][1] > 3 * r["share"] + 0.02 for r in rows)
+    flooded = sum(floods(r[best][1], r["share"]) for r in rows)
     return {"entities": len(rows), "served": mean("served"), "alarm or drift": mean("alarm or drift"),
             **({"cross-fitted": mean("cross-fitted")} if folds else {}),
             **{f"oracle threshold, smoothing {s}": mean(("oracle", s)) for s in SPANS},
             "best setting": f"smoothing {best[0]}, level {'on' if best[1] else 'off'}: F1 {mean(best, 0):.3f}, "
-                            f"alarm rate {mean(best, 1):.3f}, {floods} of {len(rows)} entities over the flood line"}
+                            f"alarm rate {mean(best, 1):.3f}, {flooded} of {len(rows)} entities over the flood line"}
 
 
 def main() -> None:
