@@ -23,6 +23,7 @@ FORMAT = 2  # 2: training reconstruction and divergence stored apart
 MODELS: dict[str, str] = {
     "pca": "detectors.pca:PCADetector",
     "var": "detectors.var:VARDetector",
+    "knn": "detectors.knn:NearestSubsequenceDetector",
     "iforest": "detectors.iforest:IsolationForestDetector",
     "hst": "detectors.hst:HalfSpaceTreesDetector",
     "lstm_ae": "detectors.lstm_ae:LSTMAutoencoder",
