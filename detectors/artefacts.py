@@ -77,20 +77,22 @@ def available() -> list[str]:
 
 
 def default_model(channels: list[str], inputs: list[str] | None = None) -> str:
-    """The model ``auto`` trains: ``pca`` for an entity with two or more judged channels, ``var`` for one.
+    """The model ``auto`` trains: ``pca`` for an entity with two or more judged channels, ``knn`` for one.
 
     Why: PCA scores a reading by how far it falls from the subspace the channels share, i.e. by their
     learnt correlations. With a single measured channel (a telemetry value and the commands it is
     sent, SMAP/MSL's layout) there is no correlation among judged channels to learn, and PCA reduces
-    to a z-score of the value; a forecaster still models the channel's own dynamics (and, with
-    inputs, its answer to them). Measured per entity: docs/benchmarks.md.
+    to a z-score of the value; what is left to judge is the channel's own course, and the distance of
+    its recent subsequence to the nearest one of normal operation judges shape and level at once
+    (a forecaster, VAR, judges only the next step and follows a new level within a few). Measured per
+    entity: docs/benchmarks.md.
 
     >>> default_model(["flow", "pressure"]), default_model(["telemetry", "cmd_1"], ["cmd_*"])
-    ('pca', 'var')
+    ('pca', 'knn')
     """
     judged = judged_mask(channels, inputs or [])
     measured = len(channels) if judged is None else int(judged.sum())
-    return "pca" if measured >= 2 else "var"
+    return "pca" if measured >= 2 else "knn"
 
 
 def resolve(name: str, channels: list[str], inputs: list[str] | None = None) -> str:

@@ -18,7 +18,7 @@ is matched against the others outside its own ``length`` neighbourhood (so train
 out-of-sample, about 1). Scale floored at ``min_scale`` as PCA's and VAR's are. The point score is the
 mean over judged channels. Rows of a window with fewer than ``length - 1`` rows before them score as
 the first row that has them; the stream only reads the newest rows of a window, which do
-(``window - hop + 1 >= length``).
+(``window - hop + 1 >= length``: the model's window is 32 and the stream's hop 16).
 
 >>> import numpy as np
 >>> t = np.arange(3000)
@@ -43,11 +43,11 @@ class NearestSubsequenceDetector(Detector):
     supports_inputs = True
 
     def __init__(self, channels: list[str], length: int = 16, max_reference: int = 20000,
-                 min_scale: float = 1e-4, inputs: list[str] | None = None):
-        if length < 2:
-            raise ValueError(f"knn: length must be at least 2, got {length}")
+                 min_scale: float = 1e-4, window: int = 32, inputs: list[str] | None = None):
+        if not 2 <= length < window:
+            raise ValueError(f"knn: length must be in 2..window-1, got length={length}, window={window}")
         super().__init__(channels, length=length, max_reference=max_reference, min_scale=min_scale,
-                         inputs=inputs)
+                         window=window, inputs=inputs)
         c = len(channels)
         self.mean = np.zeros(c, np.float32)
         self.std = np.ones(c, np.float32)

@@ -304,7 +304,7 @@ def markdown(results: Path, command: str) -> str:
              "scores, no T^2), and `" + SPE_ONLY + "` today's PCA without Hotelling's T^2 (`detectors/pca.py`), both "
              "measured in the same run. `auto` is what Vigil trains when no model is named "
              "(`detectors.artefacts.default_model`): `pca` where two or more channels are judged (every SMD machine), "
-             "`var` where one is (every SMAP/MSL channel file, whose other columns are commands). "
+             "`knn` where one is (every SMAP/MSL channel file, whose other columns are commands). "
              "No setting was chosen on test labels. Metrics: "
              "`training/metrics.py`, `training/range_metrics.py`.", "",
              "### Honest: point-wise F1 at the online threshold (what the operator's alarms score)", ""]

@@ -246,3 +246,55 @@ def test_var_with_inputs_forecasts_the_measured_channels_from_the_commands_of_th
     assert s.reconstruction[0, 150] > 20 * np.quantile(s.reconstruction[0, 10:140], 0.99)
     with pytest.raises(ValueError, match="lags"):
         artefacts.create("var", ["a"], lags=40)
+
+
+def test_knn_keeps_seeing_a_new_level_that_a_forecast_follows(tmp_path):
+    """A telemetry value that keeps its rhythm at a new level: a forecast from its own past follows it
+    after the onset, the distance to the nearest normal subsequence stays high for as long as it lasts."""
+    def telemetry(n, seed):
+        t = np.arange(n)
+        return (np.sin(t / 7) + 0.02 * np.random.default_rng(seed).normal(size=n))[:, None]
+
+    train = telemetry(4000, 0)
+    knn = artefacts.create("knn", ["a"]).fit(train, progress=False)
+    var = artefacts.create("var", ["a"]).fit(train, progress=False)
+    live = telemetry(400, 1)
+    live[200:300, 0] += 1.0  # half the amplitude's range up, for 100 readings
+    held = {}
+    for name, det in (("knn", knn), ("var", var)):
+        s = det.score(live[None]).reconstruction[0]
+        normal = float(np.quantile(s[20:190], 0.99))
+        assert s[200:206].max() > 50 * normal, name  # both see the onset
+        held[name] = float(np.median(s[230:300])) / float(s[200:206].max())  # later, against the onset
+    assert held["knn"] > 0.5 and held["var"] < 0.1, held
+    # training scores are matched out of sample, so about 1, like the other models' normalisation
+    assert 0.5 < float(np.median(knn.train_reconstruction)) < 1.5
+    back = artefacts.load(artefacts.save(knn, tmp_path / "knn"))
+    w = sliding_windows(live, 32, 16)
+    assert np.array_equal(back.score(w).reconstruction, knn.score(w).reconstruction)
+
+
+def test_knn_blames_the_channel_whose_course_left_normal_operation():
+    names = ["a", "b", "c"]
+    knn = artefacts.create("knn", names).fit(_oscillating(4000), progress=False)
+    live = _oscillating(400, seed=1)
+    live[200:300, 2] = 1.5  # channel c (amplitude 0.5) leaves its range and stays there, flat
+    s = knn.score(live[None])
+    assert np.median(s.reconstruction[0, 230:300]) > 10 * np.quantile(s.reconstruction[0, 20:190], 0.99)
+    assert (s.channel[0, 230:300].argmax(1) == 2).all()
+
+
+def test_knn_judges_only_the_measured_channels_and_bounds_its_reference():
+    rng = np.random.default_rng(0)
+    cmd = (rng.random(3000) < 0.05).astype(np.float32)
+    level = np.sin(np.arange(3000) / 9) + 0.05 * rng.normal(size=3000)
+    det = artefacts.create("knn", ["level", "cmd"], inputs=["cmd"], max_reference=500).fit(
+        np.stack([level, cmd], 1), progress=False)
+    assert det.judged.tolist() == [True, False] and det.reference.shape == (500, 16, 1)
+    live = np.stack([level[:300], np.zeros(300, np.float32)], 1)
+    live[100:140, 1] = 1.0  # a command held on as never in training: operation, not a fault
+    s = det.score(live[None])
+    assert np.all(s.channel[..., 1] == 0)
+    assert s.reconstruction[0, 100:140].max() < 3 * np.quantile(s.reconstruction[0, 16:100], 0.99)
+    with pytest.raises(ValueError, match="length"):
+        artefacts.create("knn", ["a"], length=32)

@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-MODULES = ["scoring.feedback", "detectors.var", "detectors.base", "detectors.artefacts", "scoring.windows"]
+MODULES = ["scoring.feedback", "detectors.var", "detectors.knn", "detectors.base", "detectors.artefacts", "scoring.windows"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -175,8 +175,8 @@ def test_vigil_eval_uses_the_inputs_a_dataset_declares_and_says_so(tmp_path, cap
     assert results[""]["inputs"] == ["ch1", "ch2", "ch3"] and results[""]["judged_channels"] == 1
     assert results["--inputs "]["inputs"] == [] and results["--inputs "]["judged_channels"] == 4
     assert results["--inputs ch3"]["judged_channels"] == 3
-    # no --model: the default (auto) forecasts a lone measured channel and reconstructs several
-    assert results[""]["model_id"].startswith("var@")
+    # no --model: the default (auto) matches a lone measured channel's course and reconstructs several
+    assert results[""]["model_id"].startswith("knn@")
     assert results["--inputs "]["model_id"].startswith("pca@") and results["--inputs ch3"]["model_id"].startswith("pca@")
 
 
@@ -185,12 +185,12 @@ def test_the_default_model_follows_the_number_of_judged_channels(tmp_path):
     assert artefacts.create("auto", NAMES).name == "pca"
     assert artefacts.create("auto", NAMES, inputs=["cmd_*"]).name == "pca"  # flow and pressure judged
     lone = artefacts.create("auto", NAMES, inputs=["pressure", "cmd_*"])
-    assert lone.name == "var" and lone.inputs == ["pressure", "cmd_*"]
-    assert artefacts.create("auto", ["level"]).name == "var"  # a single channel, no inputs
+    assert lone.name == "knn" and lone.inputs == ["pressure", "cmd_*"]
+    assert artefacts.create("auto", ["level"]).name == "knn"  # a single channel, no inputs
     assert artefacts.create("auto", NAMES, inputs=["*"]).name == "pca"  # naming every channel names none
     # the artefact records what was trained, not "auto"
     det = fit_for_serving(lone, plant(2000), progress=False)
-    assert artefacts.load(artefacts.save(det, tmp_path / "m")).name == "var"
+    assert artefacts.load(artefacts.save(det, tmp_path / "m")).name == "knn"
 
 
 def test_the_cold_start_judges_the_channels_the_worker_says_are_not_inputs():
@@ -252,7 +252,7 @@ def test_vigil_eval_of_a_folder_scores_each_channel_file_as_its_own_entity_and_r
     entities, summary = lines[:-1], lines[-1]
     assert [e["dataset"] for e in entities] == ["smap/X-0", "smap/X-1", "smap/X-2"]
     assert all(e["points"] == 600 and e["judged_channels"] == 1 for e in entities)  # telemanom layout: ch0 judged
-    assert summary["entities"] == 3 and summary["models"] == ["var"]
+    assert summary["entities"] == 3 and summary["models"] == ["knn"]
     assert summary["mean"]["point"]["f1"] == pytest.approx(np.mean([e["point"]["f1"] for e in entities]))
     assert summary["anomalous_share"] == pytest.approx(40 / 600)
     assert summary["mean"]["point"]["recall"] > 0.5
@@ -270,7 +270,7 @@ def test_vigil_train_of_a_folder_writes_a_model_per_entity_that_the_worker_serve
     assert "serve them with `vigil worker --model" in capsys.readouterr().out
     served = model_specs([str(tmp_path / "models")])
     assert sorted(served) == ["X-0", "X-1"]
-    assert all(artefacts.load(p).name == "var" and artefacts.load(p).inputs == ["ch1", "ch2", "ch3"]
+    assert all(artefacts.load(p).name == "knn" and artefacts.load(p).inputs == ["ch1", "ch2", "ch3"]
                for p in served.values())
     one = served["X-0"]
     assert model_specs([one]) == {"*": one} and model_specs([f"pump-7={one}"]) == {"pump-7": one}

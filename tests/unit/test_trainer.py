@@ -136,10 +136,11 @@ def test_the_trainer_trains_the_named_model_with_the_declared_inputs(tmp_path):
 
 def test_with_no_model_named_the_trainer_picks_per_entity_by_its_judged_channels(tmp_path):
     """``vigil trainer`` without ``--model`` (``auto``): PCA for an entity with several measured channels,
-    VAR for one whose other channels are all inputs (a telemetry value beside its commands)."""
+    the nearest-subsequence model for one whose other channels are all inputs (a telemetry value beside
+    its commands)."""
     values = normal_history("plant-01", 4, 1500, START, 4).values
     registry = Registry(tmp_path)
-    for entity, inputs, model in (("many", [], "pca"), ("one", ["ch1", "ch2", "ch3"], "var")):
+    for entity, inputs, model in (("many", [], "pca"), ("one", ["ch1", "ch2", "ch3"], "knn")):
         cfg = TrainerConfig(model_config={"inputs": inputs} if inputs else {}, min_points=500,
                             generator_config=GEN, generated_windows=64)
         assert cfg.model == "auto"
