@@ -10,8 +10,8 @@ a new level after a few steps, and a reconstruction accepts a plausible value he
 
 The reference set is the training split's subsequences of the judged channels (standardised; the
 declared ``inputs``, commands and setpoints, are left out: a command is operation, not a shape to
-match), at most ``max_reference`` of them, evenly strided, which bounds memory and the cost per
-reading. A channel's score at a row is the mean squared difference, over the subsequence ending there,
+match), at most ``max_reference`` of them (and at most ``REFERENCE_VALUES`` values), evenly strided,
+which bounds memory and the cost per reading. A channel's score at a row is the mean squared difference, over the subsequence ending there,
 between the channel and the same channel in the nearest training subsequence (nearest over all judged
 channels together), divided by that quantity's mean in training, where every training subsequence
 is matched against the others outside its own ``length`` neighbourhood (so training scores are
@@ -35,6 +35,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .base import Detector, Scores, check_windows
+
+
+# At most this many values in the reference (64 MB of float32), whatever ``max_reference`` says: a wide
+# entity keeps fewer subsequences rather than an artefact and a memory footprint of gigabytes.
+REFERENCE_VALUES = 1 << 24
 
 
 class NearestSubsequenceDetector(Detector):
@@ -101,8 +106,8 @@ class NearestSubsequenceDetector(Detector):
         self.learn_judged()
         z = ((x - self.mean) / self.std)[:, self._targets].astype(np.float32)
         subs = sliding_window_view(z, length, axis=0).transpose(0, 2, 1)  # [T - length + 1, length, J]
-        keep = np.unique(np.linspace(0, len(subs) - 1, min(len(subs), self.info.config["max_reference"]))
-                         .round().astype(np.int64))
+        n = min(len(subs), self.info.config["max_reference"], max(1, REFERENCE_VALUES // subs[0].size))
+        keep = np.unique(np.linspace(0, len(subs) - 1, n).round().astype(np.int64))
         self.reference = np.ascontiguousarray(subs[keep])
         self._prepare()
         # out of sample: each training subsequence against the others beyond its own neighbourhood

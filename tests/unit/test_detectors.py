@@ -284,7 +284,7 @@ def test_knn_blames_the_channel_whose_course_left_normal_operation():
     assert (s.channel[0, 230:300].argmax(1) == 2).all()
 
 
-def test_knn_judges_only_the_measured_channels_and_bounds_its_reference():
+def test_knn_judges_only_the_measured_channels_and_bounds_its_reference(monkeypatch):
     rng = np.random.default_rng(0)
     cmd = (rng.random(3000) < 0.05).astype(np.float32)
     level = np.sin(np.arange(3000) / 9) + 0.05 * rng.normal(size=3000)
@@ -298,3 +298,8 @@ def test_knn_judges_only_the_measured_channels_and_bounds_its_reference():
     assert s.reconstruction[0, 100:140].max() < 3 * np.quantile(s.reconstruction[0, 16:100], 0.99)
     with pytest.raises(ValueError, match="length"):
         artefacts.create("knn", ["a"], length=32)
+    # a wide entity keeps fewer subsequences, not more memory
+    import detectors.knn
+    monkeypatch.setattr(detectors.knn, "REFERENCE_VALUES", 16 * 3 * 100)
+    wide = artefacts.create("knn", ["a", "b", "c"]).fit(_oscillating(3000), progress=False)
+    assert wide.reference.shape == (100, 16, 3)
