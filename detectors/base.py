@@ -177,6 +177,23 @@ def judge_scores(scores: Scores, judged: np.ndarray | None) -> Scores:
     return Scores(point, channel, scores.divergence)
 
 
+def check_train(train: np.ndarray, channels: int) -> np.ndarray:
+    """Validate a training series ``[T, channels]`` of finite values and return it as float64."""
+    x = np.asarray(train, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != channels:
+        raise ValueError(f"expected train [T, {channels}], got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("training data contains NaN or inf")
+    return x
+
+
+def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (float32) of a training series; a constant channel gets std 1, so that
+    it neither explodes nor vanishes once standardised."""
+    std = x.std(0)
+    return x.mean(0).astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32)
+
+
 def check_windows(windows: np.ndarray, channels: int) -> np.ndarray:
     """Validate a window batch shape and return it as float32."""
     windows = np.asarray(windows, dtype=np.float32)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Detector, Scores, check_windows
+from .base import Detector, Scores, check_train, check_windows, standardisation
 
 
 class HalfSpaceTreesDetector(Detector):
@@ -37,15 +37,11 @@ class HalfSpaceTreesDetector(Detector):
         return (x - self.low) / self.span
 
     def fit(self, train: np.ndarray, progress: bool = True) -> "HalfSpaceTreesDetector":
-        x = np.asarray(train, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != len(self.channels) or not np.isfinite(x).all():
-            raise ValueError(f"expected finite train [T, {len(self.channels)}], got {x.shape}")
+        x = check_train(train, len(self.channels))
         cfg = self.info.config
         rng = np.random.default_rng(cfg["seed"])
         c = x.shape[1]
-        self.mean = x.mean(0).astype(np.float32)
-        std = x.std(0)
-        self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        self.mean, self.std = standardisation(x)
         self.low = x.min(0).astype(np.float32)
         span = x.max(0) - x.min(0)
         self.span = np.where(span > 1e-8, span, 1.0).astype(np.float32)

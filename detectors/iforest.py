@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Detector, Scores, check_windows
+from .base import Detector, Scores, check_train, check_windows, standardisation
 
 
 def _c(n: np.ndarray) -> np.ndarray:
@@ -38,12 +38,8 @@ class IsolationForestDetector(Detector):
     def fit(self, train: np.ndarray, progress: bool = True) -> "IsolationForestDetector":
         from tqdm import tqdm
 
-        x = np.asarray(train, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != len(self.channels) or not np.isfinite(x).all():
-            raise ValueError(f"expected finite train [T, {len(self.channels)}], got {x.shape}")
-        self.mean = x.mean(0).astype(np.float32)
-        std = x.std(0)
-        self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        x = check_train(train, len(self.channels))
+        self.mean, self.std = standardisation(x)
         z = ((x - self.mean) / self.std).astype(np.float32)
         cfg = self.info.config
         rng = np.random.default_rng(cfg["seed"])

@@ -34,8 +34,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .base import Detector, Scores, check_windows
-
+from .base import Detector, Scores, check_train, check_windows, standardisation
 
 # At most this many values in the reference (64 MB of float32), whatever ``max_reference`` says: a wide
 # entity keeps fewer subsequences rather than an artefact and a memory footprint of gigabytes.
@@ -92,17 +91,11 @@ class NearestSubsequenceDetector(Detector):
         return ((subs - self.reference[nearest]) ** 2).mean(1)
 
     def fit(self, train: np.ndarray, progress: bool = True) -> "NearestSubsequenceDetector":
-        x = np.asarray(train, dtype=np.float64)
+        x = check_train(train, len(self.channels))
         length = self.info.config["length"]
-        if x.ndim != 2 or x.shape[1] != len(self.channels):
-            raise ValueError(f"expected train [T, {len(self.channels)}], got {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError("training data contains NaN or inf")
         if len(x) < 4 * length:
             raise ValueError(f"knn needs at least {4 * length} training points, got {len(x)}")
-        self.mean = x.mean(0).astype(np.float32)
-        std = x.std(0)
-        self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        self.mean, self.std = standardisation(x)
         self.learn_judged()
         z = ((x - self.mean) / self.std)[:, self._targets].astype(np.float32)
         subs = sliding_window_view(z, length, axis=0).transpose(0, 2, 1)  # [T - length + 1, length, J]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Detector, Scores, check_windows
+from .base import Detector, Scores, check_train, check_windows, standardisation
 
 
 class PCADetector(Detector):
@@ -40,15 +40,8 @@ class PCADetector(Detector):
         self._blame_diag: np.ndarray | None = None  # [C] M_cc of ``_blame``, derived from the tensors on first use
 
     def fit(self, train: np.ndarray, progress: bool = True) -> "PCADetector":
-        x = np.asarray(train, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != len(self.channels):
-            raise ValueError(f"expected train [T, {len(self.channels)}], got {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError("training data contains NaN or inf")
-        self.mean = x.mean(0).astype(np.float32)
-        # Constant channels get unit scale so they neither explode nor vanish.
-        std = x.std(0)
-        self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        x = check_train(train, len(self.channels))
+        self.mean, self.std = standardisation(x)
         self.learn_judged()
         z = (x - self.mean) / self.std
         _, s, vt = np.linalg.svd(z, full_matrices=False)

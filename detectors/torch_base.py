@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Detector, Scores, check_windows, sliding_windows
+from .base import Detector, Scores, check_train, check_windows, sliding_windows, standardisation
 
 
 class TorchDetector(Detector):
@@ -107,17 +107,11 @@ class TorchDetector(Detector):
 
     def prepare(self, train: np.ndarray) -> torch.Tensor:
         """Validate and standardise the training series; return its (capped) windows [N, W, C]."""
-        x = np.asarray(train, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.n_channels:
-            raise ValueError(f"expected train [T, {self.n_channels}], got {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError("training data contains NaN or inf")
+        x = check_train(train, self.n_channels)
         w = self.cfg["window"]
         if len(x) < w:
             raise ValueError(f"need at least {w} training points, got {len(x)}")
-        self.mean = x.mean(0).astype(np.float32)
-        std = x.std(0)
-        self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        self.mean, self.std = standardisation(x)
         self.learn_judged()
         z = self._standardise(x)
         self.on_training_data(z)

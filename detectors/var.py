@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .base import Detector, Scores, check_windows
+from .base import Detector, Scores, check_train, check_windows, standardisation
 
 
 class VARDetector(Detector):
@@ -67,17 +67,11 @@ class VARDetector(Detector):
         return np.concatenate(parts, axis=2)
 
     def fit(self, train: np.ndarray, progress: bool = True) -> "VARDetector":
-        x = np.asarray(train, dtype=np.float64)
+        x = check_train(train, len(self.channels))
         lags = self.info.config["lags"]
-        if x.ndim != 2 or x.shape[1] != len(self.channels):
-            raise ValueError(f"expected train [T, {len(self.channels)}], got {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError("training data contains NaN or inf")
         if len(x) < 4 * lags + 2:
             raise ValueError(f"var needs at least {4 * lags + 2} training points, got {len(x)}")
-        self.mean = x.mean(0).astype(np.float32)
-        std = x.std(0)
-        self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        self.mean, self.std = standardisation(x)
         self.learn_judged()
         z = ((x - self.mean) / self.std)[None]
         feats, target = self._features(z)[0], z[0, lags:][:, self._targets]
