@@ -303,3 +303,14 @@ def test_knn_judges_only_the_measured_channels_and_bounds_its_reference(monkeypa
     monkeypatch.setattr(detectors.knn, "REFERENCE_VALUES", 16 * 3 * 100)
     wide = artefacts.create("knn", ["a", "b", "c"]).fit(_oscillating(3000), progress=False)
     assert wide.reference.shape == (100, 16, 3)
+
+
+@pytest.mark.parametrize("name", ["pca", "var", "knn", "iforest", "hst"])
+def test_a_model_refuses_training_data_it_cannot_learn_from(name):
+    train = _oscillating(600)
+    det = artefacts.create(name, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="expected train"):
+        det.fit(train[:, :2], progress=False)
+    train[100, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        det.fit(train, progress=False)
