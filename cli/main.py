@@ -217,8 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score datasets' test splits as the worker does and report honest metrics")
     p.add_argument("--model", default=artefacts.DEFAULT_MODEL,
                    help="a model name (trained on each dataset's train split) or an artefact directory "
-                        f"(default: {artefacts.DEFAULT_MODEL}, Vigil's measured default: pca, or knn for an "
-                        "entity with one measured channel)")
+                        f"(default: {artefacts.DEFAULT_MODEL}, Vigil's measured default: {artefacts.AUTO_RULE})")
     p.add_argument("--data", action="append", required=True,
                    help="dataset: .npz, a folder of .npz (SMAP/MSL: each file an entity with its own model, "
                         "then their mean), SMD text, telemanom or CSV; repeatable")
@@ -254,8 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     _topics_arg(p)
     p.add_argument("--registry", default="./registry", help="model registry directory (shared with workers)")
     p.add_argument("--model", default=artefacts.DEFAULT_MODEL, choices=artefacts.CHOICES,
-                   help="model to train per entity (default: auto: pca, or knn for an entity with one "
-                        "measured channel)")
+                   help=f"model to train per entity (default: auto: {artefacts.AUTO_RULE})")
     p.add_argument("--preset", default=None)
     p.add_argument("--epochs", type=_positive, default=None)
     _inputs_arg(p, default_from_data=False)
@@ -328,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a detector on a dataset's train split and save an artefact")
     p.add_argument("--model", default=artefacts.DEFAULT_MODEL, choices=artefacts.CHOICES,
-                   help="default: auto: pca, or knn for an entity with one measured channel")
+                   help=f"default: auto: {artefacts.AUTO_RULE}")
     p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
     p.add_argument("--epochs", type=_positive, default=None)
     _inputs_arg(p)

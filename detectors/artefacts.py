@@ -39,6 +39,7 @@ MODELS: dict[str, str] = {
 AUTO = "auto"
 DEFAULT_MODEL = AUTO
 CHOICES = [AUTO, *MODELS]  # what --model accepts by name
+AUTO_RULE = "pca, or knn for an entity with one measured channel"  # ``default_model`` in words, for help texts
 
 # Streaming detectors (``detectors.base.StreamingDetector``): what scores an entity without a model.
 STREAMING: dict[str, str] = {

@@ -80,6 +80,11 @@ class Detector:
         (``judged_mask``)."""
         self.judged = judged_mask(self.channels, self.inputs)
 
+    @property
+    def judged_index(self) -> np.ndarray:
+        """Indices of the judged channels (every channel when none are inputs)."""
+        return np.flatnonzero(self.judged) if self.judged is not None else np.arange(len(self.channels))
+
     def judge(self, scores: Scores) -> Scores:
         """``scores`` with only the judged channels judged (``judge_scores``)."""
         return judge_scores(scores, self.judged)

@@ -60,11 +60,6 @@ class NearestSubsequenceDetector(Detector):
         self._flat: np.ndarray | None = None  # reference as [N, length * judged], and its squared norms
         self._norms: np.ndarray | None = None
 
-    @property
-    def _targets(self) -> np.ndarray:
-        """The channels matched and judged (every channel when none are inputs)."""
-        return np.flatnonzero(self.judged) if self.judged is not None else np.arange(len(self.channels))
-
     def _prepare(self) -> None:
         ref = self.reference.astype(np.float64)
         self._flat = ref.reshape(len(ref), -1)
@@ -97,7 +92,7 @@ class NearestSubsequenceDetector(Detector):
             raise ValueError(f"knn needs at least {4 * length} training points, got {len(x)}")
         self.mean, self.std = standardisation(x)
         self.learn_judged()
-        z = ((x - self.mean) / self.std)[:, self._targets].astype(np.float32)
+        z = ((x - self.mean) / self.std)[:, self.judged_index].astype(np.float32)
         subs = sliding_window_view(z, length, axis=0).transpose(0, 2, 1)  # [T - length + 1, length, J]
         n = min(len(subs), self.info.config["max_reference"], max(1, REFERENCE_VALUES // subs[0].size))
         keep = np.unique(np.linspace(0, len(subs) - 1, n).round().astype(np.int64))
@@ -107,8 +102,8 @@ class NearestSubsequenceDetector(Detector):
         # (in reference indices, ``length`` strides of the subsample cover at least ``length`` rows)
         err = self._errors(self.reference, self._nearest(self.reference, exclude=np.arange(len(keep))))
         self.channel_scale = np.ones(len(self.channels), np.float32)
-        self.channel_scale[self._targets] = np.maximum(err.mean(0), self.info.config["min_scale"])
-        self.train_reconstruction = (err / self.channel_scale[self._targets]).mean(1).astype(np.float32)
+        self.channel_scale[self.judged_index] = np.maximum(err.mean(0), self.info.config["min_scale"])
+        self.train_reconstruction = (err / self.channel_scale[self.judged_index]).mean(1).astype(np.float32)
         return self
 
     def score(self, windows: np.ndarray) -> Scores:
@@ -119,14 +114,15 @@ class NearestSubsequenceDetector(Detector):
             raise ValueError(f"knn with length {length} scores windows of at least {length} rows, got {t}")
         if self._flat is None:
             self._prepare()
-        z = ((w - self.mean) / self.std)[..., self._targets]
+        idx = self.judged_index
+        z = ((w - self.mean) / self.std)[..., idx]
         subs = sliding_window_view(z, length, axis=1).transpose(0, 1, 3, 2)  # [B, t - length + 1, length, J]
-        flat = subs.reshape(-1, length, len(self._targets))
+        flat = subs.reshape(-1, length, len(idx))
         err = self._errors(flat, self._nearest(flat)).reshape(b, t - length + 1, -1)
         channel = np.zeros((b, t, c), np.float32)
-        channel[:, length - 1:, self._targets] = err / self.channel_scale[self._targets]
+        channel[:, length - 1:, idx] = err / self.channel_scale[idx]
         channel[:, :length - 1] = channel[:, length - 1:length]  # rows without a full subsequence
-        return Scores(reconstruction=channel[..., self._targets].mean(-1).astype(np.float32), channel=channel)
+        return Scores(reconstruction=channel[..., idx].mean(-1).astype(np.float32), channel=channel)
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "std": self.std, "reference": self.reference,
