@@ -9,7 +9,7 @@ now makes up to ``k`` alarms, the incident rule asks for ``k - 1`` more alarms (
 longer), so that it still counts distinct evidence (``scoring.pipeline.EntityState``).
 
 ``Level``: the median of the last ``window`` smoothed scores, against the median of the calibration
-scores. When an entity's scores rise as a whole (a new operating mode, a changed workload: the model
+scores (their mean where half of them or more share the lowest value, as knn's exact matches do). When an entity's scores rise as a whole (a new operating mode, a changed workload: the model
 no longer describes the entity), every point crosses a threshold set for the old level and the
 operator drowns in alarms that say one thing. The threshold is therefore scaled by
 ``max(1, recent median / calibration median)``: a departure shorter than half the window (a fault)
@@ -98,10 +98,17 @@ class Level:
     @classmethod
     def calibrated(cls, window: int, calibration: np.ndarray, threshold: float) -> "Level":
         x = np.asarray(calibration, np.float64)
+        if not x.size:
+            return cls(window, 1.0, float(threshold))
+        centre, mean = float(np.median(x)), float(np.mean(np.abs(x)))
+        if centre <= x.min():
+            # an atom: half the calibration or more is its lowest value (knn's exact matches score 0).
+            # Such a median says nothing of the scores' scale, and any rise of the recent median over
+            # it would multiply the threshold by hundreds; the mean is the scale there.
+            centre = mean
         # at least a thousandth of the mean (a sparse score) and of the threshold (a calibration of
-        # nearly all zeros, whose threshold was floored: scoring.thresholds.FLOOR)
-        base = max(float(np.median(x)), 1e-3 * float(np.mean(np.abs(x))), 1e-3 * float(threshold), 1e-12) \
-            if x.size else 1.0
+        # all zeros, whose threshold was floored: scoring.thresholds.FLOOR)
+        base = max(centre, 1e-3 * mean, 1e-3 * float(threshold), 1e-12)
         return cls(window, base, float(threshold))
 
     def median(self, values: np.ndarray | None = None) -> float | None:

@@ -102,3 +102,20 @@ def test_the_level_is_the_same_whatever_the_micro_batches_and_survives_a_restore
     assert len(set(whole[0][3000:3010])) == 1 and whole[0][3010] != whole[0][3000]
     assert whole[0][3000] == max(1.0, float(np.sort(x[3000 - 640:3000])[320]))
     assert whole[1][-1] and not whole[1][1000]
+
+
+def test_a_calibration_mostly_at_zero_scales_by_its_mean_not_by_hundreds():
+    # knn scores training's exact twins 0: a calibration that is mostly zeros has a median of 0, which
+    # says nothing of the scale; the test period's typical score a little above that must not
+    # multiply the threshold by hundreds and silence the entity
+    rng = np.random.default_rng(3)
+    calib = np.where(rng.random(2000) < 0.6, 0.0, rng.exponential(2.5, 2000))
+    level = Level.calibrated(1000, calib, threshold=8.0)
+    assert np.isclose(level.base, calib.mean())
+    scale, drift = level.scales(rng.exponential(size=1000) * calib.mean())
+    assert scale.max() < 1.5 and not drift.any()
+    fault = level.scales(np.full(50, 30.0))[0]
+    assert fault.max() < 1.5, "a fault 30 / 1.5 above the calibrated threshold still alarms"
+    # a calibration without an atom keeps its median
+    spread = rng.exponential(size=2000)
+    assert Level.calibrated(1000, spread, threshold=8.0).base == np.median(spread)
