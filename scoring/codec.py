@@ -334,12 +334,12 @@ def encode_scores(entity: str, ts: np.ndarray, score: np.ndarray, threshold: np.
     return out
 
 
-def drift_alert(entity: str, state: str, ts: float, start: float, level, model: str,
+def drift_alert(entity: str, state: str, ts: float, start: float, median: float, level, model: str,
                 channels: list[dict] | None = None) -> Alert:
     """A ``drift`` (or ``drift_end``) record on ``vigil.alerts``: the entity's scores as a whole left the
     level its model was calibrated at (``scoring.conditioning.Level``); the trainer retrains it.
-    ``channels``: the channels that departed most (``fusion.top_channels``)."""
-    median = level.median() or level.base
+    ``median``: the recent median at ``ts``, which crossed (or came back under) the calibrated
+    threshold; ``channels``: the channels that departed most (``fusion.top_channels``)."""
     return Alert(alert_id=hashlib.blake2b(f"{entity}|drift|{start!r}".encode(), digest_size=8).hexdigest(),
                  entity=entity, state=state, ts=ts, start=start, end=ts, score=round(float(median), 6),
                  threshold=round(float(level.base_threshold), 6), channels=list(channels or []), model=model,

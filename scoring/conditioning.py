@@ -9,8 +9,9 @@ now makes up to ``k`` alarms, the incident rule asks for ``k - 1`` more alarms (
 longer), so that it still counts distinct evidence (``scoring.pipeline.EntityState``).
 
 ``Level``: the median of the last ``window`` smoothed scores, against the median of the calibration
-scores (their mean where half of them or more share the lowest value, as knn's exact matches do). When an entity's scores rise as a whole (a new operating mode, a changed workload: the model
-no longer describes the entity), every point crosses a threshold set for the old level and the
+scores (their mean where half of them or more share the lowest value, as knn's exact matches do).
+When an entity's scores rise as a whole (a new operating mode, a changed workload: the model no
+longer describes the entity), every point crosses a threshold set for the old level and the
 operator drowns in alarms that say one thing. The threshold is therefore scaled by
 ``max(1, recent median / calibration median)``: a departure shorter than half the window (a fault)
 hardly moves the median and alarms as before; a departure longer than that becomes the new level.
@@ -93,6 +94,7 @@ class Level:
         self.recent = np.zeros(0)  # the last ``window`` scores, oldest first
         self.seen = 0  # points learnt so far
         self.scale = 1.0  # as last evaluated
+        self.level = base  # the recent median as last evaluated (the calibration's until trusted)
         self.drifting = False
 
     @classmethod
@@ -119,11 +121,11 @@ class Level:
         mid = len(v) // 2
         return float(np.partition(v, mid)[mid])
 
-    def scales(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per point, the threshold's scale (from the points before it) and whether the entity drifts;
-        then learns the points."""
+    def scales(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per point, the threshold's scale (from the points before it), whether the entity drifts, and
+        the recent median that decided both (what a drift record reports); then learns the points."""
         x = np.asarray(scores, np.float64)
-        out, drift = np.ones(len(x)), np.zeros(len(x), bool)
+        out, drift, level = np.ones(len(x)), np.zeros(len(x), bool), np.zeros(len(x))
         known = len(self.recent)
         history = np.concatenate([self.recent, x])  # point i of x is history[known + i]
         i = 0
@@ -132,18 +134,19 @@ class Level:
                 end = known + i
                 m = self.median(history[max(0, end - self.window):end])
                 if m is not None:
-                    self.scale = max(1.0, m / self.base)
+                    self.level, self.scale = m, max(1.0, m / self.base)
                     self.drifting = m > self.base_threshold
             j = min(len(x), i + self.stride - (self.seen + i) % self.stride)
-            out[i:j], drift[i:j] = self.scale, self.drifting
+            out[i:j], drift[i:j], level[i:j] = self.scale, self.drifting, self.level
             i = j
         self.seen += len(x)
         self.recent = history[-self.window:]
-        return out, drift
+        return out, drift, level
 
     def to_state(self) -> dict:
         return {"window": self.window, "base": self.base, "base_threshold": self.base_threshold,
-                "recent": _pack(self.recent), "drifting": self.drifting, "seen": self.seen, "scale": self.scale}
+                "recent": _pack(self.recent), "drifting": self.drifting, "seen": self.seen, "scale": self.scale,
+                "level": self.level}
 
     @classmethod
     def from_state(cls, state: dict) -> "Level":
@@ -152,4 +155,5 @@ class Level:
         obj.drifting = bool(state["drifting"])
         obj.seen = int(state.get("seen", 0))  # checkpoints before strides: evaluate at the next point
         obj.scale = float(state.get("scale", 1.0))
+        obj.level = float(state.get("level", obj.scale * obj.base))  # older checkpoints: as the scale says
         return obj

@@ -445,11 +445,11 @@ class Pipeline:
         ent, ts, s = block.entity, block.ts, block.scores
         score = self._finite(fuse(s, self.settings.fusion, self.settings.fusion_weight))
         score, channel = ent.smoother.apply(score, self._finite(s.channel))
-        threshold, alarm, drift = self._threshold(ent, score, block.warming)
+        threshold, alarm, drift, level = self._threshold(ent, score, block.warming)
         ent.counts["scored"] += len(ts)
         alerts = ent.incidents.observe(ts, score, threshold, alarm, channel, s.reconstruction, s.divergence,
                                        ent.names, ent.model)
-        alerts += self._drift_events(ent, ts, drift, channel)
+        alerts += self._drift_events(ent, ts, drift, level, channel)
         if self.board is not None:
             self.board.observe(ent, ts, score, threshold, channel, alerts, block.values)
         key = ent.entity.encode()
@@ -472,11 +472,12 @@ class Pipeline:
         return np.where(bad, SCORE_CAP, np.minimum(x, SCORE_CAP))
 
     def _threshold(self, ent: EntityState, score: np.ndarray,
-                   warming: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Threshold, alarm and drift per point; NaN threshold and no alarm while the detector warms up
-        (the first ``warming`` points) and while the threshold calibrates on the points after them.
-        The threshold scales with the entity's recent level (``conditioning.Level``) and with the
-        model's ``threshold_scale`` (operators' feedback, ``training.feedback``)."""
+                   warming: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Threshold, alarm, drift and the recent median that decided it, per point; NaN threshold and no
+        alarm while the detector warms up (the first ``warming`` points) and while the threshold
+        calibrates on the points after them. The threshold scales with the entity's recent level
+        (``conditioning.Level``) and with the model's ``threshold_scale`` (operators' feedback,
+        ``training.feedback``)."""
         thr = np.full(len(score), np.nan)
         alarm = np.zeros(len(score), bool)
         start = warming
@@ -489,10 +490,10 @@ class Pipeline:
             if len(ent.calib) >= points:
                 ent.set_threshold(np.asarray(ent.calib), self.settings, trim=ent.streaming is not None)
                 ent.calib = []
-        drift = None
+        drift = level = None
         if ent.threshold is not None and start < len(score):
             x = score[start:].astype(np.float64)
-            scale, drifting = ent.level.scales(x) if ent.level is not None else (np.ones(len(x)), None)
+            scale, drifting, recent = ent.level.scales(x) if ent.level is not None else (np.ones(len(x)), None, None)
             learnt, alarm[start:] = ent.threshold.step(x / scale)
             # the threshold learns as before; only the served one moves (feedback's scale, the floor)
             served = learnt * ent.threshold_scale
@@ -502,11 +503,11 @@ class Pipeline:
                 alarm[start:] = x / scale > served
             thr[start:] = served * scale
             if drifting is not None:
-                drift = np.zeros(len(score), bool)
-                drift[start:] = drifting
-        return thr, alarm, drift
+                drift, level = np.zeros(len(score), bool), np.zeros(len(score))
+                drift[start:], level[start:] = drifting, recent
+        return thr, alarm, drift, level
 
-    def _drift_events(self, ent: EntityState, ts: np.ndarray, drift: np.ndarray | None,
+    def _drift_events(self, ent: EntityState, ts: np.ndarray, drift: np.ndarray | None, level: np.ndarray | None,
                       channel: np.ndarray) -> list:
         """A ``drift`` event where the entity starts drifting, naming the channels that score highest
         at that point (smoothed: what departed, for the operator to tell a new mode from a slow
@@ -518,10 +519,11 @@ class Pipeline:
         for i in np.flatnonzero(drift != np.r_[was, drift[:-1]]).tolist():
             if drift[i]:
                 ent.drift_start = float(ts[i])
-                out.append(drift_alert(ent.entity, "drift", float(ts[i]), ent.drift_start, ent.level, ent.model,
-                                       top_channels(channel[i], ent.names, self.settings.top_k)))
+                out.append(drift_alert(ent.entity, "drift", float(ts[i]), ent.drift_start, float(level[i]), ent.level,
+                                       ent.model, top_channels(channel[i], ent.names, self.settings.top_k)))
             else:
-                out.append(drift_alert(ent.entity, "drift_end", float(ts[i]), ent.drift_start, ent.level, ent.model))
+                out.append(drift_alert(ent.entity, "drift_end", float(ts[i]), ent.drift_start, float(level[i]),
+                                       ent.level, ent.model))
                 ent.drift_start = None
         return out
 

@@ -34,10 +34,10 @@ def test_a_short_fault_keeps_the_level_and_a_long_departure_becomes_it():
     level = Level.calibrated(1000, calib, threshold=8.0)
     normal = rng.exponential(size=1000)
     fault = np.r_[normal[:400], np.full(50, 30.0), normal[450:]]
-    scale, drift = level.scales(fault)
+    scale, drift, _ = level.scales(fault)
     assert scale.max() < 1.2 and not drift.any(), "50 points of fault do not move the median of 1000"
     regime = rng.exponential(size=3000) * 20  # the whole level x20: above the threshold of 8
-    scale, drift = level.scales(regime)
+    scale, drift, _ = level.scales(regime)
     assert drift[-1] and scale[-1] > 10, "half a window later the new level is the level, and it drifts"
     assert np.flatnonzero(drift)[0] < 1000, "within one window"
     back = Level.from_state(json.loads(json.dumps(level.to_state())))
@@ -98,6 +98,7 @@ def test_the_level_is_the_same_whatever_the_micro_batches_and_survives_a_restore
     parts.append(level.scales(x[2500:]))
     assert np.array_equal(np.concatenate([p[0] for p in parts]), whole[0])
     assert np.array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+    assert np.array_equal(np.concatenate([p[2] for p in parts]), whole[2])
     # evaluated every 640 // 64 = 10 points, from the 100 points before, exactly
     assert len(set(whole[0][3000:3010])) == 1 and whole[0][3010] != whole[0][3000]
     assert whole[0][3000] == max(1.0, float(np.sort(x[3000 - 640:3000])[320]))
@@ -112,10 +113,37 @@ def test_a_calibration_mostly_at_zero_scales_by_its_mean_not_by_hundreds():
     calib = np.where(rng.random(2000) < 0.6, 0.0, rng.exponential(2.5, 2000))
     level = Level.calibrated(1000, calib, threshold=8.0)
     assert np.isclose(level.base, calib.mean())
-    scale, drift = level.scales(rng.exponential(size=1000) * calib.mean())
+    scale, drift, _ = level.scales(rng.exponential(size=1000) * calib.mean())
     assert scale.max() < 1.5 and not drift.any()
     fault = level.scales(np.full(50, 30.0))[0]
     assert fault.max() < 1.5, "a fault 30 / 1.5 above the calibrated threshold still alarms"
     # a calibration without an atom keeps its median
     spread = rng.exponential(size=2000)
     assert Level.calibrated(1000, spread, threshold=8.0).base == np.median(spread)
+
+
+def test_a_drift_record_reports_the_median_that_crossed_whatever_the_micro_batches():
+    # the drift record's score is the recent median at the point the entity began drifting (above the
+    # calibrated threshold, by definition), not the median at the end of whatever micro-batch held it
+    rng = np.random.default_rng(5)
+    names = [f"c{i}" for i in range(4)]
+    mix = rng.normal(size=(2, 4))
+    det = PCADetector(names).fit(rng.normal(size=(3000, 2)) @ mix + 0.1 * rng.normal(size=(3000, 4)))
+    live = rng.normal(size=(8000, 2)) @ mix + 0.1 * rng.normal(size=(8000, 4))
+    live[2000:5000] += rng.normal(size=4) * 3  # a new operating point for a while, then back
+    ts = 1.7e9 + np.arange(len(live), dtype=np.float64)
+    msgs = [Message(0, i // 100, b"p", encode_readings("p", ts[i:i + 100], live[i:i + 100], names))
+            for i in range(0, len(live), 100)]
+
+    def drift_records(per_batch: int) -> list[dict]:
+        pipe = Pipeline(Settings(), {"*": det})
+        out = [asyncio.run(pipe.process(msgs[i:i + per_batch])) for i in range(0, len(msgs), per_batch)]
+        alerts = [orjson.loads(r.value) for o in out for r in o.alerts]
+        return [a for a in alerts if a["state"].startswith("drift")]
+
+    one, many = drift_records(len(msgs)), drift_records(3)
+    assert [a["state"] for a in one] == ["drift", "drift_end"], one
+    assert one == many
+    start, end = one
+    assert start["score"] > start["threshold"] and start["detail"]["level_ratio"] > 1
+    assert end["score"] <= end["threshold"]
