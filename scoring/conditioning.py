@@ -17,7 +17,10 @@ operator drowns in alarms that say one thing. The threshold is therefore scaled 
 hardly moves the median and alarms as before; a departure longer than that becomes the new level.
 When the recent median itself crosses the calibrated threshold (the typical point would alarm), the
 entity is *drifting*: one ``drift`` event goes out (and a ``drift_end`` when it comes back), which asks
-the trainer for a retrain (docs/contract.md).
+the trainer for a retrain (docs/contract.md). It comes back when the median has stayed at or under the
+threshold for a whole window, the time it took to declare the drift: a median that hovers at the
+threshold, or a score that switches between two levels, would otherwise send a drift record and a
+retrain request every few points (SMAP E-2: 12 in one test period, E-5: 22).
 
 Both are exact to replay: each output depends only on the values in its window, summed in the same
 order whatever the micro-batch, and their state saves as JSON.
@@ -96,6 +99,7 @@ class Level:
         self.scale = 1.0  # as last evaluated
         self.level = base  # the recent median as last evaluated (the calibration's until trusted)
         self.drifting = False
+        self.back_since: int | None = None  # while drifting: the point since which the median is back under
 
     @classmethod
     def calibrated(cls, window: int, calibration: np.ndarray, threshold: float) -> "Level":
@@ -135,7 +139,12 @@ class Level:
                 m = self.median(history[max(0, end - self.window):end])
                 if m is not None:
                     self.level, self.scale = m, max(1.0, m / self.base)
-                    self.drifting = m > self.base_threshold
+                    if m > self.base_threshold:
+                        self.drifting, self.back_since = True, None
+                    elif self.drifting:
+                        self.back_since = self.seen + i if self.back_since is None else self.back_since
+                        if self.seen + i - self.back_since >= self.window:
+                            self.drifting, self.back_since = False, None
             j = min(len(x), i + self.stride - (self.seen + i) % self.stride)
             out[i:j], drift[i:j], level[i:j] = self.scale, self.drifting, self.level
             i = j
@@ -146,7 +155,7 @@ class Level:
     def to_state(self) -> dict:
         return {"window": self.window, "base": self.base, "base_threshold": self.base_threshold,
                 "recent": _pack(self.recent), "drifting": self.drifting, "seen": self.seen, "scale": self.scale,
-                "level": self.level}
+                "level": self.level, "back_since": self.back_since}
 
     @classmethod
     def from_state(cls, state: dict) -> "Level":
@@ -156,4 +165,5 @@ class Level:
         obj.seen = int(state.get("seen", 0))  # checkpoints before strides: evaluate at the next point
         obj.scale = float(state.get("scale", 1.0))
         obj.level = float(state.get("level", obj.scale * obj.base))  # older checkpoints: as the scale says
+        obj.back_since = state.get("back_since")
         return obj

@@ -129,7 +129,7 @@ def test_a_drift_record_reports_the_median_that_crossed_whatever_the_micro_batch
     names = [f"c{i}" for i in range(4)]
     mix = rng.normal(size=(2, 4))
     det = PCADetector(names).fit(rng.normal(size=(3000, 2)) @ mix + 0.1 * rng.normal(size=(3000, 4)))
-    live = rng.normal(size=(8000, 2)) @ mix + 0.1 * rng.normal(size=(8000, 4))
+    live = rng.normal(size=(12000, 2)) @ mix + 0.1 * rng.normal(size=(12000, 4))
     live[2000:5000] += rng.normal(size=4) * 3  # a new operating point for a while, then back
     ts = 1.7e9 + np.arange(len(live), dtype=np.float64)
     msgs = [Message(0, i // 100, b"p", encode_readings("p", ts[i:i + 100], live[i:i + 100], names))
@@ -147,3 +147,17 @@ def test_a_drift_record_reports_the_median_that_crossed_whatever_the_micro_batch
     start, end = one
     assert start["score"] > start["threshold"] and start["detail"]["level_ratio"] > 1
     assert end["score"] <= end["threshold"]
+
+
+def test_a_median_hovering_at_the_threshold_drifts_once_not_every_few_points():
+    # scores whose typical value sits right at the calibrated threshold for 4,000 points: the median of
+    # the window crosses it back and forth; each crossing was a drift record and a retrain request
+    rng = np.random.default_rng(6)
+    level = np.r_[np.ones(2000), np.full(4000, 8.0 / np.log(2)), np.ones(4000)]  # median 8: the threshold
+    x = rng.exponential(size=len(level)) * level
+    drift = Level(640, 1.0, 8.0).scales(x)[1]
+    starts = np.flatnonzero(np.diff(np.r_[False, drift].astype(int)) == 1)
+    assert 1 <= len(starts) <= 2, starts  # 9 drift periods without the wait
+    assert drift[2700] and not drift[-1], "declared while the median is up; over a window after it is back"
+    back = np.flatnonzero(drift)[-1]
+    assert 6000 + 640 <= back < 6000 + 640 + 640
