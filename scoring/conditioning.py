@@ -20,7 +20,7 @@ entity is *drifting*: one ``drift`` event goes out (and a ``drift_end`` when it 
 the trainer for a retrain (docs/contract.md). It comes back when the median has stayed at or under the
 threshold for a whole window, the time it took to declare the drift: a median that hovers at the
 threshold, or a score that switches between two levels, would otherwise send a drift record and a
-retrain request every few points (SMAP E-2: 12 in one test period, E-5: 22).
+retrain request every few points (SMAP E-2: 12 in one test period, E-5: 23).
 
 Both are exact to replay: each output depends only on the values in its window, summed in the same
 order whatever the micro-batch, and their state saves as JSON.
@@ -97,7 +97,7 @@ class Level:
         self.recent = np.zeros(0)  # the last ``window`` scores, oldest first
         self.seen = 0  # points learnt so far
         self.scale = 1.0  # as last evaluated
-        self.level = base  # the recent median as last evaluated (the calibration's until trusted)
+        self.recent_median = base  # as last evaluated (the calibration's until trusted)
         self.drifting = False
         self.back_since: int | None = None  # while drifting: the point since which the median is back under
 
@@ -129,7 +129,7 @@ class Level:
         """Per point, the threshold's scale (from the points before it), whether the entity drifts, and
         the recent median that decided both (what a drift record reports); then learns the points."""
         x = np.asarray(scores, np.float64)
-        out, drift, level = np.ones(len(x)), np.zeros(len(x), bool), np.zeros(len(x))
+        out, drift, medians = np.ones(len(x)), np.zeros(len(x), bool), np.zeros(len(x))
         known = len(self.recent)
         history = np.concatenate([self.recent, x])  # point i of x is history[known + i]
         i = 0
@@ -138,7 +138,7 @@ class Level:
                 end = known + i
                 m = self.median(history[max(0, end - self.window):end])
                 if m is not None:
-                    self.level, self.scale = m, max(1.0, m / self.base)
+                    self.recent_median, self.scale = m, max(1.0, m / self.base)
                     if m > self.base_threshold:
                         self.drifting, self.back_since = True, None
                     elif self.drifting:
@@ -146,16 +146,16 @@ class Level:
                         if self.seen + i - self.back_since >= self.window:
                             self.drifting, self.back_since = False, None
             j = min(len(x), i + self.stride - (self.seen + i) % self.stride)
-            out[i:j], drift[i:j], level[i:j] = self.scale, self.drifting, self.level
+            out[i:j], drift[i:j], medians[i:j] = self.scale, self.drifting, self.recent_median
             i = j
         self.seen += len(x)
         self.recent = history[-self.window:]
-        return out, drift, level
+        return out, drift, medians
 
     def to_state(self) -> dict:
         return {"window": self.window, "base": self.base, "base_threshold": self.base_threshold,
                 "recent": _pack(self.recent), "drifting": self.drifting, "seen": self.seen, "scale": self.scale,
-                "level": self.level, "back_since": self.back_since}
+                "recent_median": self.recent_median, "back_since": self.back_since}
 
     @classmethod
     def from_state(cls, state: dict) -> "Level":
@@ -164,6 +164,6 @@ class Level:
         obj.drifting = bool(state["drifting"])
         obj.seen = int(state.get("seen", 0))  # checkpoints before strides: evaluate at the next point
         obj.scale = float(state.get("scale", 1.0))
-        obj.level = float(state.get("level", obj.scale * obj.base))  # older checkpoints: as the scale says
+        obj.recent_median = float(state.get("recent_median", obj.scale * obj.base))  # older checkpoints: from the scale
         obj.back_since = state.get("back_since")
         return obj

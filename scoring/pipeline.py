@@ -445,11 +445,11 @@ class Pipeline:
         ent, ts, s = block.entity, block.ts, block.scores
         score = self._finite(fuse(s, self.settings.fusion, self.settings.fusion_weight))
         score, channel = ent.smoother.apply(score, self._finite(s.channel))
-        threshold, alarm, drift, level = self._threshold(ent, score, block.warming)
+        threshold, alarm, drift, medians = self._threshold(ent, score, block.warming)
         ent.counts["scored"] += len(ts)
         alerts = ent.incidents.observe(ts, score, threshold, alarm, channel, s.reconstruction, s.divergence,
                                        ent.names, ent.model)
-        alerts += self._drift_events(ent, ts, drift, level, channel)
+        alerts += self._drift_events(ent, ts, drift, medians, channel)
         if self.board is not None:
             self.board.observe(ent, ts, score, threshold, channel, alerts, block.values)
         key = ent.entity.encode()
@@ -490,7 +490,7 @@ class Pipeline:
             if len(ent.calib) >= points:
                 ent.set_threshold(np.asarray(ent.calib), self.settings, trim=ent.streaming is not None)
                 ent.calib = []
-        drift = level = None
+        drift = medians = None
         if ent.threshold is not None and start < len(score):
             x = score[start:].astype(np.float64)
             scale, drifting, recent = ent.level.scales(x) if ent.level is not None else (np.ones(len(x)), None, None)
@@ -503,11 +503,11 @@ class Pipeline:
                 alarm[start:] = x / scale > served
             thr[start:] = served * scale
             if drifting is not None:
-                drift, level = np.zeros(len(score), bool), np.zeros(len(score))
-                drift[start:], level[start:] = drifting, recent
-        return thr, alarm, drift, level
+                drift, medians = np.zeros(len(score), bool), np.zeros(len(score))
+                drift[start:], medians[start:] = drifting, recent
+        return thr, alarm, drift, medians
 
-    def _drift_events(self, ent: EntityState, ts: np.ndarray, drift: np.ndarray | None, level: np.ndarray | None,
+    def _drift_events(self, ent: EntityState, ts: np.ndarray, drift: np.ndarray | None, medians: np.ndarray | None,
                       channel: np.ndarray) -> list:
         """A ``drift`` event where the entity starts drifting, naming the channels that score highest
         at that point (smoothed: what departed, for the operator to tell a new mode from a slow
@@ -519,10 +519,10 @@ class Pipeline:
         for i in np.flatnonzero(drift != np.r_[was, drift[:-1]]).tolist():
             if drift[i]:
                 ent.drift_start = float(ts[i])
-                out.append(drift_alert(ent.entity, "drift", float(ts[i]), ent.drift_start, float(level[i]), ent.level,
+                out.append(drift_alert(ent.entity, "drift", float(ts[i]), ent.drift_start, float(medians[i]), ent.level,
                                        ent.model, top_channels(channel[i], ent.names, self.settings.top_k)))
             else:
-                out.append(drift_alert(ent.entity, "drift_end", float(ts[i]), ent.drift_start, float(level[i]),
+                out.append(drift_alert(ent.entity, "drift_end", float(ts[i]), ent.drift_start, float(medians[i]),
                                        ent.level, ent.model))
                 ent.drift_start = None
         return out
