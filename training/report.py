@@ -30,7 +30,9 @@ def print_report(r: dict) -> None:
     if r.get("filled_training_values"):
         print(f"  training split: {r['filled_training_values']} missing values filled (a channel's last value; "
               f"its first before it was measured)")
-    _print_metrics(r, f"alarm rate {r['alarm_rate']:.4f}", f"{r['incidents']} incidents")
+    n = r.get("drift_events") or 0
+    drift = f", {n} drift event{'s' if n > 1 else ''}" if n else ""
+    _print_metrics(r, f"alarm rate {r['alarm_rate']:.4f}", f"{r['incidents']} incidents{drift}")
 
 
 def print_summary(s: dict) -> None:
@@ -39,4 +41,4 @@ def print_summary(s: dict) -> None:
     via = "through Kafka" if s.get("through_kafka") else "offline pipeline"
     print(f"{s['dataset']}: mean over {s['entities']} entities, each with its own {'/'.join(s['models'])} model ({via})")
     _print_metrics(m, f"alarm rate {m['alarm_rate']:.4f}, anomalous share {s['anomalous_share']:.4f}",
-                   f"{m['incidents']:.1f} incidents per entity")
+                   f"{m['incidents']:.1f} incidents and {m.get('drift_events', 0):.1f} drift events per entity")

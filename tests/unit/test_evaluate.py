@@ -173,3 +173,15 @@ def test_evaluation_cannot_read_test_labels_before_the_scores_are_final(tmp_path
     monkeypatch.setattr(evaluate, "train_or_load", spy)
     assert main(["eval", "--model", "pca", "--data", str(path), "--json"]) == 0
     assert seen == ["small"]
+
+
+def test_report_text_says_how_many_drift_events_the_entity_raised(capsys):
+    from training.report import print_report
+
+    data = small_dataset(400)
+    drift = [{"state": "drift", "ts": 120}, {"state": "drift_end", "ts": 300}]
+    s = Stream(np.ones(400), np.full(400, 2.0), None, [], "m@1", drift=drift)
+    r = report(s, data)
+    assert r["drift_events"] == 1
+    print_report({**r, "dataset": "d"})
+    assert "(0 incidents, 1 drift event)" in capsys.readouterr().out
