@@ -69,17 +69,18 @@ class VARDetector(Detector):
         self.mean, self.std = standardisation(x)
         self.learn_judged()
         z = ((x - self.mean) / self.std)[None]
-        feats, target = self._features(z)[0], z[0, lags:][:, self.judged_index]
+        idx = self.judged_index
+        feats, target = self._features(z)[0], z[0, lags:][:, idx]
         gram = feats.T @ feats
         ridge = self.info.config["ridge"] * np.eye(len(gram))
         ridge[-1, -1] = 0.0  # the intercept is not shrunk
         self.weights = np.linalg.solve(gram + ridge, feats.T @ target).astype(np.float32)
         err = (target - feats @ self.weights) ** 2
         self.channel_scale = np.ones(len(self.channels), np.float32)
-        self.channel_scale[self.judged_index] = np.maximum(err.mean(0), self.info.config["min_scale"])
+        self.channel_scale[idx] = np.maximum(err.mean(0), self.info.config["min_scale"])
         channel = np.zeros((len(err), len(self.channels)), np.float32)
-        channel[:, self.judged_index] = err / self.channel_scale[self.judged_index]
-        self.train_reconstruction = channel[:, self.judged_index].mean(1).astype(np.float32)
+        channel[:, idx] = err / self.channel_scale[idx]
+        self.train_reconstruction = channel[:, idx].mean(1).astype(np.float32)
         return self
 
     def score(self, windows: np.ndarray) -> Scores:
@@ -89,11 +90,12 @@ class VARDetector(Detector):
         if t <= lags:
             raise ValueError(f"var with {lags} lags scores windows of more than {lags} rows, got {t}")
         z = (w - self.mean) / self.std
-        err = (z[:, lags:, self.judged_index] - self._features(z) @ self.weights) ** 2
+        idx = self.judged_index
+        err = (z[:, lags:, idx] - self._features(z) @ self.weights) ** 2
         channel = np.zeros((b, t, c), np.float32)
-        channel[:, lags:, self.judged_index] = err / self.channel_scale[self.judged_index]
+        channel[:, lags:, idx] = err / self.channel_scale[idx]
         channel[:, :lags] = channel[:, lags:lags + 1]  # rows without a full past: as the first that has one
-        return Scores(reconstruction=channel[..., self.judged_index].mean(-1).astype(np.float32), channel=channel)
+        return Scores(reconstruction=channel[..., idx].mean(-1).astype(np.float32), channel=channel)
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "std": self.std, "weights": self.weights, "channel_scale": self.channel_scale}
