@@ -305,7 +305,8 @@ def markdown(results: Path, command: str) -> str:
              "measured in the same run. `auto` is what Vigil trains when no model is named "
              "(`detectors.artefacts.default_model`): `pca` where two or more channels are judged (every SMD machine), "
              "`knn` where one is (every SMAP/MSL channel file, whose other columns are commands). "
-             "No setting was chosen on test labels. Metrics: "
+             "No setting is fitted to test labels; where a default was compared on them, the reading below says so. "
+             "Metrics: "
              "`training/metrics.py`, `training/range_metrics.py`.", "",
              "### Honest: point-wise F1 at the online threshold (what the operator's alarms score)", ""]
     lines += _table(default, models, datasets, lambda r: r["point"]["f1"], sd=True)
