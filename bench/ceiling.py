@@ -40,7 +40,7 @@ from scoring.settings import Settings  # noqa: E402
 from scoring.windows import fill_gaps  # noqa: E402
 from training.calibration import fit_for_serving, stream_scores  # noqa: E402
 from training.data import load, seal  # noqa: E402
-from training.evaluate import Stream, stream_offline  # noqa: E402
+from training.evaluate import stream_offline  # noqa: E402
 from training.metrics import prf  # noqa: E402
 from training.quality import SMD, CachedScores, dataset_paths, model_config  # noqa: E402
 
@@ -59,19 +59,6 @@ def floods(alarm_rate: float, share: float) -> bool:
 
 def f1(flag: np.ndarray, label: np.ndarray) -> float:
     return prf(flag, label)["f1"]
-
-
-def drifting(stream: Stream) -> np.ndarray:
-    """Points inside a drift event (from ``drift`` to ``drift_end``, or to the end)."""
-    mask, start = np.zeros(len(stream.score), bool), None
-    for e in sorted(stream.drift, key=lambda e: e["ts"]):
-        if e["state"] == "drift":
-            start = int(e["ts"])
-        elif start is not None:
-            mask[start:int(e["ts"])], start = True, None
-    if start is not None:
-        mask[start:] = True
-    return mask
 
 
 def crossfitted(make, train: np.ndarray, folds: int, settings: Settings):
@@ -106,7 +93,7 @@ def group(name: str, paths: dict, folds: int, model: str) -> dict:
             s = stream_offline(det, seal(data), settings)
             row[(span, level)] = (f1(s.alarm, label), s.alarm.mean())
             if level and span == Settings.smooth:
-                row["served"], row["alarm or drift"] = f1(s.alarm, label), f1(s.alarm | drifting(s), label)
+                row["served"], row["alarm or drift"] = f1(s.alarm, label), f1(s.alarm | s.drift_mask(), label)
             if level:  # the scores do not depend on the level: one oracle threshold per span
                 ok = np.isfinite(s.threshold)
                 cut = np.quantile(s.score[ok & ~label], 0.99) if (ok & ~label).any() else np.inf

@@ -11,6 +11,10 @@ def _print_metrics(r: dict, alarms: str, incidents: str) -> None:
     print(f"  point-wise at the online threshold  {_prf(r['point'])}  ({alarms})")
     print(f"  affiliation                         {_prf(r['affiliation'])}")
     print(f"  incidents vs events                 {_prf(r['incident'])}  ({incidents})")
+    d = r.get("drift")
+    if d and (r.get("drift_events") or 0) > 0:  # what the drift records told the operator, beside the alarms
+        print(f"  drift periods cover {100 * d['anomalous_covered']:.1f}% of anomalous points and "
+              f"{100 * d['normal_covered']:.1f}% of normal ones (F1 counting them as alarms {d['f1_with_drift']:.3f})")
     print(f"  AUC-PR {r['auc_pr']:.3f}   VUS-PR {r['vus_pr']:.3f}")
     loc = r.get("localisation")
     if loc:
@@ -30,9 +34,9 @@ def print_report(r: dict) -> None:
     if r.get("filled_training_values"):
         print(f"  training split: {r['filled_training_values']} missing values filled (a channel's last value; "
               f"its first before it was measured)")
-    n = r.get("drift_events") or 0
-    drift = f", {n} drift event{'s' if n > 1 else ''}" if n else ""
-    _print_metrics(r, f"alarm rate {r['alarm_rate']:.4f}", f"{r['incidents']} incidents{drift}")
+    drifts, incidents = r.get("drift_events") or 0, r["incidents"]
+    drift = f", {drifts} drift event{'s' if drifts > 1 else ''}" if drifts else ""
+    _print_metrics(r, f"alarm rate {r['alarm_rate']:.4f}", f"{incidents} incident{'' if incidents == 1 else 's'}{drift}")
 
 
 def print_summary(s: dict) -> None:

@@ -185,3 +185,29 @@ def test_report_text_says_how_many_drift_events_the_entity_raised(capsys):
     assert r["drift_events"] == 1
     print_report({**r, "dataset": "d"})
     assert "(0 incidents, 1 drift event)" in capsys.readouterr().out
+
+
+def test_report_says_how_much_the_drift_records_covered_beside_the_point_alarms(capsys):
+    # a fault the level absorbed: its first points alarm, the rest lies in a drift period that the point-wise
+    # F1 does not count; the report says how much of it the drift record covered, and what counting it gives
+    from training.report import print_report
+
+    data = small_dataset(400)  # events at 100-109 and 250-259
+    score = np.ones(400)
+    score[100:103] = 5.0  # the first alarms of the first event
+    drift = [{"state": "drift", "ts": 103}, {"state": "drift_end", "ts": 120}, {"state": "drift", "ts": 390}]
+    s = Stream(score, np.full(400, 2.0), None, [], "m@1", drift=drift)
+    assert s.drift_mask().nonzero()[0].tolist() == list(range(103, 120)) + list(range(390, 400))
+    r = report(s, data)
+    assert r["drift"]["anomalous_covered"] == pytest.approx(7 / 20)  # 103-109 of the 20 anomalous points
+    assert r["drift"]["normal_covered"] == pytest.approx(20 / 380)  # 110-119 and 390-399
+    assert r["point"]["recall"] == pytest.approx(3 / 20)  # the drift period is not an alarm
+    flagged = 3 + 7  # alarms or drift on anomalous points; 20 normal points flagged
+    assert r["drift"]["f1_with_drift"] == pytest.approx(2 * flagged / (2 * flagged + 20 + 10))
+    print_report({**r, "dataset": "d"})
+    out = capsys.readouterr().out
+    assert "(0 incidents, 2 drift events)" in out
+    assert "drift periods cover 35.0% of anomalous points and 5.3% of normal ones" in out
+    # no drift record, no line
+    print_report({**report(Stream(score, np.full(400, 2.0), None, [], "m@1"), data), "dataset": "d"})
+    assert "drift periods" not in capsys.readouterr().out
