@@ -3,9 +3,8 @@
 Channels are standardised on training data, projected on the top-k principal components and
 reconstructed; the squared error per channel, divided by that channel's mean training error, averaged
 over channels, is the residual statistic (SPE, or Q, of multivariate statistical process control). Its
-companion, Hotelling's T^2 inside the subspace, is added (``_combine``): the two together are the classic
-PCA monitoring pair, combined as Yue & Qin's index (2001), each statistic over its own control limit, so
-that a reading as far out in one statistic's tail as in the other's counts alike. A channel's mean error is floored at ``min_scale`` (0.01% of its
+companion, Hotelling's T^2 inside the subspace, is added (``t2``, see ``_combine``): the two together
+are the classic PCA monitoring pair. A channel's mean error is floored at ``min_scale`` (0.01% of its
 variance): a channel the components reconstruct almost perfectly (a constant, a duplicate of another)
 would otherwise have its rounding noise multiplied into scores of 1e10. The score of a point does not
 depend on the rest of its window, so any window length and hop give the same scores. With input channels
@@ -28,14 +27,8 @@ class PCADetector(Detector):
     context = 1
     supports_inputs = True
 
-    # The control limits of the combined index: each statistic's quantile on the training data at the tail
-    # the served threshold alarms in (SPOT's q = 1e-2, scoring.thresholds.DEFAULTS).
-    LIMIT_QUANTILE = 0.99
-    DEGENERATE_LIMIT = 1e-6  # as scoring.thresholds calls a calibration degenerate: all under a millionth
-
     def __init__(self, channels: list[str], variance: float = 0.95, max_components: int | None = None,
-                 min_scale: float = 1e-4, t2: float | None = None, inputs: list[str] | None = None):
-        """``t2``: the weight of T^2 beside the SPE; None, the combined index's (``fit``); 0, SPE alone."""
+                 min_scale: float = 1e-4, t2: float = 1.0, inputs: list[str] | None = None):
         super().__init__(channels, variance=variance, max_components=max_components, min_scale=min_scale, t2=t2,
                          inputs=inputs)
         c = len(channels)
@@ -44,7 +37,6 @@ class PCADetector(Detector):
         self.components = np.zeros((c, 0), np.float32)  # [C, k]
         self.channel_scale = np.ones(c, np.float32)  # mean training squared error per channel
         self.component_var = np.ones(0, np.float32)  # [k] training variance of each component's score
-        self.t2_weight = 0.0 if t2 is None else float(t2)  # T^2's weight in the score (``fit`` sets the index's)
         self._blame_diag: np.ndarray | None = None  # [C] M_cc of ``_blame``, derived from the tensors on first use
 
     def fit(self, train: np.ndarray, progress: bool = True) -> "PCADetector":
@@ -64,52 +56,27 @@ class PCADetector(Detector):
         err = resid ** 2
         self._blame_diag = None
         self.channel_scale = np.maximum(err.mean(0), self.info.config.get("min_scale", 1e-4)).astype(np.float32)
-        spe, t2 = self._statistics(z, err / self.channel_scale, proj)
-        weight = self.info.config.get("t2")
-        if weight is None:  # Yue & Qin's combined index: SPE / its limit + T^2 / its limit, up to a scale
-            limit_spe, limit_t2 = (float(np.quantile(a, self.LIMIT_QUANTILE)) if len(a) else 0.0 for a in (spe, t2))
-            # A statistic that does not move in training (its limit under a millionth of its mean of 1: a judged
-            # channel the components reconstruct exactly, or a constant one) has no tail to scale by: dividing
-            # by its rounding noise would silence the other. The two then keep the weight of their equal means.
-            weight = limit_spe / limit_t2 if min(limit_spe, limit_t2) > self.DEGENERATE_LIMIT else 1.0
-        self.t2_weight = float(weight)
-        self.train_reconstruction = (spe + self.t2_weight * t2).astype(np.float32)  # the score ``_combine`` gives
+        self.train_reconstruction = self.judge(Scores(*self._combine(z, err / self.channel_scale, proj))).reconstruction
         return self
-
-    def _statistics(self, z: np.ndarray, spe: np.ndarray, proj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The point SPE and T^2 / k of rows, each as the score judges it (over the judged channels)."""
-        t2, share = self._t2(z, proj)
-        return (self.judge(Scores(spe.mean(1), spe)).reconstruction,
-                self.judge(Scores(t2, share)).reconstruction)
-
-    def _t2(self, z: np.ndarray, proj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Hotelling's T^2 / k of standardised rows ``z`` [N] (each component by its training variance),
-        and each channel's share of it [N, C], |z_c (P L^-1 P' z)_c| / k."""
-        if not len(self.component_var):
-            return np.zeros(len(z), np.float32), np.zeros_like(z)
-        k = len(self.component_var)
-        return (((proj ** 2) / self.component_var).sum(1) / k,
-                np.abs(z * ((proj / self.component_var) @ self.components.T)) / k)
 
     def _combine(self, z: np.ndarray, spe: np.ndarray, proj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Point and channel scores from the normalised residuals ``spe`` [N, C] and the components'
         scores ``proj`` [N, k] of standardised rows ``z``.
 
         Point: the mean normalised residual (SPE, the distance *off* the components' subspace) plus
-        ``t2_weight`` x Hotelling's T^2 / k (the distance *inside* it). Both have mean 1 on the training
-        data, but not the same tail, and alarms are in the tail: which is heavier depends on the data (on
-        the SMD machines T^2's 99th percentile is 0.9-2.5 times the SPE's). The weight is the ratio of
-        their training 99th percentiles (Yue & Qin's combined index), so that a reading as far out in
-        either's tail scores alike. Without T^2 a reading that moves far along the directions the
-        components span (a value far outside its range, with its correlations intact) reconstructs
-        perfectly and scores nothing.
+        ``t2`` x Hotelling's T^2 / k (the distance *inside* it, each component by its training
+        variance); both have mean 1 on the training data, so ``t2`` = 1 weighs them alike. Without T^2 a
+        reading that moves far along the directions the components span (a value far outside its
+        range, with its correlations intact) reconstructs perfectly and scores nothing.
         Parts per channel (their mean over the judged channels is the point score when inputs are
-        declared): its normalised residual plus its share of T^2. Which channel is to blame is
-        ``_blame``'s answer, not the largest part."""
-        w = self.t2_weight
+        declared): its normalised residual plus its share of T^2 (|z_c (P L^-1 P' z)_c| / k). Which
+        channel is to blame is ``_blame``'s answer, not the largest part."""
+        w = float(self.info.config.get("t2", 0.0))
         if not w or not len(self.component_var):
             return spe.mean(1).astype(np.float32), spe
-        t2, share = self._t2(z, proj)
+        k = len(self.component_var)
+        t2 = ((proj ** 2) / self.component_var).sum(1) / k
+        share = np.abs(z * ((proj / self.component_var) @ self.components.T)) / k
         return (spe.mean(1) + w * t2).astype(np.float32), (spe + w * share).astype(np.float32)
 
     def _project(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +99,7 @@ class PCADetector(Detector):
         p, lam = self.components, self.component_var
         mask = np.ones(len(self.channels), bool) if self.judged is None else self.judged
         d = mask / self.channel_scale / mask.sum()  # D / n
-        w = self.t2_weight if len(lam) else 0.0
+        w = float(self.info.config.get("t2", 0.0)) if len(lam) else 0.0
         if self._blame_diag is None:
             q = p.astype(np.float64) @ p.T.astype(np.float64)
             diag = d * (1 - 2 * np.diag(q)) + (q * q) @ d
@@ -163,8 +130,7 @@ class PCADetector(Detector):
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "std": self.std, "components": self.components,
-                "channel_scale": self.channel_scale, "component_var": self.component_var,
-                "t2_weight": np.array([self.t2_weight], np.float32)}
+                "channel_scale": self.channel_scale, "component_var": self.component_var}
 
     def load_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         self.mean, self.std = tensors["mean"], tensors["std"]
@@ -174,7 +140,3 @@ class PCADetector(Detector):
             self.component_var = tensors["component_var"]
         else:  # an artefact from before T^2: scored as it was trained
             self.component_var = np.ones(0, np.float32)
-        if "t2_weight" in tensors:
-            self.t2_weight = float(tensors["t2_weight"][0])
-        else:  # an artefact from before the combined index: the weight it was configured with (1.0 then)
-            self.t2_weight = float(self.info.config.get("t2") or 0.0)

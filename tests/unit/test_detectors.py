@@ -15,8 +15,8 @@ def test_pca_scores_shapes_normalisation_and_localisation():
     train = correlated(3000)
     det = PCADetector([f"c{i}" for i in range(6)]).fit(train)
     assert det.components.shape[1] < 6
-    # SPE and T^2 / k are each normalised to mean 1 on training data, T^2 then weighed (below)
-    assert abs(float(det.train_reconstruction.mean()) - (1.0 + det.t2_weight)) < 0.05
+    # SPE and T^2 / k are each normalised to mean 1 on training data
+    assert abs(float(det.train_reconstruction.mean()) - 2.0) < 0.05
     test = correlated(200, seed=1)
     test[100:110, 4] += 3.0  # breaks the correlation on channel 4
     s = det.score(sliding_windows(test, 10, 10))
@@ -38,40 +38,6 @@ def test_pca_t2_scores_a_reading_far_along_the_components_that_the_residual_miss
         s_far = float(det.score(far).reconstruction.min())
         s_normal = float(np.quantile(det.score(normal[None]).reconstruction, 0.99))
         assert (s_far > 3 * s_normal) is expect, (det.info.config, s_far, s_normal)
-
-
-def test_pca_weighs_t2_so_that_both_statistics_training_tails_count_alike():
-    # Yue & Qin's combined index: each statistic over its control limit (its training 99th percentile),
-    # so a reading at the tail of either scores alike, whichever of the two the data make heavier
-    names = [f"c{i}" for i in range(6)]
-    for train in (correlated(3000), correlated(3000) ** 3):  # the cube: heavy tails, not Gaussian ones
-        spe = PCADetector(names, t2=0.0).fit(train).train_reconstruction
-        t2 = PCADetector(names, t2=1.0).fit(train).train_reconstruction - spe
-        det = PCADetector(names).fit(train)
-        assert det.t2_weight == pytest.approx(np.quantile(spe, 0.99) / np.quantile(t2, 0.99), rel=1e-3)
-        assert np.quantile(det.t2_weight * t2, 0.99) == pytest.approx(np.quantile(spe, 0.99), rel=1e-3)
-        assert np.allclose(det.train_reconstruction, spe + det.t2_weight * t2, atol=1e-4)
-    assert PCADetector(names, t2=0.5).fit(train).t2_weight == 0.5  # a weight given is served as given
-    # a judged channel the components reconstruct exactly has no residual tail to scale by: dividing by its
-    # rounding noise would silence T^2 too (the entity would never alarm); both keep equal weight instead
-    rng = np.random.default_rng(0)
-    plant = rng.standard_normal((3000, 2)) @ rng.standard_normal((2, 6))  # rank 2, no noise: exact
-    det = PCADetector(names, inputs=["c1", "c2", "c3", "c4", "c5"]).fit(plant)  # c0 judged
-    assert det.t2_weight == 1.0
-    assert np.quantile(det.train_reconstruction, 0.99) > 0.1
-
-
-def test_a_pca_artefact_from_before_the_combined_index_scores_with_the_weight_it_was_trained_with(tmp_path):
-    det = PCADetector([f"c{i}" for i in range(6)], t2=1.0).fit(correlated(1000))
-    path = artefacts.save(det, tmp_path / "t2")
-    from safetensors.numpy import load_file, save_file
-    tensors = load_file(str(path / "model.safetensors"))
-    del tensors["t2_weight"]  # what Vigil wrote before the combined index: config t2 = 1.0
-    save_file(tensors, str(path / "model.safetensors"))
-    old = artefacts.load(path)
-    x = correlated(64, seed=5)
-    assert old.t2_weight == 1.0
-    assert np.allclose(old.score(x[None]).reconstruction, det.score(x[None]).reconstruction, atol=1e-5)
 
 
 def test_a_pca_artefact_from_before_t2_scores_as_it_was_trained(tmp_path):
