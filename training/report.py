@@ -6,6 +6,11 @@ def _prf(d: dict) -> str:
     return f"P {d['precision']:.3f}  R {d['recall']:.3f}  F1 {d['f1']:.3f}"
 
 
+def _share(v: float | None) -> str:
+    """A share as a percentage; n/a where there were no such points (NaN, or null from JSON)."""
+    return "n/a" if v is None or v != v else f"{100 * v:.1f}%"
+
+
 def _print_metrics(r: dict, alarms: str, incidents: str) -> None:
     """The metric lines of one report or of a mean report (``training.evaluate.mean_report``)."""
     print(f"  point-wise at the online threshold  {_prf(r['point'])}  ({alarms})")
@@ -13,8 +18,8 @@ def _print_metrics(r: dict, alarms: str, incidents: str) -> None:
     print(f"  incidents vs events                 {_prf(r['incident'])}  ({incidents})")
     d = r.get("drift")
     if d and (r.get("drift_events") or 0) > 0:  # what the drift records told the operator, beside the alarms
-        print(f"  drift periods cover {100 * d['anomalous_covered']:.1f}% of anomalous points and "
-              f"{100 * d['normal_covered']:.1f}% of normal ones (F1 counting them as alarms {d['f1_with_drift']:.3f})")
+        print(f"  drift periods cover {_share(d['anomalous_covered'])} of anomalous points and "
+              f"{_share(d['normal_covered'])} of normal ones (F1 counting them as alarms {d['f1_with_drift']:.3f})")
     print(f"  AUC-PR {r['auc_pr']:.3f}   VUS-PR {r['vus_pr']:.3f}")
     loc = r.get("localisation")
     if loc:

@@ -208,6 +208,10 @@ def test_report_says_how_much_the_drift_records_covered_beside_the_point_alarms(
     out = capsys.readouterr().out
     assert "(0 incidents, 2 drift events)" in out
     assert "drift periods cover 35.0% of anomalous points and 5.3% of normal ones" in out
+    # a test split without anomalies has no anomalous share to cover
+    quiet = Dataset("quiet", data.train, data.test, np.zeros(400, np.int8), data.channels)
+    print_report({**report(s, quiet), "dataset": "q"})
+    assert "drift periods cover n/a of anomalous points and 6.8% of normal ones" in capsys.readouterr().out
     # no drift record, no line
     print_report({**report(Stream(score, np.full(400, 2.0), None, [], "m@1"), data), "dataset": "d"})
     assert "drift periods" not in capsys.readouterr().out
