@@ -41,7 +41,8 @@ def print_report(r: dict) -> None:
               f"its first before it was measured)")
     drifts, incidents = r.get("drift_events") or 0, r["incidents"]
     drift = f", {drifts} drift event{'s' if drifts > 1 else ''}" if drifts else ""
-    _print_metrics(r, f"alarm rate {r['alarm_rate']:.4f}", f"{incidents} incident{'' if incidents == 1 else 's'}{drift}")
+    counted = f"{incidents} incident{'' if incidents == 1 else 's'}{drift}"
+    _print_metrics(r, f"alarm rate {r['alarm_rate']:.4f}", counted)
 
 
 def print_summary(s: dict) -> None:
