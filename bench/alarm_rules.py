@@ -26,6 +26,19 @@ entity stay below the 0.30 goal").
   geo K          smoothing by the geometric (log-domain) mean over K points instead of the served
                  arithmetic mean over 5 (why: it damps the isolated spikes of a heavy-tailed score)
   mean 20        the served arithmetic mean over 20 points instead of 5 (why: longer faults)
+  level shift    the level *adds* the recent median's rise to the threshold instead of scaling it by
+                 the ratio (why: a heavy-tailed score's threshold is 5-1000x its median, and a ratio
+                 rule multiplies that margin too: a median from 1 to 10 lifts a threshold of 20 to 200)
+  level spread   the threshold as the recent median plus the calibrated margin scaled by the recent
+                 interquartile range over the calibration's (why: robust location and scale, a new
+                 operating mode may move either)
+  trimmed cal    the held-out calibration less its far-out scores (Tukey, Q3 + 3 IQR), as the cold
+                 start trims its first points (why: the held-out tail of a live history is data nobody
+                 checked; SMAP E-3's threshold ran at 25-64 against normal test scores under 2)
+  atom fp        the level's atom rule tolerating float32 rounding: half the calibration within
+                 1e-6 of its range above the lowest score counts as an atom (why: knn's exact matches
+                 of quantised telemetry come out at 1e-14..1e-9, not 0, so the median stays the scale
+                 and a rise to a typical distance multiplies the threshold by hundreds: MSL M-4)
 
     python bench/alarm_rules.py [--groups SMAP,MSL,SMD] [--data-root ../shared/data]
 """
@@ -46,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ceiling import entities, floods  # noqa: E402  (bench/ceiling.py, beside this script)
 
 from detectors import artefacts  # noqa: E402
-from scoring import conditioning  # noqa: E402
+from scoring import conditioning, pipeline  # noqa: E402
 from scoring.settings import Settings  # noqa: E402
 from training.calibration import fit_for_serving  # noqa: E402
 from training.data import load, seal  # noqa: E402
@@ -93,6 +106,90 @@ def geometric_smoothing():
         conditioning.Smoother.apply = original
 
 
+@contextlib.contextmanager
+def level_shift():
+    """``Level`` moving the threshold by the recent median's rise over the calibration's, for the duration."""
+    original = conditioning.Level.scales
+
+    def scales(self, scores):
+        out, drift, medians = original(self, scores)
+        return np.maximum(1.0, 1.0 + (medians - self.base) / self.base_threshold), drift, medians
+    conditioning.Level.scales = scales
+    try:
+        yield
+    finally:
+        conditioning.Level.scales = original
+
+
+def _iqr(v: np.ndarray) -> float:
+    q1, q3 = np.percentile(v, [25, 75])
+    return float(q3 - q1)
+
+
+@contextlib.contextmanager
+def level_spread():
+    """``Level`` serving recent median + calibrated margin x max(1, recent IQR / calibration IQR), for the
+    duration (evaluated at the level's own strides, held in between)."""
+    calibrated, scales = conditioning.Level.calibrated.__func__, conditioning.Level.scales
+
+    def calibrated_(cls, window, calibration, threshold):
+        obj = calibrated(cls, window, calibration, threshold)
+        x = np.asarray(calibration, np.float64)
+        obj.spread = max(_iqr(x), 1e-3 * float(np.mean(np.abs(x))), 1e-12) if x.size else 1.0
+        return obj
+
+    def scales_(self, x):
+        history, known, first = np.concatenate([self.recent, x]), len(self.recent), self.seen
+        _, drift, medians = scales(self, x)
+        out, current = np.ones(len(x)), getattr(self, "spread_scale", 1.0)
+        for i in range(len(x)):
+            if (first + i) % self.stride == 0:
+                w = history[max(0, known + i - self.window):known + i]
+                if len(w) >= min(self.MIN_POINTS, self.window):
+                    margin = (self.base_threshold - self.base) * max(1.0, _iqr(w) / self.spread)
+                    current = max(1.0, (float(np.median(w)) + margin) / self.base_threshold)
+            out[i] = current
+        self.spread_scale = current
+        return out, drift, medians
+    conditioning.Level.calibrated, conditioning.Level.scales = classmethod(calibrated_), scales_
+    try:
+        yield
+    finally:
+        conditioning.Level.calibrated, conditioning.Level.scales = classmethod(calibrated), scales
+
+
+@contextlib.contextmanager
+def trimmed_calibration():
+    """Model calibrations trimmed of their far-out scores as the cold start's are, for the duration."""
+    original = pipeline.EntityState.calibrate
+
+    def calibrate(self, scores, settings):
+        self.set_threshold(self.smoother.smooth(scores), settings, trim=True)
+    pipeline.EntityState.calibrate = calibrate
+    try:
+        yield
+    finally:
+        pipeline.EntityState.calibrate = original
+
+
+@contextlib.contextmanager
+def rounding_atoms(tolerance: float = 1e-6):
+    """``Level.calibrated`` counting a median within ``tolerance`` of the scores' range above their
+    lowest value as an atom (the mean is then the scale), for the duration."""
+    original = conditioning.Level.calibrated.__func__
+
+    def calibrated(cls, window, calibration, threshold):
+        x = np.asarray(calibration, np.float64)
+        if x.size and np.median(x) <= x.min() + tolerance * (np.mean(np.abs(x)) - x.min()):
+            x = np.where(x <= x.min() + tolerance * (np.mean(np.abs(x)) - x.min()), x.min(), x)
+        return original(cls, window, x, threshold)
+    conditioning.Level.calibrated = classmethod(calibrated)
+    try:
+        yield
+    finally:
+        conditioning.Level.calibrated = classmethod(original)
+
+
 def run_lengths(x: np.ndarray) -> np.ndarray:
     """Per point and channel: how many points the value has stood unchanged, itself included."""
     out = np.ones(x.shape, np.int64)
@@ -134,6 +231,10 @@ def entity_rules(data, model: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     for k in (5, 20):
         with geometric_smoothing():
             out[f"geo {k}"] = stream_offline(det, test, replace(base, smooth=k)).alarm
+    for name, change in (("level shift", level_shift), ("level spread", level_spread),
+                         ("trimmed cal", trimmed_calibration), ("atom fp", rounding_atoms)):
+        with change():
+            out[name] = stream_offline(det, test, base).alarm
     # rules added to the served alarms, from the served scores and the entity's calibration
     judged = np.array([c not in (data.inputs or []) for c in data.channels])
     longest = run_lengths(data.train[:, judged]).max(0)
