@@ -39,6 +39,9 @@ entity stay below the 0.30 goal").
                  1e-6 of its range above the lowest score counts as an atom (why: knn's exact matches
                  of quantised telemetry come out at 1e-14..1e-9, not 0, so the median stays the scale
                  and a rise to a typical distance multiplies the threshold by hundreds: MSL M-4)
+  drift recal    inside each drift period, instead of the scaled threshold, SPOT calibrated afresh on the
+                 1,000 scores before the drift record and stepped on (why: a retrain would calibrate on
+                 the recent scores; this serves that threshold while the retrain is pending)
 
     python bench/alarm_rules.py [--groups SMAP,MSL,SMD] [--data-root ../shared/data]
 """
@@ -61,6 +64,7 @@ from ceiling import entities, floods  # noqa: E402  (bench/ceiling.py, beside th
 from detectors import artefacts  # noqa: E402
 from scoring import conditioning, pipeline  # noqa: E402
 from scoring.settings import Settings  # noqa: E402
+from scoring.thresholds import make_threshold  # noqa: E402
 from training.calibration import fit_for_serving  # noqa: E402
 from training.data import load, seal  # noqa: E402
 from training.evaluate import stream_offline  # noqa: E402
@@ -190,6 +194,21 @@ def rounding_atoms(tolerance: float = 1e-6):
         conditioning.Level.calibrated = classmethod(original)
 
 
+def recalibrated_in_drift(served, settings: Settings, points: int = 1000) -> np.ndarray:
+    """The served alarms, but inside each drift period those of a threshold calibrated on the ``points``
+    scores before it (as the served one was on its calibration) and stepped through the period."""
+    alarm, drifting = served.alarm.copy(), served.drift_mask()
+    score = np.nan_to_num(served.score, nan=0.0)
+    edges = np.flatnonzero(np.diff(np.r_[0, drifting.astype(np.int8), 0]))
+    for start, end in zip(edges[::2], edges[1::2]):
+        before = score[max(0, start - points):start]
+        if len(before) >= 100:
+            threshold = make_threshold(settings.threshold, **settings.threshold_config())
+            threshold.calibrate(before)
+            alarm[start:end] = threshold.step(score[start:end])[1]
+    return alarm
+
+
 def run_lengths(x: np.ndarray) -> np.ndarray:
     """Per point and channel: how many points the value has stood unchanged, itself included."""
     out = np.ones(x.shape, np.int64)
@@ -235,6 +254,7 @@ def entity_rules(data, model: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
                          ("trimmed cal", trimmed_calibration), ("atom fp", rounding_atoms)):
         with change():
             out[name] = stream_offline(det, test, base).alarm
+    out["drift recal"] = recalibrated_in_drift(served, base)
     # rules added to the served alarms, from the served scores and the entity's calibration
     judged = np.array([c not in (data.inputs or []) for c in data.channels])
     longest = run_lengths(data.train[:, judged]).max(0)
