@@ -53,6 +53,7 @@ import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 from tqdm import tqdm
@@ -75,27 +76,19 @@ from training.trainer import serving_threshold  # noqa: E402
 EPS = 1e-3  # added before the log of a score (scores are in units of the mean training error)
 
 
-@contextlib.contextmanager
 def level_quantile(q: float):
-    """``Level`` taking the ``q`` quantile of its window instead of the median, for the duration."""
-    original = conditioning.Level.median
-
+    """``Level`` taking the ``q`` quantile of its window instead of the median, while in force."""
     def median(self, values=None):
         v = self.recent if values is None else values
         if len(v) < min(self.MIN_POINTS, self.window):
             return None
         k = int(q * (len(v) - 1) + 0.5)
         return float(np.partition(v, k)[k])
-    conditioning.Level.median = median
-    try:
-        yield
-    finally:
-        conditioning.Level.median = original
+    return patch.object(conditioning.Level, "median", median)
 
 
-@contextlib.contextmanager
 def geometric_smoothing():
-    """``Smoother`` averaging log-scores (the geometric mean), for the duration."""
+    """``Smoother`` averaging log-scores (the geometric mean), while in force."""
     original = conditioning.Smoother.apply
 
     def apply(self, score, channel):
@@ -103,26 +96,17 @@ def geometric_smoothing():
             return score, channel
         out, ch = original(self, np.log(np.asarray(score, np.float64) + EPS), channel)
         return np.exp(out) - EPS, ch
-    conditioning.Smoother.apply = apply
-    try:
-        yield
-    finally:
-        conditioning.Smoother.apply = original
+    return patch.object(conditioning.Smoother, "apply", apply)
 
 
-@contextlib.contextmanager
 def level_shift():
-    """``Level`` moving the threshold by the recent median's rise over the calibration's, for the duration."""
+    """``Level`` moving the threshold by the recent median's rise over the calibration's, while in force."""
     original = conditioning.Level.scales
 
     def scales(self, scores):
         out, drift, medians = original(self, scores)
         return np.maximum(1.0, 1.0 + (medians - self.base) / self.base_threshold), drift, medians
-    conditioning.Level.scales = scales
-    try:
-        yield
-    finally:
-        conditioning.Level.scales = original
+    return patch.object(conditioning.Level, "scales", scales)
 
 
 def _iqr(v: np.ndarray) -> float:
@@ -132,8 +116,8 @@ def _iqr(v: np.ndarray) -> float:
 
 @contextlib.contextmanager
 def level_spread():
-    """``Level`` serving recent median + calibrated margin x max(1, recent IQR / calibration IQR), for the
-    duration (evaluated at the level's own strides, held in between)."""
+    """``Level`` serving recent median + calibrated margin x max(1, recent IQR / calibration IQR), while in
+    force (evaluated at the level's own strides, held in between)."""
     calibrated, scales = conditioning.Level.calibrated.__func__, conditioning.Level.scales
 
     def calibrated_(cls, window, calibration, threshold):
@@ -155,43 +139,31 @@ def level_spread():
             out[i] = current
         self.spread_scale = current
         return out, drift, medians
-    conditioning.Level.calibrated, conditioning.Level.scales = classmethod(calibrated_), scales_
-    try:
+    with patch.object(conditioning.Level, "calibrated", classmethod(calibrated_)), \
+            patch.object(conditioning.Level, "scales", scales_):
         yield
-    finally:
-        conditioning.Level.calibrated, conditioning.Level.scales = classmethod(calibrated), scales
 
 
-@contextlib.contextmanager
 def trimmed_calibration():
-    """Model calibrations trimmed of their far-out scores as the cold start's are, for the duration."""
-    original = pipeline.EntityState.calibrate
-
+    """Model calibrations trimmed of their far-out scores as the cold start's are, while in force."""
     def calibrate(self, scores, settings):
         self.set_threshold(self.smoother.smooth(scores), settings, trim=True)
-    pipeline.EntityState.calibrate = calibrate
-    try:
-        yield
-    finally:
-        pipeline.EntityState.calibrate = original
+    return patch.object(pipeline.EntityState, "calibrate", calibrate)
 
 
-@contextlib.contextmanager
 def rounding_atoms(tolerance: float = 1e-6):
     """``Level.calibrated`` counting a median within ``tolerance`` of the scores' range above their
-    lowest value as an atom (the mean is then the scale), for the duration."""
+    lowest value as an atom (the mean is then the scale), while in force."""
     original = conditioning.Level.calibrated.__func__
 
     def calibrated(cls, window, calibration, threshold):
         x = np.asarray(calibration, np.float64)
-        if x.size and np.median(x) <= x.min() + tolerance * (np.mean(np.abs(x)) - x.min()):
-            x = np.where(x <= x.min() + tolerance * (np.mean(np.abs(x)) - x.min()), x.min(), x)
+        if x.size:
+            edge = x.min() + tolerance * (np.mean(np.abs(x)) - x.min())
+            if np.median(x) <= edge:
+                x = np.where(x <= edge, x.min(), x)
         return original(cls, window, x, threshold)
-    conditioning.Level.calibrated = classmethod(calibrated)
-    try:
-        yield
-    finally:
-        conditioning.Level.calibrated = classmethod(original)
+    return patch.object(conditioning.Level, "calibrated", classmethod(calibrated))
 
 
 def recalibrated_in_drift(served, settings: Settings, points: int = 1000) -> np.ndarray:
