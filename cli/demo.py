@@ -34,19 +34,20 @@ def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 def train_models(entities: list[str], channels: int, end_ts: float, seed: int, workdir: Path,
-                 points: int = 5000) -> dict[str, Path]:
-    """Vigil's default model per entity (``auto``: PCA on the simulated plant's correlated channels), trained
-    on its simulated normal history (the data an operator already has)."""
+                 points: int = 86400) -> dict[str, Path]:
+    """Vigil's default model per entity (``auto``: its candidates judged on the newest fifth, PCA serving the
+    simulated plant's correlated channels), trained on a day of its simulated normal history (the data an
+    operator already has: a day, so that the plant's daily cycle is normal to it)."""
     from tqdm import tqdm
 
     from detectors import artefacts
     from producers.simulate import normal_history
-    from training.calibration import fit_for_serving
+    from training.selection import fit_model
 
     out = {}
-    for entity in tqdm(entities, desc="training models", unit="entity"):
+    for entity in tqdm(entities, desc="training models (auto: pca, var and knn judged per entity)", unit="entity"):
         hist = normal_history(entity, channels, points, end_ts, seed)
-        det = fit_for_serving(artefacts.create(artefacts.DEFAULT_MODEL, hist.channels), hist.values, progress=False)
+        det = fit_model(artefacts.DEFAULT_MODEL, hist.channels, hist.values, progress=False, interval=1.0)
         out[entity] = artefacts.save(det, workdir / "models" / entity)
     return out
 

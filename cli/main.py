@@ -141,9 +141,11 @@ def _scoring_args(p: argparse.ArgumentParser, publishes: bool = True) -> None:
                    help="points after the cold-start detector's warm-up that calibrate a model-less entity's threshold")
     p.add_argument("--fusion", choices=fusion.RULES, default=d.fusion)
     p.add_argument("--smooth", type=_positive, default=d.smooth, help="points a score is averaged over (1: none)")
-    p.add_argument("--level-window", type=int, default=d.level_window,
-                   help="points of recent scores the threshold's level follows (default: as many as it was "
-                        "calibrated on, within 500..5000; 0: off)")
+    p.add_argument("--level-window", type=_duration, default=d.level_window,
+                   help="time on the entity's clock over which the threshold follows the scores' level: a "
+                        "departure that lasts half of it becomes the new level, with one drift record "
+                        f"(default {d.level_window / 86400:g}d: a fault of minutes or hours alarms all along; "
+                        "0: off)")
     p.add_argument("--top-k", type=_positive, default=d.top_k)
     p.add_argument("--open-after", type=_positive, default=d.open_after,
                    help="alarms within --open-window points that open an incident")
@@ -228,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay through a broker and a worker instead of the in-process pipeline")
     _broker_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per dataset")
+    p.add_argument("--budget", type=_duration, default=None,
+                   help="auto: seconds per entity for the deep candidates and the GenIAS generator (default: none "
+                        "on a CPU, 60s on a GPU)")
+    p.add_argument("--interval", type=_duration, default=None,
+                   help="time between the readings, e.g. 1s or 1m (default: what the dataset states or its time "
+                        "column shows: SMD one minute; else one minute); the level window is time on this clock")
     _scoring_args(p, publishes=False)
 
     p = sub.add_parser("bench", help="benchmarks: `vigil bench quality` runs every model on every shared dataset")
@@ -260,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=_duration, default=_duration("6h"), help="interval, e.g. 30m, 6h, 1d")
     p.add_argument("--history", type=_duration, default=_duration("7d"),
                    help="history per entity, back from its newest reading (its own clock)")
-    p.add_argument("--max-incident", type=_duration, default=_duration("1h"),
-                   help="incidents longer than this are a new operating mode and stay in the history")
+    p.add_argument("--max-incident", type=_duration, default=float("inf"),
+                   help="incidents longer than this stay in the history as a new operating mode (default: none; "
+                        "an incident a drift record absorbed, or one labelled a false alarm, always does)")
     p.add_argument("--once", action="store_true", help="one round, then exit (for cron)")
     p.add_argument("--drift-poll", type=_duration, default=_duration("30s"),
                    help="between rounds, how often to look for drift events and retrain those entities")
@@ -330,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="deep models: small (CPU) or paper (GPU)")
     p.add_argument("--epochs", type=_positive, default=None)
     _inputs_arg(p)
+    p.add_argument("--budget", type=_duration, default=None,
+                   help="auto: seconds per entity for the deep candidates and the GenIAS generator (default: none "
+                        "on a CPU, 60s on a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data", required=True, help="dataset whose train split to learn: .npz, SMD text, telemanom "
                                                  "or CSV; a folder of channel files (SMAP/MSL) or of machines: one "
@@ -420,7 +432,8 @@ def cmd_eval(args) -> int:
 
     from stream.evaluation import stream_through_kafka
     from training.data import load_entities, seal
-    from training.evaluate import mean_of, mean_report, report, stream_offline, train_or_load
+    from training.evaluate import mean_of, mean_report, report, stream_offline
+    from training.selection import train_or_load
     from training.report import print_report, print_summary
 
     if not artefacts.is_artefact(args.model) and args.model not in artefacts.CHOICES:
@@ -431,8 +444,11 @@ def cmd_eval(args) -> int:
     for path in args.data:
         # a folder of channel files is one entity per file, each with its own model, as a stream deploys them
         datasets = [seal(d) for d in load_entities(path)]  # no label can be read before report(), after scoring
+        for d in datasets:
+            d.interval = args.interval or d.interval
         many = len(datasets) > 1
-        dets = [train_or_load(args.model, d, args.device, progress=not many, **_model_config(args, d))
+        dets = [train_or_load(args.model, d, args.device, progress=not many, budget=args.budget,
+                              **_model_config(args, d))
                 for d in tqdm(datasets, desc=f"training on {path}", unit="entity", disable=not many)]
         if args.through_kafka:
             with tempfile.TemporaryDirectory(prefix="vigil-eval-model-") as tmp:
@@ -444,6 +460,7 @@ def cmd_eval(args) -> int:
         else:
             streams = [stream_offline(det, d, settings) for det, d in zip(dets, datasets)]
         results = [{"dataset": d.name, "through_kafka": args.through_kafka, "inputs": det.inputs,
+                    "selection": det.selection,
                     "judged_channels": len(det.channels) if det.judged is None else int(det.judged.sum()),
                     "filled_training_values": int(det.filled_training_values),
                     "channels": len(det.channels), **report(stream, d, settings.top_k)}
@@ -456,7 +473,8 @@ def cmd_eval(args) -> int:
         if many:
             summary = {"dataset": str(path), "entities": len(results), "models": sorted({r["model_id"].split("@")[0]
                                                                                           for r in results}),
-                       "through_kafka": args.through_kafka, "mean": mean_report(results),
+                       "through_kafka": args.through_kafka,
+                       "mean": mean_report([{k: v for k, v in r.items() if k != "selection"} for r in results]),
                        "anomalous_share": mean_of(r["anomalous_points"] / r["points"] for r in results)}
             if args.json:
                 print(orjson.dumps(summary, option=orjson.OPT_SERIALIZE_NUMPY).decode(), flush=True)
@@ -680,18 +698,21 @@ def cmd_train(args) -> int:
     ``--out``, named as the entity, which `vigil worker --model OUT` serves each to its entity."""
     from tqdm import tqdm
 
-    from training.calibration import fit_for_serving
     from training.data import entity_name, load_entities
+    from training.report import why_line
+    from training.selection import fit_model
 
     datasets = load_entities(args.data)
     many = len(datasets) > 1
     for data in tqdm(datasets, desc=f"training on {args.data}", unit="entity", disable=not many):
-        det = fit_for_serving(artefacts.create(args.model, data.channels, **_model_config(args, data)).to(args.device),
-                              data.train, progress=not many)
+        det = fit_model(args.model, data.channels, data.train, device=args.device, progress=not many,
+                        budget=args.budget, interval=data.interval, **_model_config(args, data))
         path = artefacts.save(det, Path(args.out) / entity_name(data) if many else args.out)
         filled = f" ({det.filled_training_values} missing values filled)" if det.filled_training_values else ""
         print(f"vigil: trained {det.model_id} on {data.train.shape[0]} points x {data.train.shape[1]} channels"
               f"{filled} -> {path}", file=sys.stderr if many else sys.stdout)
+        if det.selection and not many:
+            print(f"vigil: auto chose {why_line(det.selection)}")
     if many:
         print(f"vigil: {len(datasets)} models in {args.out}, one per entity; serve them with "
               f"`vigil worker --model {args.out}`")

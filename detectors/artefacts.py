@@ -137,6 +137,7 @@ def save(detector: Detector, path: str | os.PathLike) -> Path:
             "channels": detector.channels, "config": detector.info.config, "created": time.time(),
             "calibration": detector.calibration_source, "threshold_scale": float(detector.threshold_scale),
             "filled_training_values": int(detector.filled_training_values),
+            "selection": detector.selection,
             "train_score_stats": {"reconstruction": _stats(detector.train_reconstruction),
                                   "divergence": _stats(detector.train_divergence)}}
     (tmp / "model.json").write_text(json.dumps(meta, indent=2))
@@ -191,6 +192,7 @@ def load(path: str | os.PathLike) -> Detector:
         detector.calibration_source = meta.get("calibration", "train")
         detector.threshold_scale = float(meta.get("threshold_scale", 1.0))
         detector.filled_training_values = int(meta.get("filled_training_values", 0))
+        detector.selection = meta.get("selection")
         if not (math.isfinite(detector.threshold_scale) and detector.threshold_scale > 0):
             raise ValueError(f"threshold_scale must be a positive number, not {detector.threshold_scale}")
         detector.load_tensors(tensors)

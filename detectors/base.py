@@ -69,6 +69,9 @@ class Detector:
         self.judged: np.ndarray | None = None
         # Missing values of the training split filled before fitting (training.calibration.fit_for_serving)
         self.filled_training_values = 0
+        # How ``auto`` chose this model (training.selection): the candidates, their label-free figures,
+        # the choice and why; None for a model trained by name.
+        self.selection: dict | None = None
 
     @property
     def inputs(self) -> list[str]:

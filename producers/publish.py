@@ -68,12 +68,14 @@ class Series:
 
 def dataset_series(path: str, entity: str | None = None, split: str = "test",
                    start: float | None = None) -> list[Series]:
-    """One split of a dataset as readings, one point a second from ``start`` (default: the split ends
-    now, so that no reading lies ahead of the wall clock): every entity the path holds
+    """One split of a dataset as readings, at the dataset's own interval (what it states or its time column
+    shows, else ``training.evaluate.DEFAULT_INTERVAL``, as `vigil eval` times it) from ``start`` (default:
+    the split ends now, so that no reading lies ahead of the wall clock): every entity the path holds
     (``training.data.load_entities``: each file of a folder, each machine of a fleet), named as
     ``vigil train --data PATH --out DIR`` names their models, with the dataset's channel names; a gap
     (NaN) is sent as ``null``, which the worker imputes."""
     from training.data import entity_name, load_entities
+    from training.evaluate import interval_of
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, not {split!r}")
@@ -83,9 +85,10 @@ def dataset_series(path: str, entity: str | None = None, split: str = "test",
     out = []
     for d in datasets:
         values = np.asarray(getattr(d, split), dtype=np.float64)
-        t0 = float(start if start is not None else int(time.time()) - len(values))
+        step = interval_of(d)
+        t0 = float(start if start is not None else int(time.time() - len(values) * step))
         out.append(Series(entity or entity_name(d), list(d.channels),
-                          t0 + np.arange(len(values), dtype=np.float64), values))
+                          t0 + np.arange(len(values), dtype=np.float64) * step, values))
     return out
 
 

@@ -8,19 +8,23 @@ It costs up to ``k - 1`` points of delay on a step, and one-point spikes are dil
 now makes up to ``k`` alarms, the incident rule asks for ``k - 1`` more alarms (in a window as much
 longer), so that it still counts distinct evidence (``scoring.pipeline.EntityState``).
 
-``Level``: the median of the last ``window`` smoothed scores, against the median of the calibration
-scores (their mean where half of them or more share the lowest value, as knn's exact matches do).
-When an entity's scores rise as a whole (a new operating mode, a changed workload: the model no
-longer describes the entity), every point crosses a threshold set for the old level and the
-operator drowns in alarms that say one thing. The threshold is therefore scaled by
-``max(1, recent median / calibration median)``: a departure shorter than half the window (a fault)
-hardly moves the median and alarms as before; a departure longer than that becomes the new level.
-When the recent median itself crosses the calibrated threshold (the typical point would alarm), the
-entity is *drifting*: one ``drift`` event goes out (and a ``drift_end`` when it comes back), which asks
-the trainer for a retrain (docs/contract.md). It comes back when the median has stayed at or under the
-threshold for a whole window, the time it took to declare the drift: a median that hovers at the
-threshold, or a score that switches between two levels, would otherwise send a drift record and a
-retrain request every few points (SMAP E-2: 12 in one test period, E-5: 23).
+``Level``: how high an entity's scores run lately, against its calibration, over ``window`` seconds
+of the entity's own clock (two days by default). When an entity's scores rise as a whole and stay up (a
+new operating mode, a changed workload: the model no longer describes the entity), every point crosses
+a threshold set for the old level and the operator drowns in alarms that say one thing. The threshold
+is therefore scaled by ``max(1, recent level / calibration level)``, the recent level being the median
+over the window and the calibration's the median of the calibration scores (their mean where half of
+them or more share the lowest value, as knn's exact matches do). A departure moves that median only
+once it has held for half the window, a day by default, whatever the rate of readings: a fault of
+minutes or hours alarms all along, and keeps its incident open (``scoring.incidents``); a departure
+that lasts a day becomes the new level. When the recent level itself crosses the calibrated threshold
+(the typical point would alarm), the entity is *drifting*: one ``drift`` record goes out, naming the
+incident it absorbs, which asks the trainer for a retrain (docs/contract.md), and a ``drift_end`` when
+it comes back. It comes back when the level has stayed at or under the threshold for a whole window, the
+time it took to declare the drift: a level that hovers at the threshold would otherwise send a drift
+record and a retrain request every few points.
+
+A day of one-second readings is 86,400 scores: the level keeps a summary, not the scores (below).
 
 Both are exact to replay: each output depends only on the values in its window, summed in the same
 order whatever the micro-batch, and their state saves as JSON.
@@ -28,6 +32,7 @@ order whatever the micro-batch, and their state saves as JSON.
 from __future__ import annotations
 
 import base64
+from typing import NamedTuple
 
 import numpy as np
 
@@ -77,32 +82,51 @@ class Smoother:
         return self
 
 
+class LevelOut(NamedTuple):
+    """What the level says of each point of a run (``Level.scales``)."""
+
+    scale: np.ndarray  # the threshold's scale
+    drift: np.ndarray  # whether the entity drifts (its level crossed the calibrated threshold)
+    median: np.ndarray  # the recent level that decided both (what a drift record reports)
+    held: np.ndarray  # a sustained departure, not yet the level: the open incident stays open (``scoring.incidents``)
+
+
 class Level:
     """The recent level of an entity's scores against its calibration (see the module docstring).
 
-    The median is evaluated every ``window // 64`` points of the entity (counted from its first scored
-    point, so at the same points whatever the micro-batches), over the ``window`` points before, and
-    holds in between: in that many points at most 1/64 of the window is new, which cannot move the
-    median far, and a median at every point cost as much as the rest of the pipeline.
+    Memory is bounded whatever the rate of readings: the window is cut into ``BLOCKS`` blocks of time,
+    aligned on the clock (so they are the same whatever the micro-batches), and each block is summarised
+    by the upper median of at most ``KEEP`` of its scores (every 2^k-th, k growing as the block fills: a
+    block of 2,700 one-second readings keeps 43 of them). The recent level is the upper median of the
+    window's block medians, where a block without a reading (before the entity's first, or a silence)
+    counts at the calibration's level: a departure becomes the level only once it has filled half the
+    window's *time*, however new the entity. The level is evaluated as each block begins, from the
+    blocks before it, and holds through the block. A departure is *held* (sustained, not yet the level)
+    through a block when the block before it ran above the threshold in force: its typical point
+    alarmed, so a quiet spell inside it is the fault dipping, not its end.
     """
 
-    MIN_POINTS = 100  # points before the recent median is trusted over the calibration's
-    EVALUATIONS = 64  # per window
+    BLOCKS = 64  # blocks per window
+    KEEP = 64  # scores kept per block at most
 
-    def __init__(self, window: int, base: float, base_threshold: float):
-        self.window = max(1, int(window))
-        self.stride = max(1, self.window // self.EVALUATIONS)
-        self.base = base  # median of the calibration scores (> 0)
+    def __init__(self, window: float, base: float, base_threshold: float):
+        self.window = float(window)  # seconds of the entity's clock
+        self.span = self.window / self.BLOCKS  # seconds per block
+        self.base = base  # the calibration's level (> 0)
         self.base_threshold = base_threshold  # the threshold as calibrated, at the calibration level
-        self.recent = np.zeros(0)  # the last ``window`` scores, oldest first
-        self.seen = 0  # points learnt so far
+        self.medians: dict[int, float] = {}  # block number -> median of its kept scores (completed blocks)
+        self.block: int | None = None  # number of the block being filled (ts // span)
+        self.kept = np.zeros(0)  # its kept scores: those at multiples of ``step`` among its ``count``
+        self.count = 0
+        self.step = 1
         self.scale = 1.0  # as last evaluated
-        self.recent_median = base  # as last evaluated (the calibration's until trusted)
+        self.recent_median = base  # as last evaluated
         self.drifting = False
-        self.back_since: int | None = None  # while drifting: the point since which the median is back under
+        self.back_since: float | None = None  # while drifting: the time since which the level is back under
+        self.held = False  # through the current block: the block before it ran above the threshold in force
 
     @classmethod
-    def calibrated(cls, window: int, calibration: np.ndarray, threshold: float) -> "Level":
+    def calibrated(cls, window: float, calibration: np.ndarray, threshold: float) -> "Level":
         x = np.asarray(calibration, np.float64)
         if not x.size:
             return cls(window, 1.0, float(threshold))
@@ -117,53 +141,74 @@ class Level:
         base = max(centre, 1e-3 * mean, 1e-3 * float(threshold), 1e-12)
         return cls(window, base, float(threshold))
 
-    def median(self, values: np.ndarray | None = None) -> float | None:
-        """The upper median of ``values`` (default: the recent window); None while too few."""
-        v = self.recent if values is None else values
-        if len(v) < min(self.MIN_POINTS, self.window):
-            return None
-        mid = len(v) // 2
-        return float(np.partition(v, mid)[mid])
+    def level(self, block: int) -> float:
+        """The upper median of the block medians of the window before ``block`` (missing ones at the base)."""
+        values = np.full(self.BLOCKS, self.base)
+        for i, b in enumerate(range(block - self.BLOCKS, block)):
+            values[i] = self.medians.get(b, self.base)
+        return float(np.partition(values, self.BLOCKS // 2)[self.BLOCKS // 2])
 
-    def scales(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per point, the threshold's scale (from the points before it), whether the entity drifts, and
-        the recent median that decided both (what a drift record reports); then learns the points."""
+    def scales(self, ts: np.ndarray, scores: np.ndarray) -> LevelOut:
+        """Per point (timestamps ``ts``, increasing): the threshold's scale, whether the entity drifts, the
+        recent level that decided both, and whether a departure is held; then learns the points."""
         x = np.asarray(scores, np.float64)
-        out, drift, medians = np.ones(len(x)), np.zeros(len(x), bool), np.zeros(len(x))
-        known = len(self.recent)
-        history = np.concatenate([self.recent, x])  # point i of x is history[known + i]
-        i = 0
-        while i < len(x):
-            if (self.seen + i) % self.stride == 0:
-                end = known + i
-                m = self.median(history[max(0, end - self.window):end])
-                if m is not None:
-                    self.recent_median, self.scale = m, max(1.0, m / self.base)
-                    if m > self.base_threshold:
-                        self.drifting, self.back_since = True, None
-                    elif self.drifting:
-                        self.back_since = self.seen + i if self.back_since is None else self.back_since
-                        if self.seen + i - self.back_since >= self.window:
-                            self.drifting, self.back_since = False, None
-            j = min(len(x), i + self.stride - (self.seen + i) % self.stride)
-            out[i:j], drift[i:j], medians[i:j] = self.scale, self.drifting, self.recent_median
-            i = j
-        self.seen += len(x)
-        self.recent = history[-self.window:]
-        return out, drift, medians
+        out = LevelOut(np.ones(len(x)), np.zeros(len(x), bool), np.zeros(len(x)), np.zeros(len(x), bool))
+        blocks = np.floor(np.asarray(ts, np.float64) / self.span).astype(np.int64)
+        edges = np.r_[0, np.flatnonzero(np.diff(blocks)) + 1, len(x)]
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            if blocks[lo] != self.block:
+                self._begin(int(blocks[lo]), float(ts[lo]))
+            out.scale[lo:hi], out.drift[lo:hi], out.median[lo:hi] = self.scale, self.drifting, self.recent_median
+            out.held[lo:hi] = self.held
+            self._keep(x[lo:hi])
+        return out
+
+    def _begin(self, block: int, t: float) -> None:
+        """Close the block being filled, forget those out of the window, and evaluate for ``block``."""
+        if self.block is not None and len(self.kept):
+            mid = len(self.kept) // 2
+            self.medians[self.block] = float(np.partition(self.kept, mid)[mid])
+        self.medians = {b: m for b, m in self.medians.items() if b >= block - self.BLOCKS}
+        self.block, self.kept, self.count, self.step = block, np.zeros(0), 0, 1
+        m = self.level(block)
+        self.recent_median, self.scale = m, max(1.0, m / self.base)
+        if m > self.base_threshold:
+            self.drifting, self.back_since = True, None
+        elif self.drifting:
+            self.back_since = t if self.back_since is None else self.back_since
+            if t - self.back_since >= self.window:
+                self.drifting, self.back_since = False, None
+        last = self.medians.get(block - 1)
+        self.held = not self.drifting and last is not None and last > self.base_threshold * self.scale
+
+    def _keep(self, x: np.ndarray) -> None:
+        """Add a run of the current block's scores: those at multiples of ``step`` are kept, and the step
+        doubles (every other kept score dropped) while more than ``KEEP`` are. The kept set depends only
+        on how many scores the block has had, not on how they arrived."""
+        at = self.count + np.arange(len(x))
+        self.kept = np.concatenate([self.kept, x[at % self.step == 0]])
+        self.count += len(x)
+        while len(self.kept) > self.KEEP:
+            self.kept, self.step = self.kept[::2], self.step * 2
 
     def to_state(self) -> dict:
         return {"window": self.window, "base": self.base, "base_threshold": self.base_threshold,
-                "recent": _pack(self.recent), "drifting": self.drifting, "seen": self.seen, "scale": self.scale,
-                "recent_median": self.recent_median, "back_since": self.back_since}
+                "medians": [[b, m] for b, m in sorted(self.medians.items())], "block": self.block,
+                "kept": _pack(self.kept), "count": self.count, "step": self.step, "scale": self.scale,
+                "recent_median": self.recent_median, "drifting": self.drifting, "back_since": self.back_since,
+                "held": self.held}
 
     @classmethod
-    def from_state(cls, state: dict) -> "Level":
+    def from_state(cls, state: dict) -> "Level | None":
+        """The level a checkpoint saved; None for one saved before the window was in time (its window
+        counted points): the entity's level starts again from its calibration."""
+        if "medians" not in state:
+            return None
         obj = cls(state["window"], state["base"], state["base_threshold"])
-        obj.recent = _unpack(state["recent"])
-        obj.drifting = bool(state["drifting"])
-        obj.seen = int(state.get("seen", 0))  # checkpoints before strides: evaluate at the next point
-        obj.scale = float(state.get("scale", 1.0))
-        obj.recent_median = float(state.get("recent_median", obj.scale * obj.base))  # older checkpoints: from the scale
-        obj.back_since = state.get("back_since")
+        obj.medians = {int(b): float(m) for b, m in state["medians"]}
+        obj.block = state["block"]
+        obj.kept = _unpack(state["kept"])
+        obj.count, obj.step = int(state["count"]), int(state["step"])
+        obj.scale, obj.recent_median = float(state["scale"]), float(state["recent_median"])
+        obj.drifting, obj.back_since, obj.held = bool(state["drifting"]), state["back_since"], bool(state["held"])
         return obj

@@ -2,7 +2,12 @@
 
 An incident opens when ``open_after`` alarms fall within ``open_window`` points: the default, 2 in 10,
 ignores a lone exceedance (the commonest false alarm) at the cost of opening one alarm later. Its
-``start`` is the first of those alarms. It closes after ``close_after`` points without an alarm.
+``start`` is the first of those alarms. It closes after ``close_after`` points without an alarm, not
+counting the points where the entity's level says a departure is *held* (``scoring.conditioning.Level``:
+the scores ran above the threshold for a whole block of its window): a sustained fault whose score dips
+under the threshold now and then stays one incident, updated, not a stream of new ones. When the
+departure lasts long enough to become the entity's new level, the drift record that says so closes the
+incident it absorbs (``absorb``), naming it.
 
 An incident's ``alert_id`` is a hash of the entity and its start, so processing the same readings
 twice gives the same id. Channels are ranked by their scores summed over the incident's alarm points:
@@ -32,9 +37,11 @@ class IncidentTracker:
         self.seen = 0  # points observed so far, to age candidate alarms
         self.candidates: list[list] = []  # recent alarms while no incident is open: [point no, ts, channels]
 
-    def observe(self, ts, score, threshold, alarm, channel, recon, divergence, names, model) -> list[Alert]:
+    def observe(self, ts, score, threshold, alarm, channel, recon, divergence, names, model,
+                held: np.ndarray | None = None) -> list[Alert]:
         """Feed points in order; return the alert messages they cause. Python visits the alarms only:
-        a quiet stretch is one step (it closes the open incident if it is long enough)."""
+        a quiet stretch is one step (it closes the open incident if it is long enough). ``held``: points
+        of a sustained departure, which do not count as quiet (None: none)."""
         first = self.seen
         self.seen += len(ts)
         if self.open is None and not self.candidates and not alarm.any():
@@ -46,12 +53,10 @@ class IncidentTracker:
         for nxt in alarms:  # points i .. nxt - 1 are quiet, nxt alarms (unless it is the sentinel)
             inc = self.open
             if inc is not None and nxt > i:
-                need = self.close_after - inc["quiet"]
-                if nxt - i >= need:  # closes at the quiet point that completes close_after
-                    out.append(self._message(inc, "close", ts[i + need - 1], names, model))
+                close_at = self._quiet(inc, i, nxt, held)
+                if close_at is not None:  # the quiet point that completes close_after
+                    out.append(self._message(inc, "close", ts[close_at], names, model))
                     self.open = inc = None
-                else:
-                    inc["quiet"] += nxt - i
             if nxt == len(ts):
                 break
             i = nxt + 1
@@ -75,6 +80,35 @@ class IncidentTracker:
                     if top != inc["top"]:
                         out.append(self._message(inc, "update", ts[nxt], names, model))
         return out
+
+    def _quiet(self, inc: dict, lo: int, hi: int, held: np.ndarray | None) -> int | None:
+        """Count the quiet points ``lo..hi - 1`` (none alarms) into ``inc["quiet"]``, the run of them since
+        its last alarm; a held point restarts the run. The point where the run reaches ``close_after``
+        (the incident closes there), or None."""
+        if held is None or not held[lo:hi].any():
+            need = self.close_after - inc["quiet"]
+            if hi - lo >= need:
+                return lo + need - 1
+            inc["quiet"] += hi - lo
+            return None
+        at = np.arange(hi - lo)
+        last = np.maximum.accumulate(np.where(held[lo:hi], at, -1))
+        run = np.where(last >= 0, at - last, inc["quiet"] + at + 1)
+        done = np.flatnonzero(run >= self.close_after)
+        if len(done):
+            return lo + int(done[0])
+        inc["quiet"] = int(run[-1])
+        return None
+
+    def absorb(self, ts: float, drift_id: str, names, model) -> Alert | None:
+        """The open incident closed at ``ts`` because the departure became the entity's new level (a
+        drift record, ``drift_id``); None when none is open. Its ``detail`` names the drift."""
+        inc, self.open, self.candidates = self.open, None, []
+        if inc is None:
+            return None
+        msg = self._message(inc, "close", ts, names, model)
+        msg["detail"]["absorbed_by"] = drift_id
+        return msg
 
     def _candidate(self, now: int, ts: float, channels: np.ndarray) -> dict | None:
         """Record an alarm while nothing is open; open an incident once enough are recent."""

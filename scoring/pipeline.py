@@ -36,7 +36,7 @@ from .codec import (
     encode_dead_letter,
     encode_scores,
 )
-from .conditioning import Level, Smoother
+from .conditioning import Level, LevelOut, Smoother
 from .fusion import fuse, top_channels
 from .incidents import IncidentTracker
 from .settings import Settings
@@ -110,14 +110,12 @@ class PartitionState:
     evicted: dict = field(default_factory=dict)  # entity -> offset of its state record, not in memory
 
 
-def _level(settings: Settings, calibration_points: int, calibration: np.ndarray, threshold: float) -> Level | None:
-    """The level tracker of a freshly calibrated threshold: over ``settings.level_window`` points, by
-    default as many as the calibration had (the normal it was calibrated on), within 500..5000;
-    ``level_window=0`` turns it off."""
-    if settings.level_window == 0:
+def _level(settings: Settings, calibration: np.ndarray, threshold: float) -> Level | None:
+    """The level tracker of a freshly calibrated threshold, over ``settings.level_window`` seconds of the
+    entity's clock; ``level_window=0`` turns it off."""
+    if not settings.level_window:
         return None
-    window = settings.level_window or int(np.clip(calibration_points, 500, 5000))
-    return Level.calibrated(window, calibration, threshold)
+    return Level.calibrated(settings.level_window, calibration, threshold)
 
 
 class EntityState:
@@ -178,7 +176,7 @@ class EntityState:
         self.threshold.calibrate(trim_far_out(smoothed) if trim else smoothed)
         self.floor = floor_for(smoothed)
         served = max(self.threshold.threshold * self.threshold_scale, self.floor)
-        self.level = _level(settings, len(smoothed), smoothed, served)
+        self.level = _level(settings, smoothed, served)
 
     def to_state(self, history: bool = True) -> dict:
         return {"entity": self.entity, "names": self.names, "model": self.model, "last_ts": self.last_ts,
@@ -199,7 +197,7 @@ class EntityState:
                 self.threshold = threshold_from_state(state["threshold"])
                 self.floor = float(state.get("floor", 0.0))
             if state.get("level") is not None:
-                self.level = Level.from_state(state["level"])
+                self.level = Level.from_state(state["level"]) or self.level
             if state.get("smoother") is not None and state["smoother"]["k"] == self.smoother.k:
                 self.smoother.load_state(state["smoother"])
             self.calib = list(state["calib"])
@@ -445,11 +443,9 @@ class Pipeline:
         ent, ts, s = block.entity, block.ts, block.scores
         score = self._finite(fuse(s, self.settings.fusion, self.settings.fusion_weight))
         score, channel = ent.smoother.apply(score, self._finite(s.channel))
-        threshold, alarm, drift, medians = self._threshold(ent, score, block.warming)
+        threshold, alarm, level = self._threshold(ent, ts, score, block.warming)
         ent.counts["scored"] += len(ts)
-        alerts = ent.incidents.observe(ts, score, threshold, alarm, channel, s.reconstruction, s.divergence,
-                                       ent.names, ent.model)
-        alerts += self._drift_events(ent, ts, drift, medians, channel)
+        alerts = self._alerts(ent, ts, score, threshold, alarm, channel, s, level)
         if self.board is not None:
             self.board.observe(ent, ts, score, threshold, channel, alerts, block.values)
         key = ent.entity.encode()
@@ -471,13 +467,13 @@ class Pipeline:
         self.metrics["nonfinite_scores"] += int(bad.sum())
         return np.where(bad, SCORE_CAP, np.minimum(x, SCORE_CAP))
 
-    def _threshold(self, ent: EntityState, score: np.ndarray,
-                   warming: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Threshold, alarm, drift and the recent median that decided it, per point; NaN threshold and no
-        alarm while the detector warms up (the first ``warming`` points) and while the threshold
-        calibrates on the points after them. The threshold scales with the entity's recent level
-        (``conditioning.Level``) and with the model's ``threshold_scale`` (operators' feedback,
-        ``training.feedback``)."""
+    def _threshold(self, ent: EntityState, ts: np.ndarray, score: np.ndarray,
+                   warming: int = 0) -> tuple[np.ndarray, np.ndarray, LevelOut | None]:
+        """Threshold and alarm per point, and what the entity's level says of each (None: no level yet);
+        NaN threshold and no alarm while the detector warms up (the first ``warming`` points) and while
+        the threshold calibrates on the points after them (the level says nothing of those). The
+        threshold scales with the entity's recent level (``conditioning.Level``) and with the model's
+        ``threshold_scale`` (operators' feedback, ``training.feedback``)."""
         thr = np.full(len(score), np.nan)
         alarm = np.zeros(len(score), bool)
         start = warming
@@ -490,10 +486,14 @@ class Pipeline:
             if len(ent.calib) >= points:
                 ent.set_threshold(np.asarray(ent.calib), self.settings, trim=ent.streaming is not None)
                 ent.calib = []
-        drift = medians = None
+        level = None
         if ent.threshold is not None and start < len(score):
             x = score[start:].astype(np.float64)
-            scale, drifting, recent = ent.level.scales(x) if ent.level is not None else (np.ones(len(x)), None, None)
+            scale = np.ones(len(x))
+            if ent.level is not None:
+                part = ent.level.scales(ts[start:], x)
+                scale = part.scale
+                level = LevelOut(*(np.concatenate([np.zeros(start, a.dtype), a]) for a in part))
             learnt, alarm[start:] = ent.threshold.step(x / scale)
             # the threshold learns as before; only the served one moves (feedback's scale, the floor)
             served = learnt * ent.threshold_scale
@@ -502,30 +502,40 @@ class Pipeline:
                 served = np.where(low, ent.floor, served)
                 alarm[start:] = x / scale > served
             thr[start:] = served * scale
-            if drifting is not None:
-                drift, medians = np.zeros(len(score), bool), np.zeros(len(score))
-                drift[start:], medians[start:] = drifting, recent
-        return thr, alarm, drift, medians
+        return thr, alarm, level
 
-    def _drift_events(self, ent: EntityState, ts: np.ndarray, drift: np.ndarray | None, medians: np.ndarray | None,
-                      channel: np.ndarray) -> list:
-        """A ``drift`` event where the entity starts drifting, naming the channels that score highest
-        at that point (smoothed: what departed, for the operator to tell a new mode from a slow
-        fault), and ``drift_end`` where it stops."""
-        if drift is None:
-            return []
-        out = []
+    def _alerts(self, ent: EntityState, ts: np.ndarray, score: np.ndarray, threshold: np.ndarray, alarm: np.ndarray,
+                channel: np.ndarray, s: Scores, level: LevelOut | None) -> list:
+        """The incidents' messages (``IncidentTracker``), and the level's: a ``drift`` record where the
+        entity starts drifting, naming the channels that score highest at that point (smoothed: what
+        departed, for the operator to tell a new mode from a slow fault) and the open incident it
+        absorbs, which closes there; a ``drift_end`` where it stops."""
+        def incidents(lo: int, hi: int) -> list:
+            sl = slice(lo, hi)
+            return ent.incidents.observe(ts[sl], score[sl], threshold[sl], alarm[sl], channel[sl], s.reconstruction[sl],
+                                         None if s.divergence is None else s.divergence[sl], ent.names, ent.model,
+                                         None if level is None else level.held[sl])
+        if level is None:
+            return incidents(0, len(ts))
         was = ent.drift_start is not None
-        for i in np.flatnonzero(drift != np.r_[was, drift[:-1]]).tolist():
-            if drift[i]:
+        out, lo = [], 0
+        for i in np.flatnonzero(level.drift != np.r_[was, level.drift[:-1]]).tolist():
+            out += incidents(lo, i)
+            lo, median = i, float(level.median[i])
+            if level.drift[i]:
                 ent.drift_start = float(ts[i])
-                out.append(drift_alert(ent.entity, "drift", float(ts[i]), ent.drift_start, float(medians[i]), ent.level,
-                                       ent.model, top_channels(channel[i], ent.names, self.settings.top_k)))
+                record = drift_alert(ent.entity, "drift", float(ts[i]), ent.drift_start, median, ent.level, ent.model,
+                                     top_channels(channel[i], ent.names, self.settings.top_k))
+                closed = ent.incidents.absorb(float(ts[i]), record["alert_id"], ent.names, ent.model)
+                if closed is not None:
+                    record["detail"]["absorbs"] = closed["alert_id"]
+                    out.append(closed)
+                out.append(record)
             else:
-                out.append(drift_alert(ent.entity, "drift_end", float(ts[i]), ent.drift_start, float(medians[i]),
-                                       ent.level, ent.model))
+                out.append(drift_alert(ent.entity, "drift_end", float(ts[i]), ent.drift_start, median, ent.level,
+                                       ent.model))
                 ent.drift_start = None
-        return out
+        return out + incidents(lo, len(ts))
 
     def _reject(self, out: Outputs, msg: Message, reason: str, ent: EntityState | None = None,
                 rows: list | None = None, last_offset: int | None = None) -> None:

@@ -71,10 +71,11 @@ class Settings:
     calibration: str = "train"  # one of CALIBRATIONS
     calibration_points: int = 1000  # with SPOT's level 0.98: 19 peaks to fit the tail on (thresholds.DEFAULTS)
     # score conditioning (scoring/conditioning.py): each point's score is the mean of the last
-    # ``smooth`` fused scores; the threshold scales with the median of the last ``level_window``
-    # (default: the number of calibration points, within 500..5000; 0: off)
+    # ``smooth`` fused scores; the threshold scales with their median over the last ``level_window``
+    # seconds of the entity's clock, so a departure becomes the new level once it has lasted half of
+    # it: two days, so that a fault of minutes or hours alarms all along (0: off)
     smooth: int = 5
-    level_window: int | None = None
+    level_window: float = 2 * 86400.0
     # Entities on the cold start calibrate on this many points after the detector's warm-up (SPOT
     # fits its tail on 19 of them: min_peaks in scoring.thresholds.DEFAULTS), so alerts start minutes
     # after the first reading; SPOT keeps learning the tail from there.

@@ -13,6 +13,8 @@ from collections import deque
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from training.report import why_line
+
 
 class EntityTrace:
     """One entity's last ``keep`` points (score, threshold, per-channel scores) and incidents.
@@ -33,6 +35,7 @@ class EntityTrace:
         self.drift_channels: list[str] = []  # where the entity's last drift event said it departed
         self.seen = 0.0  # wall clock of the last reading scored
         self.models: list[dict] = []  # the models that served it here, oldest first (at most 20)
+        self.why: str | None = None  # why its model: auto's record (training.selection), None for a named one
 
     def extend(self, ts, score, threshold, channel, raw=None) -> None:
         k = len(ts)
@@ -119,6 +122,8 @@ class Board:
         if ent.model != t.model and len(ts):  # a new model (first seen, or swapped in by the trainer)
             t.models.append({"model": ent.model, "since": float(ts[0])})
             del t.models[:-20]
+            chosen = getattr(ent.detector, "selection", None)
+            t.why = why_line(chosen) if chosen else None
         t.names, t.model, t.seen = ent.names, ent.model, time.time()
         t.extend(ts, score, threshold, channel, raw)
         for a in alerts:
@@ -197,7 +202,7 @@ class Board:
         t = self.entities.get(name)
         if t is None:
             return None
-        return {"entity": name, "state": t.state, "model": t.model, "names": t.names,
+        return {"entity": name, "state": t.state, "model": t.model, "why": t.why, "names": t.names,
                 "ts": t.ts.tolist(), "score": t.score.tolist(), "threshold": t.threshold,
                 "incidents": [{**_span(a), "label": self.labels.get(a["alert_id"])} for a in t.incidents.values()],
                 "models": t.models}

@@ -20,7 +20,7 @@ import orjson
 
 from scoring.settings import Settings, Topics
 from training.data import Dataset
-from training.evaluate import Stream, collect, messages
+from training.evaluate import Stream, collect, interval_of, messages
 
 from .broker import start_broker
 from .kafka import ensure_topics, producer, read_partition
@@ -34,8 +34,7 @@ def worker_args(settings: Settings) -> list[str]:
             "--fusion", settings.fusion, "--top-k", str(settings.top_k), "--open-after", str(settings.open_after),
             "--open-window", str(settings.open_window), "--close-after", str(settings.close_after),
             "--device", settings.device]
-    if settings.level_window is not None:
-        args += ["--level-window", str(settings.level_window)]
+    args += ["--level-window", f"{settings.level_window:g}"]
     for k, v in settings.threshold_params.items():
         args += ["--threshold-param", f"{k}={v}"]
     if settings.score_channels:
@@ -99,7 +98,7 @@ def stream_through_kafka(jobs: dict[str, tuple[str | os.PathLike, Dataset]], set
                 await asyncio.sleep(0.5)
 
         scores, alerts = asyncio.run(produce_and_read())
-        return {e: collect(scores, alerts, len(data.test), e) for e, (_, data) in jobs.items()}
+        return {e: collect(scores, alerts, len(data.test), e, interval_of(data)) for e, (_, data) in jobs.items()}
     finally:
         for p in reversed(procs):
             if p.poll() is None:

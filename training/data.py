@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import ast
 import csv
+import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,10 @@ class Dataset:
     channels: list[str]
     interpretation: np.ndarray | None = None  # [K, 3] rows (start, end, channel), half-open, 0-based
     inputs: list[str] = field(default_factory=list)  # channels that are inputs (detectors.base.Detector.judge)
+    # Seconds between readings: what the dataset's documentation states or its time column shows; None
+    # where neither says (``training.evaluate`` then assumes DEFAULT_INTERVAL). The level guard's window
+    # is time on the entity's clock (``scoring.conditioning.Level``), so an evaluation needs it.
+    interval: float | None = None
 
 
 class DataError(ValueError):
@@ -89,7 +95,8 @@ def seal(data: Dataset) -> SealedDataset:
     if isinstance(data, SealedDataset):
         data._locked = True
         return data
-    out = SealedDataset(data.name, data.train, data.test, data.label, data.channels, data.interpretation, data.inputs)
+    out = SealedDataset(data.name, data.train, data.test, data.label, data.channels, data.interpretation, data.inputs,
+                        data.interval)
     out._locked = True
     return out
 
@@ -113,9 +120,26 @@ def _columns(a: np.ndarray) -> np.ndarray:
     return a[:, None] if a.ndim == 1 else a
 
 
+# Sampling intervals that a dataset's documentation states, for layouts that carry no time: SMD, one
+# point a minute (Su et al., KDD 2019; ../shared/data/README.md), known by its machines' names.
+# SMAP and MSL are "anonymized with regard to time" (telemanom's README): no interval is stated.
+SMD_INTERVAL = 60.0
+SMD_MACHINE = re.compile(r"machine-\d+-\d+")
+
+
+def documented_interval(name: str) -> float | None:
+    """The stated sampling interval of a dataset known by its (file) name; None when none is stated.
+
+    >>> documented_interval("machine-1-6"), documented_interval("A-1")
+    (60.0, None)
+    """
+    return SMD_INTERVAL if SMD_MACHINE.fullmatch(name) else None
+
+
 def load_npz(path: Path) -> Dataset:
     """Keys ``train``, ``test``, a label (``LABEL_KEYS``), and optionally ``interpretation``, ``inputs``
-    (column indices) and ``channels`` (names; otherwise ``ch0``, ``ch1``, ...)."""
+    (column indices), ``channels`` (names; otherwise ``ch0``, ``ch1``, ...) and ``interval`` (seconds
+    between readings; otherwise the documented one, ``documented_interval``)."""
     d = np.load(path)
     train, test = _columns(d["train"]), _columns(d["test"])
     key = next((k for k in LABEL_KEYS if k in d.files), None)
@@ -134,8 +158,9 @@ def load_npz(path: Path) -> Dataset:
         inputs = [names[int(i)] for i in np.atleast_1d(d["inputs"])]
     else:  # the shared data's smap_msl/{smap,msl}/*.npz: one telemanom channel file each
         inputs = telemanom_inputs(names) if path.parent.parent.name == "smap_msl" else []
+    interval = float(d["interval"]) if "interval" in d.files else documented_interval(path.stem)
     return Dataset(path.stem, train, test, label, names,
-                   d["interpretation"] if "interpretation" in d.files else None, inputs)
+                   d["interpretation"] if "interpretation" in d.files else None, inputs, interval)
 
 
 def concatenate(name: str, parts: list[Dataset], where: Path) -> Dataset:
@@ -146,7 +171,8 @@ def concatenate(name: str, parts: list[Dataset], where: Path) -> Dataset:
     if len(widths) != 1:
         raise ValueError(f"{where}: files have different channel counts {sorted(widths)}")
     return Dataset(name, np.concatenate([p.train for p in parts]), np.concatenate([p.test for p in parts]),
-                   np.concatenate([p.label for p in parts]), parts[0].channels, inputs=parts[0].inputs)
+                   np.concatenate([p.label for p in parts]), parts[0].channels, inputs=parts[0].inputs,
+                   interval=parts[0].interval)
 
 
 def load_npz_folder(path: Path) -> Dataset:
@@ -167,7 +193,7 @@ def load_smd_text(root: Path, machine: str) -> Dataset:
             start, end = (int(v) for v in span.split("-"))
             rows += [(start - 1, end - 1, int(d) - 1) for d in dims.split(",") if d]
     return Dataset(machine, train, test, label, _names(train.shape[1]),
-                   np.array(rows, np.int64).reshape(-1, 3) if rows else None)
+                   np.array(rows, np.int64).reshape(-1, 3) if rows else None, interval=SMD_INTERVAL)
 
 
 def telemanom_channels(root: Path, spacecraft: str | None = None) -> list[Dataset]:
@@ -250,6 +276,53 @@ CSV_BLOCK = 65536  # rows converted to float32 at a time
 NOT_CHANNELS = ("timestamp", "datetime", "date", "time", "ts", "index", "row", "changepoint")
 
 
+TIME_COLUMNS = ("timestamp", "datetime", "date", "time", "ts")
+TIME_FORMATS = ("%d/%m/%Y %I:%M:%S %p", "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S")  # SWaT's, and day-first or US
+
+
+def _seconds(text: str) -> float:
+    """A time cell as seconds: a number (unix seconds, or milliseconds above 1e11), ISO 8601, or one of
+    ``TIME_FORMATS``; NaN when it is none of these."""
+    text = text.strip()
+    try:
+        v = float(text)
+        return v / 1000.0 if v > 1e11 else v
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        pass
+    for fmt in TIME_FORMATS:
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            pass
+    return float("nan")
+
+
+UNITS = {"(ms)": 1e-3, "(s)": 1.0, "(sec)": 1.0, "(min)": 60.0, "(h)": 3600.0}  # a time column's unit, in its name
+
+
+def interval_of(times: list[str], name: str = "") -> float | None:
+    """The sampling interval a time column shows: the median step between consecutive readings, None
+    when its cells are not times or do not increase. Numbers are seconds unless the column's name gives
+    another unit (PSM's ``timestamp_(min)`` counts minutes).
+
+    >>> interval_of(["2020-03-09 10:14:33", "2020-03-09 10:14:34", "2020-03-09 10:14:35"])
+    1.0
+    >>> interval_of(["0", "1", "2"], "timestamp_(min)"), interval_of(["a", "b"]) is None
+    (60.0, True)
+    """
+    unit = next((f for u, f in UNITS.items() if name.strip().lower().endswith(u)), 1.0)
+    t = np.array([_seconds(x) * (unit if x.strip().replace(".", "", 1).isdigit() else 1.0) for x in times],
+                 np.float64)
+    steps = np.diff(t[np.isfinite(t)])
+    if len(steps) < 1 or not (steps > 0).mean() > 0.5:
+        return None
+    return float(np.median(steps[steps > 0]))
+
+
 def _not_a_channel(name: str) -> bool:
     """A time or row column (``timestamp``, PSM's ``timestamp_(min)``, SKAB's ``datetime``) or a second
     label (SKAB's ``changepoint``): judging it would score the clock or read the labels."""
@@ -257,9 +330,10 @@ def _not_a_channel(name: str) -> bool:
     return name in NOT_CHANNELS or name.startswith(("timestamp", "datetime"))
 
 
-def read_csv(path: Path, need_label: bool = True) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+def read_csv(path: Path, need_label: bool = True) -> tuple[list[str], np.ndarray, np.ndarray | None, float | None]:
     """A CSV with a header, comma-, semicolon- or tab-separated (sniffed): its channel names, their values
-    [T, C] and its label column (``LABEL_COLUMNS``; None when it has none and ``need_label`` is false)."""
+    [T, C], its label column (``LABEL_COLUMNS``; None when it has none and ``need_label`` is false) and
+    the sampling interval its time column shows (``interval_of``; None without one)."""
     with open(path, newline="") as f:
         try:
             dialect = csv.Sniffer().sniff(f.read(1 << 16), delimiters=",;\t")
@@ -280,10 +354,14 @@ def read_csv(path: Path, need_label: bool = True) -> tuple[list[str], np.ndarray
             raise DataError(f"{path}: no label column (one of {', '.join(LABEL_COLUMNS)}) in its first "
                             f"{HEADER_SEARCH} lines")
         keep = [i for i, h in enumerate(header) if i != label_col and not _not_a_channel(h)]
-        blocks, rows, label = [], [], []  # rows become float32 blocks as they come: WADI is 1.2M x 127
+        clock = next((i for i, h in enumerate(header)
+                      if h.strip().lower() in TIME_COLUMNS or h.strip().lower().startswith(TIME_COLUMNS[:2])), None)
+        blocks, rows, label, times = [], [], [], []  # rows become float32 blocks as they come: WADI is 1.2M x 127
         for n, r in enumerate(reader, lines + 1):
             if r:
                 rows.append([_cell(r, i, n, path) for i in keep])
+                if clock is not None and len(times) < 1000 and clock < len(r):
+                    times.append(r[clock])
                 if label_col is not None:
                     label.append(_label(r, label_col, n, path))
                 if len(rows) == CSV_BLOCK:
@@ -291,14 +369,15 @@ def read_csv(path: Path, need_label: bool = True) -> tuple[list[str], np.ndarray
                     rows = []
     blocks.append(np.array(rows, np.float32).reshape(len(rows), len(keep)))
     values = np.concatenate(blocks)
-    return [header[i].strip() for i in keep], values, anomalous(np.array(label)) if label_col is not None else None
+    return ([header[i].strip() for i in keep], values, anomalous(np.array(label)) if label_col is not None else None,
+            interval_of(times, header[clock]) if times else None)
 
 
 def load_csv(path: Path, train_fraction: float = 0.5) -> Dataset:
     """One entity from one labelled CSV, split in time (the train part's labels are not used)."""
-    channels, values, label = read_csv(path)
+    channels, values, label, interval = read_csv(path)
     cut = int(len(values) * train_fraction)
-    return Dataset(path.stem, values[:cut], values[cut:], label[cut:], channels)
+    return Dataset(path.stem, values[:cut], values[cut:], label[cut:], channels, interval=interval)
 
 
 def is_split_csv(path: Path) -> bool:
@@ -309,14 +388,14 @@ def is_split_csv(path: Path) -> bool:
 def load_split_csv(path: Path) -> Dataset:
     """One entity from ``train.csv``, ``test.csv`` and ``test_label.csv`` (PSM's layout, eBay's server
     metrics): the same channels in both splits, the labels in their own file."""
-    channels, train, _ = read_csv(path / "train.csv", need_label=False)
-    test_channels, test, _ = read_csv(path / "test.csv", need_label=False)
+    channels, train, _, interval = read_csv(path / "train.csv", need_label=False)
+    test_channels, test, _, _ = read_csv(path / "test.csv", need_label=False)
     if test_channels != channels:
         raise DataError(f"{path}: train.csv and test.csv have different channels")
-    _, _, label = read_csv(path / "test_label.csv")
+    _, _, label, _ = read_csv(path / "test_label.csv")
     if len(label) != len(test):
         raise DataError(f"{path}: {len(label)} labels in test_label.csv for {len(test)} rows of test.csv")
-    return Dataset(path.name, train, test, label, channels)
+    return Dataset(path.name, train, test, label, channels, interval=interval)
 
 
 LAYOUTS = ("an .npz with train, test and label arrays, a folder of them (SMAP/MSL), a telemanom folder "

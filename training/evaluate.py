@@ -14,18 +14,36 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from detectors import artefacts
 from detectors.base import Detector
 from scoring.codec import encode_readings
 from scoring.pipeline import Message, Pipeline
 from scoring.settings import Settings
 
 from . import metrics, range_metrics
-from .calibration import fit_for_serving
 from .data import Dataset, SealedDataset
 
 ENTITY = "eval"
-START = 1_000_000_000.0  # test point i has timestamp START + i (exact in float64)
+START = 1_000_000_000.0  # test point i has timestamp START + i x the dataset's interval (exact in float64)
+# Seconds between readings where a dataset states none (SMAP, MSL, a CSV without a time column): one
+# minute, the interval of the one shared set that states one (SMD) and the usual granularity of plant
+# historians and server monitoring. Only the level guard reads it: its window is time on the entity's
+# clock (scoring.conditioning.Level). `vigil eval --interval` says otherwise.
+DEFAULT_INTERVAL = 60.0
+
+
+def interval_of(data: Dataset) -> float:
+    """Seconds between ``data``'s readings: as it states, else ``DEFAULT_INTERVAL``."""
+    return float(data.interval or DEFAULT_INTERVAL)
+
+
+def timestamps(n: int, interval: float) -> np.ndarray:
+    """The timestamps of ``n`` test points, ``interval`` seconds apart from START."""
+    return START + np.arange(n, dtype=np.float64) * interval
+
+
+def point_index(ts, interval: float):
+    """The test point of a timestamp (or an array of them): the inverse of ``timestamps``."""
+    return np.rint((np.asarray(ts, np.float64) - START) / interval).astype(np.int64)
 
 
 @dataclass
@@ -72,20 +90,22 @@ class Stream:
 
 
 def messages(data: Dataset, entity: str = ENTITY, rows: int = 100) -> list[tuple[bytes, bytes]]:
-    """The test split as batch-form readings of ``rows`` points each."""
-    ts = START + np.arange(len(data.test), dtype=np.float64)
+    """The test split as batch-form readings of ``rows`` points each, ``interval_of(data)`` seconds apart."""
+    ts = timestamps(len(data.test), interval_of(data))
     return [(entity.encode(), encode_readings(entity, ts[i:i + rows], data.test[i:i + rows], data.channels))
             for i in range(0, len(ts), rows)]
 
 
-def collect(score_msgs: list[dict], alert_msgs: list[dict], n: int, entity: str = ENTITY) -> Stream:
-    """A ``Stream`` from decoded ``vigil.scores`` and ``vigil.alerts`` messages of one entity."""
+def collect(score_msgs: list[dict], alert_msgs: list[dict], n: int, entity: str = ENTITY,
+            interval: float = DEFAULT_INTERVAL) -> Stream:
+    """A ``Stream`` from decoded ``vigil.scores`` and ``vigil.alerts`` messages of one entity whose
+    readings were ``interval`` seconds apart (``messages``)."""
     score, threshold = np.full(n, np.nan), np.full(n, np.nan)
     channel, seen, model = None, np.zeros(n, bool), ""
     for m in score_msgs:
         if m["entity"] != entity:
             continue
-        idx = np.rint(np.asarray(m["ts"], np.float64) - START).astype(np.int64)
+        idx = point_index(m["ts"], interval)
         if seen[idx].any():
             raise ValueError("a test point was scored twice")
         seen[idx] = True
@@ -103,10 +123,10 @@ def collect(score_msgs: list[dict], alert_msgs: list[dict], n: int, entity: str 
         if a["entity"] != entity:
             continue
         if a["state"] in ("drift", "drift_end"):
-            drift.append({**a, "ts": int(round(a["ts"] - START))})
+            drift.append({**a, "ts": int(point_index(a["ts"], interval))})
         else:
             latest[a["alert_id"]] = a
-    incidents = [{**a, "start": int(round(a["start"] - START)), "end": int(round(a["end"] - START))}
+    incidents = [{**a, "start": int(point_index(a["start"], interval)), "end": int(point_index(a["end"], interval))}
                  for a in latest.values()]
     return Stream(score, threshold, channel, sorted(incidents, key=lambda a: a["start"]), model, drift)
 
@@ -124,7 +144,7 @@ def stream_offline(detector: Detector, data: Dataset, settings: Settings, rows: 
             alerts.extend(orjson.loads(r.value) for r in out.alerts)
 
     asyncio.run(run())
-    return collect(scores, alerts, len(data.test))
+    return collect(scores, alerts, len(data.test), interval=interval_of(data))
 
 
 def report(stream: Stream, data: Dataset, top_k: int = 3) -> dict:
@@ -135,7 +155,7 @@ def report(stream: Stream, data: Dataset, top_k: int = 3) -> dict:
         data.unseal()
     labels = data.label.astype(bool)
     alarm = stream.alarm
-    out = {"points": int(len(labels)), "anomalous_points": int(labels.sum()),
+    out = {"points": int(len(labels)), "interval": interval_of(data), "anomalous_points": int(labels.sum()),
            "events": len(metrics.segments(labels)), "model_id": stream.model,
            "alarm_rate": float(alarm.mean()),
            "point": metrics.prf(alarm, labels),
@@ -197,10 +217,3 @@ def alarm_cells(alarm: np.ndarray, channel: np.ndarray, k: int) -> np.ndarray:
         top = np.argsort(-channel[rows], axis=1, kind="stable")[:, :k]
         cells[rows[:, None], top] = True
     return cells
-
-
-def train_or_load(model: str, data: Dataset, device: str = "auto", progress: bool = True, **config) -> Detector:
-    """An artefact directory is loaded; a model name is trained on the dataset's train split."""
-    if artefacts.is_artefact(model):
-        return artefacts.load(model).to(device)
-    return fit_for_serving(artefacts.create(model, data.channels, **config).to(device), data.train, progress=progress)

@@ -181,18 +181,27 @@ def data_hash(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def why(v: Version) -> str | None:
+    """Why this model: ``auto``'s choice as its record says (training.selection), else why its status was
+    last set (a rejection, a failure); None when neither says."""
+    chosen = (v.metrics or {}).get("selection")
+    return chosen["why"] if isinstance(chosen, dict) and chosen.get("why") else v.reason
+
+
 def table(versions: list[Version]) -> list[dict]:
-    """Rows for ``vigil models`` (JSON-ready): created as ISO 8601 UTC."""
+    """Rows for ``vigil models`` (JSON-ready): created as ISO 8601 UTC, and why this model (``why``)."""
     return [{"entity": v.entity, "model": v.model, "version": v.version, "status": v.status,
              "created": datetime.fromtimestamp(v.created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-             "metrics": v.metrics} for v in versions]
+             "why": why(v), "metrics": v.metrics} for v in versions]
 
 
 def format_table(rows: list[dict]) -> str:
-    """``table`` rows as aligned plain text, metrics as ``k=v`` with 3 significant digits."""
-    header = ["entity", "model", "version", "status", "created", "metrics"]
+    """``table`` rows as aligned plain text, metrics as ``k=v`` with 3 significant digits (``auto``'s record
+    of its candidates is in ``why`` and in ``--json``)."""
+    header = ["entity", "model", "version", "status", "created", "why", "metrics"]
     cells = [header] + [[str(r["entity"]), str(r["model"]), str(r["version"]), str(r["status"]),
-                         str(r["created"]), " ".join(f"{k}={_short(x)}" for k, x in r["metrics"].items())]
+                         str(r["created"]), r.get("why") or "-",
+                         " ".join(f"{k}={_short(x)}" for k, x in r["metrics"].items() if k != "selection")]
                         for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)

@@ -29,10 +29,27 @@ def _print_metrics(r: dict, alarms: str, incidents: str) -> None:
     print(f"  point-adjusted F1 (inflated)        {_prf(r['point_adjusted_f1'])}")
 
 
+def why_line(selection: dict) -> str:
+    """``auto``'s choice in one line: what it chose and why, and each candidate's label-free figures
+    (detection of injected anomalies, alarm rate on the judged stretch; training.label_free)."""
+    parts = []
+    for name, m in selection.get("candidates", {}).items():
+        if "detection" in m:
+            parts.append(f"{name} detects {m['detection']:.2f}, alarms {m['alarm_rate']:.3f}")
+        else:
+            parts.append(f"{name}: {m.get('error') or m.get('skipped')}")
+    figures = f" [{'; '.join(parts)}]" if parts else ""
+    return f"{selection['why']}{figures}"
+
+
 def print_report(r: dict) -> None:
     via = "through Kafka" if r.get("through_kafka") else "offline pipeline"
     print(f"{r['dataset']}  model {r['model_id']}  ({via}; {r['points']} test points, {r['anomalous_points']} "
           f"anomalous in {r['events']} events)")
+    if r.get("interval"):
+        print(f"  readings {r['interval']:g} s apart (the level guard's clock)")
+    if r.get("selection"):
+        print(f"  auto chose {why_line(r['selection'])}")
     if r.get("inputs"):
         shown = ", ".join(r["inputs"][:4]) + (", ..." if len(r["inputs"]) > 4 else "")
         print(f"  judged {r['judged_channels']} of {r['channels']} channels; inputs, learnt from but not judged: {shown}")

@@ -15,9 +15,7 @@ The decision is published on the models topic; workers swap a promoted model in.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -25,19 +23,16 @@ import numpy as np
 import orjson
 
 from detectors import artefacts
-from detectors.base import Detector, Scores, sliding_windows
-from scoring.codec import Readings, encode_readings
+from detectors.base import Detector
+from scoring.codec import Readings
 from scoring.feedback import Feedback
-from scoring.fusion import fuse
-from scoring.pipeline import SCORE_CAP, Message, Pipeline
+from scoring.pipeline import SCORE_CAP
 from scoring.settings import Settings
-from scoring.thresholds import floor_for, make_threshold
 from scoring.windows import fill_gaps
 
-from . import feedback
+from . import feedback, label_free, selection
 from .calibration import fit_for_serving
-from .data import Dataset
-from .evaluate import START, stream_offline
+from .label_free import Trial, broken, loses
 from .registry import Registry, Version, data_hash
 
 log = logging.getLogger("vigil.trainer")
@@ -64,26 +59,21 @@ class History:
 
 @dataclass
 class Rule:
-    """When a candidate replaces what serves the entity now, on two label-free measures.
+    """When a candidate replaces what serves the entity now, on the label-free figures of
+    ``training.label_free`` (alarm rate as served on the held-out part, detection of injected and
+    generated anomalies), the same figures ``auto`` reports its candidates by.
 
-    Detection is the mean over the generator's seeds; a difference counts only beyond the noise of the
-    measure: ``detection_tolerance``, or twice the seeds' combined standard deviation when larger.
-    - Against a champion: at least as good on both (alarms within ``alarm_tolerance``).
-    - An entity's first model, against the cold start it has now: promoted unless it is clearly broken
-      (scores not finite, or alarming on ``first_alarm_margin`` more of the held-out points than the cold
-      start does). Detection is reported beside the cold start's but does not decide: generated
-      anomalies favour some model families over others (a VAE's windows are smoother than real ones,
-      and a reconstruction model finds them *more* normal), while an entity left on the cold start
-      because a noisy measure missed a floor is the worse outcome.
+    - Against a champion: at least as good on both: alarms within ``alarm_tolerance``, and not losing on
+      detection (``label_free.loses``: lower on average over the kinds of anomaly by more than twice the
+      standard error of the paired differences, and by more than ``detection_tolerance``).
+    - An entity's first model, against the cold start it has now: promoted unless it is broken (scores
+      not finite) or loses on detection. Its alarm rate is reported but does not decide: the held-out part
+      of a live history holds the anomalies nobody labelled yet, which a model that detects them alarms
+      on (a cold start that missed them alarms less for the wrong reason).
     """
 
     alarm_tolerance: float = 0.002  # the candidate may alarm on at most this larger share of held-out points
-    detection_tolerance: float = 0.05  # and detect at most this smaller share of generated anomalies
-    first_alarm_margin: float = 0.05  # a first model alarming on 5 points in 100 more than the cold start is broken
-    first_max_alarm_rate: float = 0.05  # without a cold-start measure: at most 5% of held-out points alarm
-
-    def _noise(self, a: dict, b: dict) -> float:
-        return max(self.detection_tolerance, 2.0 * math.hypot(a.get("detection_sd", 0.0), b.get("detection_sd", 0.0)))
+    detection_tolerance: float = 0.05  # and detect at most this smaller share of anomalous windows
 
     def decide(self, cand: dict, champ: dict | None, cold: dict | None = None,
                labels: dict | None = None) -> tuple[bool, str]:
@@ -96,40 +86,31 @@ class Rule:
             mine, theirs, n = labels["honoured"], labels["champion_honoured"], labels["labels"]
             why = f"operators' labels: honours {mine} of {n} vs champion's {theirs}"
             if mine > theirs:
-                broken = not math.isfinite(cand["alarm_rate"]) or not cand.get("score_max", 0.0) < SCORE_CAP
-                return not broken, why + (" (but broken: scores overflow)" if broken else "")
+                bad = broken(cand, SCORE_CAP)
+                return not bad, why + (" (but broken: scores overflow)" if bad else "")
             if mine < theirs:
                 return False, why
         alarms_ok = cand["alarm_rate"] <= champ["alarm_rate"] + self.alarm_tolerance
-        # NaN: the champion's window is longer than the generated windows; judged on alarms alone
-        detect_ok = (math.isnan(cand["detection"]) or math.isnan(champ["detection"])
-                     or cand["detection"] >= champ["detection"] - self._noise(cand, champ))
+        # a detection not measured (a window longer than the trial's) does not lose: judged on alarms alone
+        detect_ok = not loses(cand, champ, self.detection_tolerance)
         why = (f"alarm rate {cand['alarm_rate']:.4f} vs champion {champ['alarm_rate']:.4f}, "
                f"detection {_detection(cand)} vs champion {_detection(champ)}")
         return alarms_ok and detect_ok, why
 
     def _first(self, cand: dict, cold: dict | None) -> tuple[bool, str]:
-        if not math.isfinite(cand["alarm_rate"]) or not cand.get("score_max", 0.0) < SCORE_CAP:
+        if broken(cand, SCORE_CAP):
             return False, f"first model: broken (alarm rate {cand['alarm_rate']}, scores overflow)"
         if cold is None:
-            return (cand["alarm_rate"] <= self.first_max_alarm_rate,
-                    f"first model: alarm rate {cand['alarm_rate']:.4f} (max {self.first_max_alarm_rate}), "
-                    f"detection {_detection(cand)}")
+            return True, f"first model: alarm rate {cand['alarm_rate']:.4f}, detection {_detection(cand)}"
         why = (f"first model vs cold start: alarm rate {cand['alarm_rate']:.4f} vs {cold['alarm_rate']:.4f}, "
                f"detection {_detection(cand)} vs {_detection(cold)}")
-        if cand["alarm_rate"] > cold["alarm_rate"] + self.first_alarm_margin:
-            return False, why + " (alarms far above the cold start's)"
+        if loses(cand, cold, self.detection_tolerance):
+            return False, why + " (detects less than the cold start)"
         return True, why
 
 
 def _detection(m: dict) -> str:
     return f"{m['detection']:.3f} ± {m.get('detection_sd', 0.0):.3f}"
-
-
-# GenIAS's literal patching swaps most channels of a window on data like SMD's and yields windows a
-# detector finds *more* normal than real ones (docs/models/genias.md); patching at most two channels
-# breaks the channels' relations the way a faulty sensor does.
-GENERATOR_DEFAULTS = {"max_patch_channels": 2}
 
 
 @dataclass
@@ -138,11 +119,11 @@ class TrainerConfig:
     model_config: dict = field(default_factory=dict)
     history: float = 7 * 86400.0  # seconds of the entity's own clock, back from its newest reading
     holdout: float = 0.2  # the most recent share of history, kept for the comparison
-    max_incident: float = 3600.0  # longer incidents are a new operating mode, kept in the history
+    max_incident: float = float("inf")  # longer incidents are kept in the history (default: none is)
     min_points: int = 1000
     generator_config: dict = field(default_factory=dict)  # GenIAS, for the generated anomalies
-    generated_windows: int = 256
-    generator_seeds: int = 3  # generated sets (one per seed): detection is their mean, its spread the noise
+    generated_windows: int = 256  # normal windows of the held-out part, each made anomalous once per kind
+    budget: float | None = None  # auto: seconds per entity for deep candidates (training.selection)
     read_slack: float = 3600.0  # seconds of Kafka time read before the history, for late producers
     feedback_bounds: tuple[float, float] = (0.5, 10.0)  # how far labels may move the served threshold
     seed: int = 0
@@ -150,18 +131,22 @@ class TrainerConfig:
 
 
 # ---- history -------------------------------------------------------------------------------------
-def incidents_from_alerts(values: list[bytes]) -> dict[str, list[tuple[float, float]]]:
-    """Entity -> (start, end) of every incident, as of its latest alert message (raw alert records)."""
+def incidents_from_alerts(values: list[bytes]) -> dict[str, list[tuple[float, float, bool]]]:
+    """Entity -> (start, end, absorbed) of every incident, as of its latest alert message (raw alert
+    records); ``absorbed``: a drift record closed it, the departure having become the entity's new level
+    (``scoring.incidents.IncidentTracker.absorb``). Drift records themselves are not incidents."""
     latest = {}
     for value in values:
         try:
             a = orjson.loads(value)
-            latest[a["alert_id"]] = a
+            if a["state"] not in ("drift", "drift_end"):
+                latest[a["alert_id"]] = a
         except (orjson.JSONDecodeError, KeyError, TypeError):
             continue
     out: dict[str, list] = {}
     for a in latest.values():
-        out.setdefault(a["entity"], []).append((float(a["start"]), float(a["end"])))
+        absorbed = isinstance(a.get("detail"), dict) and "absorbed_by" in a["detail"]
+        out.setdefault(a["entity"], []).append((float(a["start"]), float(a["end"]), absorbed))
     return out
 
 
@@ -172,10 +157,12 @@ def build_histories(readings: list[Readings], incidents: dict, history: float,
     """Per entity: rows in timestamp order (duplicates dropped), missing values filled (``fill_gaps``), the
     points inside incidents and older than ``history`` before the newest left out.
 
-    An incident longer than ``max_incident`` is not left out: alarms that never stop are the old
-    model meeting a new operating mode, which is exactly what retraining must learn. Operators'
-    ``labels`` (entity -> ``scoring.feedback.Feedback``) override: a period labelled a false alarm is
-    kept, one labelled an anomaly is left out, and each comes with its readings (``training.feedback``)."""
+    A fault is not normal however long it lasts: every incident is left out, except one that a drift
+    record absorbed (``incidents_from_alerts``: the departure lasted long enough to become the entity's
+    level, a new operating mode, which is what retraining must learn) and, if asked, one longer than
+    ``max_incident``. Operators' ``labels`` (entity -> ``scoring.feedback.Feedback``) settle it either
+    way: a period labelled a false alarm is kept, one labelled an anomaly is left out (an absorbed
+    incident included), and each comes with its readings (``training.feedback``)."""
     rows: dict[str, list] = {}
     names: dict[str, list[str]] = dict(known_names or {})
     for r in readings:
@@ -204,8 +191,8 @@ def build_histories(readings: list[Readings], incidents: dict, history: float,
         vals, missing = fill_gaps(vals)
         keep = ts >= ts[-1] - history
         inside = np.zeros(len(ts), bool)
-        for start, end in incidents.get(entity, []):
-            if end - start <= max_incident:
+        for start, end, *absorbed in incidents.get(entity, []):
+            if not any(absorbed) and end - start <= max_incident:
                 inside |= (ts >= start) & (ts <= end)
         mine = [fb for fb in (labels or {}).get(entity, []) if fb.end >= ts[keep][0]]
         normal, anomalous = feedback.masks(ts, mine)
@@ -220,84 +207,31 @@ def build_histories(readings: list[Readings], incidents: dict, history: float,
     return out
 
 
-# ---- label-free comparison --------------------------------------------------------------------------
-def serving_threshold(det: Detector, settings: Settings) -> float:
-    """The threshold a worker starts with for this model: calibrated on its training scores, times the
-    scale operators' feedback set."""
-    thr = make_threshold(settings.threshold, **settings.threshold_config())
-    train = Scores(det.train_reconstruction, None, det.train_divergence)
-    fused = fuse(train, settings.fusion, settings.fusion_weight).astype(np.float64)
-    thr.calibrate(fused)
-    return max(float(thr.threshold) * det.threshold_scale, floor_for(fused))
-
-
-def _flagged_share(scores_of, windows: np.ndarray, threshold: float) -> float:
-    """The share of windows whose highest fused point score crosses ``threshold``."""
-    return float((scores_of(windows).max(axis=1) > threshold).mean()) if len(windows) else float("nan")
-
-
-def _detection_stats(flag, normal: np.ndarray, generated: list[np.ndarray]) -> dict:
-    """Detection per generated set: the share of generated windows flagged minus the share of the
-    normal windows they came from (a model that flags everything detects nothing); mean and spread."""
-    base = flag(normal)
-    per_seed = [flag(g) - base for g in generated]
-    return {"normal_flagged": base, "generated_flagged": float(np.mean([d + base for d in per_seed])),
-            "detection": float(np.mean(per_seed)), "detection_sd": float(np.std(per_seed)),
-            "detection_per_seed": [round(d, 4) for d in per_seed]}
-
-
-def label_free(det: Detector, holdout: History, normal: np.ndarray, generated: list[np.ndarray],
-               settings: Settings) -> dict:
-    """Alarm rate on held-out data streamed through the pipeline, and detection of generated anomalies
-    (one set per generator seed)."""
-    n = len(holdout.ts)
-    data = Dataset(holdout.entity, holdout.values[:0], holdout.values, np.zeros(n, np.int8), det.channels)
-    stream = stream_offline(det, data, settings)
-    out = {"alarm_rate": float(stream.alarm.mean()), "detection": float("nan"),
-           "score_max": float(np.max(stream.score)) if len(stream.score) else float("nan")}
-    length = int(det.info.config.get("window", normal.shape[1]))
-    if length <= normal.shape[1] and len(normal):
-        thr = serving_threshold(det, settings)
-
-        def fused(w):
-            return fuse(det.score(np.ascontiguousarray(w[:, -length:])), settings.fusion, settings.fusion_weight)
-        out.update(_detection_stats(lambda w: _flagged_share(fused, w, thr), normal, generated))
-    return out
-
-
-def cold_start_label_free(hist: History, n_hold: int, normal: np.ndarray, generated: list[np.ndarray],
-                          settings: Settings) -> dict:
-    """The same two measures for what the entity has now, the cold start: the worker's pipeline without
-    a model streams the history; the alarm rate is taken over the held-out part, and generated windows
-    are scored from the cold start's state (and threshold) at the end of the training part."""
-    pipe = Pipeline(settings)
-    ts = START + np.arange(len(hist.ts), dtype=np.float64)
-    cut = len(ts) - n_hold
-
-    def run(lo: int, hi: int) -> list[dict]:
-        msgs = [Message(0, i, b"e", encode_readings("e", ts[i:min(i + 100, hi)], hist.values[i:min(i + 100, hi)],
-                                                    hist.names)) for i in range(lo, hi, 100)]
-        out = asyncio.run(pipe.process(msgs))
-        return [orjson.loads(r.value) for r in out.scores]
-
-    run(0, cut)
-    ent = pipe.entities["e"]
-    state, thr = ent.streaming.to_state(), ent.threshold.threshold if ent.threshold is not None else None
-    held = run(cut, len(ts))
-    alarms = [t is not None and x > t for m in held for x, t in zip(m["score"], m["threshold"])]
-    out = {"alarm_rate": float(np.mean(alarms)) if alarms else float("nan"), "detection": float("nan")}
-    if thr is not None and len(normal):
-        def scores_of(windows):
-            rows = []
-            for w in windows:  # each window scored by a copy of the cold start as it stood
-                det = type(ent.streaming)(len(hist.names)).load_state(state)
-                rows.append(det.score_learn(w)[0])
-            return np.array(rows)
-        out.update(_detection_stats(lambda w: _flagged_share(scores_of, w, thr), normal, generated))
-    return out
-
-
 # ---- one entity, one run -------------------------------------------------------------------------------
+def candidate(hist: History, train: np.ndarray, trial: Trial, config: TrainerConfig, settings: Settings,
+              progress: bool) -> tuple[Detector, dict]:
+    """The candidate for an entity, fitted on ``train``, and its label-free figures on ``trial``: the named
+    model, or ``auto``'s choice among its candidates (``training.selection``), with the record of why."""
+    if config.model != artefacts.AUTO:
+        det = artefacts.create(config.model, hist.names, **config.model_config).to(settings.device)
+        fit_for_serving(det, train, settings, progress=progress)
+        return det, label_free.figures(det, trial, settings)
+    budget = selection.default_budget(settings.device) if config.budget is None else config.budget
+    fitted, figs = selection.judge_candidates(selection.candidates(budget), hist.names, train, trial, settings,
+                                              settings.device, progress, budget, config.seed, **config.model_config)
+    prior = artefacts.default_model(hist.names, config.model_config.get("inputs"))
+    chosen, why = selection.choose(figs, prior)
+    det = fitted.get(chosen)
+    if det is None:  # the family's pick could not be judged: fitted alone, as `--model` would
+        det = artefacts.create(chosen, hist.names, **selection.candidate_config(chosen, config.seed,
+                                                                                 config.model_config))
+        fit_for_serving(det.to(settings.device), train, settings, progress=progress)
+        figs[chosen] = label_free.figures(det, trial, settings)
+    det.selection = {"rule": selection.RULE, "prior": prior, "chosen": chosen, "why": why, "candidates": figs,
+                     "judged_points": int(len(trial.ts))}
+    return det, figs[chosen]
+
+
 def retrain_entity(hist: History, registry: Registry, config: TrainerConfig, settings: Settings,
                    progress: bool = False) -> dict:
     """Train, compare and decide for one entity; returns the event to publish. Never raises."""
@@ -308,34 +242,34 @@ def retrain_entity(hist: History, registry: Registry, config: TrainerConfig, set
         if len(hist.ts) < config.min_points:
             raise ValueError(f"only {len(hist.ts)} usable points of history (need {config.min_points})")
         n_hold = max(int(len(hist.ts) * config.holdout), 64)
-        train, hold = hist.values[:-n_hold], History(entity, hist.names, hist.ts[-n_hold:], hist.values[-n_hold:])
-        cand = artefacts.create(config.model, hist.names, **config.model_config).to(settings.device)
-        fit_for_serving(cand, train, settings, progress=progress)
+        train = hist.values[:-n_hold]
+        # the windows the candidate is judged on: as long as its own (auto's candidates: the stream's)
+        window = settings.window if config.model == artefacts.AUTO else int(artefacts.create(
+            config.model, hist.names, **config.model_config).info.config.get("window", settings.window))
+        trial = label_free.make_trial(train, hist.ts[-n_hold:], hist.values[-n_hold:], hist.names,
+                                      config.model_config.get("inputs"), window, config.generated_windows,
+                                      config.seed, generator_config=config.generator_config,
+                                      device=settings.device, progress=progress)
+        cand, cand_m = candidate(hist, train, trial, config, settings, progress)
         labels = feedback.retune(cand, hist.labels, settings, config.feedback_bounds) if hist.labels else None
-        window = int(cand.info.config.get("window", settings.window))
-        gen = artefacts.create("genias", hist.names, **{**GENERATOR_DEFAULTS, **config.generator_config,
-                                                         "window": window})
-        gen.to(settings.device)
-        gen.fit(train, progress=progress)
-        normal = sliding_windows(hold.values, window, max(1, window // 2))
-        pick = np.random.default_rng(config.seed).permutation(len(normal))[:config.generated_windows]
-        normal = normal[np.sort(pick)]
-        generated = [gen.generate(normal, seed=config.seed + k)[0] for k in range(config.generator_seeds)]
-        cand_m = label_free(cand, hold, normal, generated, settings)
+        if labels is not None:  # the served threshold moved: the figures with it
+            cand_m = label_free.figures(cand, trial, settings)
         champ_m = cold_m = None
         if champion is not None:
             champ_det = registry.load(champion).to(settings.device)
             if list(champ_det.channels) == list(hist.names):
-                champ_m = label_free(champ_det, hold, normal, generated, settings)
+                champ_m = label_free.figures(champ_det, trial, settings)
                 if labels is not None:
                     labels["champion_honoured"] = feedback.agreement(
                         hist.labels, feedback.label_ratios(champ_det, hist.labels, settings), champ_det.threshold_scale)
         else:  # what the entity has now: the cold start
-            cold_m = cold_start_label_free(hist, n_hold, normal, generated, settings)
+            cold_m = label_free.cold_start_figures(hist.ts, hist.values, hist.names, n_hold, trial, settings)
         promote, why = config.rule.decide(cand_m, champ_m, cold_m, labels)
         metrics = {"candidate": cand_m, "champion": champ_m, "cold_start": cold_m, "points": int(len(hist.ts)),
                    "excluded_incident_points": hist.excluded, "holdout_points": int(n_hold),
                    "filled_values": hist.filled}
+        if cand.selection is not None:
+            metrics["selection"] = {k: cand.selection[k] for k in ("chosen", "why", "candidates")}
         if labels is not None or hist.labels_unusable:
             metrics["feedback"] = {**(labels or {}), "unusable_labels": hist.labels_unusable}
         cand_version = registry.register(entity, cand, trained_from=float(hist.ts[0]),

@@ -60,6 +60,7 @@ function drawEntity(e) {
   document.getElementById("labelling").hidden = !selectedIncident;
   document.getElementById("models").textContent = (e.models || []).length > 1 ? "models: " + e.models.map((m) =>
     `${m.model} from ${new Date(m.since * 1000).toISOString().slice(0, 19).replace("T", " ")}`).join(" → ") : "";
+  document.getElementById("why").textContent = e.why ? `why ${e.model}: ${e.why}` : "";
   spans = e.incidents;
   const data = [e.ts, e.score, e.threshold];
   const el = document.getElementById("chart");

@@ -14,10 +14,13 @@ WORKER_FAST = ["--session-timeout", "6", "--rebalance-timeout", "3", "--checkpoi
                "--batch-wait", "0.05"]
 
 
-def train_models(entities, channels, end_ts, seed, directory):
+def train_models(entities, channels, end_ts, seed, directory, history=86400):
+    """PCA per entity on a day of its normal history: the simulated plant's operating point follows a daily
+    cycle, which a model trained on an hour meets as false alarms that the level guard (two days) leaves
+    to the trainer; an operator's first model has the history a plant already keeps."""
     args = []
     for e in entities:
-        hist = normal_history(e, channels, 4000, end_ts, seed)
+        hist = normal_history(e, channels, history, end_ts, seed)
         path = artefacts.save(fit_for_serving(PCADetector(hist.channels), hist.values, progress=False), directory / e)
         args.append(f"--model={e}={path}")
     return args

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.integration
 def test_every_model_served_through_kafka_scores_as_the_offline_pipeline(broker, tmp_path):
     torch.set_num_threads(1)
     data = small_dataset()
-    settings = Settings(score_channels=True, device="cpu")
+    # a level window of 200 readings (a minute apart: training.evaluate.DEFAULT_INTERVAL), so that the
+    # 400-point test split holds a departure long enough to become the new level
+    settings = Settings(score_channels=True, device="cpu", level_window=200 * 60.0)
     jobs, offline = {}, {}
     for name in artefacts.available():
         config = TINY if name in ("lstm_ae", "post", "amad", "mimgan", "genias") else {}

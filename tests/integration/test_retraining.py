@@ -118,8 +118,8 @@ def test_trainer_promotes_a_model_for_the_new_mode_and_the_worker_swaps_it_in_li
 
     # a run that fails (here: a preset that does not exist) is published with its reason; v2 keeps serving
     failing = procs.vigil("trainer", "--once", "--broker", broker, "--registry", str(tmp_path / "registry"),
-                          "--history", "3000s", "--min-points", "1000", "--model", "lstm_ae", "--preset", "huge",
-                          name="failing")
+                          "--history", "3000s", "--max-incident", "600s", "--min-points", "1000", "--model", "lstm_ae",
+                          "--preset", "huge", name="failing")
     assert failing.wait(timeout=120) == 1, procs.log("failing")[-2000:]
     events = read_topic(broker, "vigil.models", 1)
     assert [e["event"] for e in events][-1] == "failed" and "huge" in events[-1]["reason"]
@@ -148,7 +148,10 @@ def test_a_drift_event_makes_the_running_trainer_retrain_that_entity_at_once(bro
     v = registry.register(ENTITY, v1, trained_from=START, trained_to=START + 4000, data_hash=data_hash(series[:4000]),
                           metrics={}, parent=None)
     v = registry.promote(ENTITY, v.model, v.version)
-    procs.vigil("worker", "--broker", broker, f"--model={ENTITY}={v.path}", *WORKER_FAST, name="worker")
+    # a level window of 1000 s of the plant's clock (a reading a second): the new mode, sent from the 500th
+    # reading on, becomes the level 500 s later, within the test (the default is two days)
+    procs.vigil("worker", "--broker", broker, f"--model={ENTITY}={v.path}", *WORKER_FAST, "--level-window", "1000s",
+                name="worker")
     wait_until(lambda: "assigned partitions" in procs.log("worker"), 60, 0.5, lambda: procs.log("worker")[-2000:])
     procs.vigil("trainer", "--broker", broker, "--registry", str(tmp_path / "registry"), "--every", "1h",
                 "--drift-poll", "2s", "--history", "30d", "--min-points", "500", "--generator-epochs", "2",

@@ -28,20 +28,70 @@ def test_smoothing_is_the_same_whatever_the_micro_batches_and_survives_a_restore
     assert whole[0][0] == score[0] and np.isclose(whole[0][10], score[6:11].mean())
 
 
+def seconds(n: int, step: float = 1.0, start: float = 1.7e9) -> np.ndarray:
+    """Timestamps of ``n`` readings ``step`` seconds apart."""
+    return start + step * np.arange(n, dtype=np.float64)
+
+
 def test_a_short_fault_keeps_the_level_and_a_long_departure_becomes_it():
     rng = np.random.default_rng(1)
     calib = rng.exponential(size=2000)
-    level = Level.calibrated(1000, calib, threshold=8.0)
+    level = Level.calibrated(1000.0, calib, threshold=8.0)  # a window of 1000 s: readings each second
     normal = rng.exponential(size=1000)
     fault = np.r_[normal[:400], np.full(50, 30.0), normal[450:]]
-    scale, drift, _ = level.scales(fault)
-    assert scale.max() < 1.2 and not drift.any(), "50 points of fault do not move the median of 1000"
+    scale, drift, _, _ = level.scales(seconds(1000), fault)
+    assert scale.max() < 1.2 and not drift.any(), "50 s of fault do not move the median of 1000 s"
     regime = rng.exponential(size=3000) * 20  # the whole level x20: above the threshold of 8
-    scale, drift, _ = level.scales(regime)
+    scale, drift, _, _ = level.scales(seconds(3000, start=1.7e9 + 1000), regime)
     assert drift[-1] and scale[-1] > 10, "half a window later the new level is the level, and it drifts"
-    assert np.flatnonzero(drift)[0] < 1000, "within one window"
+    first = np.flatnonzero(drift)[0]
+    assert 500 <= first < 600, "once the departure has filled half the window's time, not before"
     back = Level.from_state(json.loads(json.dumps(level.to_state())))
-    assert back.median() == level.median() and back.drifting
+    assert back.level(back.block) == level.level(level.block) and back.drifting
+
+
+def test_a_departure_becomes_the_level_after_the_same_time_whatever_the_rate_and_however_new_the_entity():
+    # the window is time on the entity's clock: a fault of half an hour is half an hour at one reading a
+    # second or ten; and an entity seen for minutes has not seen a "new normal" in a fault of minutes
+    rng = np.random.default_rng(7)
+    for step in (1.0, 0.1):
+        n = int(7200 / step)  # two hours
+        x = rng.exponential(size=n) * 20  # departed from its first reading on
+        level = Level(3600.0, 1.0, 8.0)  # an hour's window
+        drift = level.scales(seconds(n, step), x).drift
+        first = np.flatnonzero(drift)[0] * step
+        span = 3600 / 64  # blocks are aligned on the clock: the first one is partly before the first reading
+        assert 1800 - span <= first < 1800 + 2 * span, (step, first)
+        assert len(level.kept) <= Level.KEEP and len(level.medians) <= Level.BLOCKS  # a summary, not the scores
+
+
+def test_the_level_keeps_a_summary_not_the_scores():
+    # a day of one-second readings is 86,400 scores; the level's state stays small whatever the rate
+    rng = np.random.default_rng(8)
+    level = Level(2 * 86400.0, 1.0, 8.0)
+    for day in range(2):
+        level.scales(seconds(86400, start=1.7e9 + 86400 * day), rng.exponential(size=86400))
+    state = json.dumps(level.to_state())
+    assert len(state) < 4000, len(state)
+
+
+def test_a_sustained_departure_is_held_until_it_becomes_the_level():
+    # a fault whose typical point alarms holds its incident open from the block after it began, and
+    # until the drift (which absorbs it); after a fault of a few points, nothing is held
+    rng = np.random.default_rng(9)
+    level = Level(6400.0, 1.0, 8.0)  # blocks of 100 s
+    x = np.r_[rng.exponential(size=1000), np.full(5, 40.0), rng.exponential(size=995),
+              rng.exponential(size=6000) * 30]
+    out = level.scales(seconds(len(x)), x)
+    assert not out.held[:2100].any(), "five points of fault are no block's median"
+    assert out.held[2200:5000].all(), "the fault's blocks ran above the threshold"
+    first = np.flatnonzero(out.drift)[0]
+    assert not out.held[first:].any(), "a drifting entity holds nothing: the drift took over"
+
+
+def test_a_checkpoint_of_the_level_before_its_window_was_time_starts_it_afresh():
+    old = {"window": 1000, "base": 1.0, "base_threshold": 8.0, "recent": "", "drifting": True, "seen": 5}
+    assert Level.from_state(old) is None
 
 
 def test_a_regime_change_raises_one_drift_event_instead_of_a_flood():
@@ -55,7 +105,7 @@ def test_a_regime_change_raises_one_drift_event_instead_of_a_flood():
     ts = 1.7e9 + np.arange(len(live), dtype=np.float64)
     msgs = [Message(0, i // 50, b"p", encode_readings("p", ts[i:i + 50], live[i:i + 50], names))
             for i in range(0, len(live), 50)]
-    pipe = Pipeline(Settings(), {"*": det})
+    pipe = Pipeline(Settings(level_window=2000.0), {"*": det})  # 2000 s: a new mode after 1000 s
     alerts, scores = [], []
     for i in range(0, len(msgs), 10):
         out = asyncio.run(pipe.process(msgs[i:i + 10]))
@@ -80,7 +130,7 @@ def test_a_drift_event_names_the_channels_that_departed():
     msgs = [Message(0, i // 100, b"p", encode_readings("p", ts[i:i + 100], live[i:i + 100], names))
             for i in range(0, len(live), 100)]
     board = Board()
-    pipe = Pipeline(Settings(), {"*": PCADetector(names).fit(train)}, board=board)
+    pipe = Pipeline(Settings(level_window=2000.0), {"*": PCADetector(names).fit(train)}, board=board)
     alerts = [orjson.loads(r.value) for m in msgs for r in asyncio.run(pipe.process([m])).alerts]
     drift = [a for a in alerts if a["state"] == "drift"]
     assert len(drift) == 1 and drift[0]["channels"][0]["channel"] == "speed", drift[0]["channels"]
@@ -90,19 +140,21 @@ def test_a_drift_event_names_the_channels_that_departed():
 def test_the_level_is_the_same_whatever_the_micro_batches_and_survives_a_restore():
     rng = np.random.default_rng(3)
     x = rng.exponential(size=4000) * np.r_[np.ones(2000), np.full(2000, 15.0)]
-    whole = Level(640, 1.0, 8.0).scales(x)
-    level, parts = Level(640, 1.0, 8.0), []
+    ts = seconds(4000)
+    whole = Level(640.0, 1.0, 8.0).scales(ts, x)
+    level, parts = Level(640.0, 1.0, 8.0), []
     for lo, hi in ((0, 1), (1, 333), (333, 2500)):
-        parts.append(level.scales(x[lo:hi]))
+        parts.append(level.scales(ts[lo:hi], x[lo:hi]))
     level = Level.from_state(json.loads(json.dumps(level.to_state())))
-    parts.append(level.scales(x[2500:]))
-    assert np.array_equal(np.concatenate([p[0] for p in parts]), whole[0])
-    assert np.array_equal(np.concatenate([p[1] for p in parts]), whole[1])
-    assert np.array_equal(np.concatenate([p[2] for p in parts]), whole[2])
-    # evaluated every 640 // 64 = 10 points, from the 100 points before, exactly
-    assert len(set(whole[0][3000:3010])) == 1 and whole[0][3010] != whole[0][3000]
-    assert whole[0][3000] == max(1.0, float(np.sort(x[3000 - 640:3000])[320]))
-    assert whole[1][-1] and not whole[1][1000]
+    parts.append(level.scales(ts[2500:], x[2500:]))
+    for i in range(4):
+        assert np.array_equal(np.concatenate([p[i] for p in parts]), whole[i])
+    # evaluated as each block of 10 s begins, from the 64 blocks before it, exactly
+    for at in (2100, 3000, 3510):
+        assert len(set(whole.scale[at:at + 10])) == 1
+        blocks = [np.sort(x[b * 10:(b + 1) * 10])[5] for b in range(at // 10 - 64, at // 10)]
+        assert whole.scale[at] == max(1.0, float(np.sort(blocks)[32]))
+    assert whole.drift[-1] and not whole.drift[1000]
 
 
 def test_a_calibration_mostly_at_zero_scales_by_its_mean_not_by_hundreds():
@@ -111,15 +163,15 @@ def test_a_calibration_mostly_at_zero_scales_by_its_mean_not_by_hundreds():
     # multiply the threshold by hundreds and silence the entity
     rng = np.random.default_rng(3)
     calib = np.where(rng.random(2000) < 0.6, 0.0, rng.exponential(2.5, 2000))
-    level = Level.calibrated(1000, calib, threshold=8.0)
+    level = Level.calibrated(1000.0, calib, threshold=8.0)
     assert np.isclose(level.base, calib.mean())
-    scale, drift, _ = level.scales(rng.exponential(size=1000) * calib.mean())
+    scale, drift, _, _ = level.scales(seconds(1000), rng.exponential(size=1000) * calib.mean())
     assert scale.max() < 1.5 and not drift.any()
-    fault = level.scales(np.full(50, 30.0))[0]
+    fault = level.scales(seconds(50, start=1.7e9 + 1000), np.full(50, 30.0)).scale
     assert fault.max() < 1.5, "a fault 30 / 1.5 above the calibrated threshold still alarms"
     # a calibration without an atom keeps its median
     spread = rng.exponential(size=2000)
-    assert Level.calibrated(1000, spread, threshold=8.0).base == np.median(spread)
+    assert Level.calibrated(1000.0, spread, threshold=8.0).base == np.median(spread)
 
 
 def test_a_drift_record_reports_the_median_that_crossed_whatever_the_micro_batches():
@@ -135,18 +187,23 @@ def test_a_drift_record_reports_the_median_that_crossed_whatever_the_micro_batch
     msgs = [Message(0, i // 100, b"p", encode_readings("p", ts[i:i + 100], live[i:i + 100], names))
             for i in range(0, len(live), 100)]
 
-    def drift_records(per_batch: int) -> list[dict]:
-        pipe = Pipeline(Settings(), {"*": det})
+    def alerts_of(per_batch: int) -> list[dict]:
+        pipe = Pipeline(Settings(level_window=2000.0), {"*": det})
         out = [asyncio.run(pipe.process(msgs[i:i + per_batch])) for i in range(0, len(msgs), per_batch)]
-        alerts = [orjson.loads(r.value) for o in out for r in o.alerts]
-        return [a for a in alerts if a["state"].startswith("drift")]
+        return [orjson.loads(r.value) for o in out for r in o.alerts]
 
-    one, many = drift_records(len(msgs)), drift_records(3)
+    alerts, many = alerts_of(len(msgs)), alerts_of(3)
+    assert alerts == many
+    one = [a for a in alerts if a["state"].startswith("drift")]
     assert [a["state"] for a in one] == ["drift", "drift_end"], one
-    assert one == many
     start, end = one
     assert start["score"] > start["threshold"] and start["detail"]["level_ratio"] > 1
     assert end["score"] <= end["threshold"]
+    # the departure was one incident, held open until the drift record absorbed it
+    during = {a["alert_id"] for a in alerts if a["state"] == "open" and ts[2000] <= a["start"] < start["ts"]}
+    assert during == {start["detail"]["absorbs"]}, (during, start["detail"])
+    closed = [a for a in alerts if a["alert_id"] == start["detail"]["absorbs"] and a["state"] == "close"]
+    assert closed[0]["detail"]["absorbed_by"] == start["alert_id"] and closed[0]["ts"] == start["ts"]
 
 
 def test_a_median_hovering_at_the_threshold_drifts_once_not_every_few_points():
@@ -155,9 +212,9 @@ def test_a_median_hovering_at_the_threshold_drifts_once_not_every_few_points():
     rng = np.random.default_rng(6)
     level = np.r_[np.ones(2000), np.full(4000, 8.0 / np.log(2)), np.ones(4000)]  # median 8: the threshold
     x = rng.exponential(size=len(level)) * level
-    drift = Level(640, 1.0, 8.0).scales(x)[1]
+    drift = Level(640.0, 1.0, 8.0).scales(seconds(len(x)), x).drift
     starts = np.flatnonzero(np.diff(np.r_[False, drift].astype(int)) == 1)
     assert 1 <= len(starts) <= 2, starts  # 9 drift periods without the wait
     assert drift[2700] and not drift[-1], "declared while the median is up; over a window after it is back"
     back = np.flatnonzero(drift)[-1]
-    assert 6000 + 640 <= back < 6000 + 640 + 640
+    assert 6000 + 640 <= back < 6000 + 640 + 640 + 10

@@ -155,11 +155,29 @@ def test_replay_sends_each_entity_under_the_name_its_model_is_trained_under(tmp_
         np.savez(craft / f"{name}.npz", train=np.zeros((6, 2)), test=np.array([[1, np.nan], [2, 3.0]]),
                  label=np.zeros(2), channels=np.array(["flow", "temp"]))
     series = dataset_series(str(craft), start=100.0)
+    # no interval stated: one minute apart, as `vigil eval` times them (training.evaluate.DEFAULT_INTERVAL)
     assert [(s.entity, s.channels, s.ts.tolist()) for s in series] == [
-        ("A-1", ["flow", "temp"], [100.0, 101.0]), ("B-2", ["flow", "temp"], [100.0, 101.0])]
+        ("A-1", ["flow", "temp"], [100.0, 160.0]), ("B-2", ["flow", "temp"], [100.0, 160.0])]
     assert np.isnan(series[0].values[0, 1])  # a gap: sent as null, imputed by the worker
     one = dataset_series(str(craft / "A-1.npz"), entity="pump", split="train")
     assert len(one) == 1 and one[0].entity == "pump" and one[0].values.shape == (6, 2)
+    np.savez(craft / "A-1.npz", train=np.zeros((6, 2)), test=np.ones((3, 2)), label=np.zeros(3), interval=0.5)
+    assert dataset_series(str(craft / "A-1.npz"), start=10.0)[0].ts.tolist() == [10.0, 10.5, 11.0]
+
+
+def test_a_dataset_knows_its_sampling_interval(tmp_path):
+    # the level guard's window is time on the entity's clock, so an evaluation must know the clock: SMD's
+    # documented minute, a CSV's time column (SKAB's datetime, PSM's minutes), else nothing stated
+    np.savez(tmp_path / "machine-1-1.npz", train=np.zeros((6, 2)), test=np.ones((3, 2)), label=np.zeros(3))
+    np.savez(tmp_path / "A-1.npz", train=np.zeros((6, 2)), test=np.ones((3, 2)), label=np.zeros(3))
+    assert load(tmp_path / "machine-1-1.npz").interval == 60.0
+    assert load(tmp_path / "A-1.npz").interval is None
+    rows = "\n".join(f"2020-03-09 10:14:{s:02d};{s * 0.1};{int(s > 5)};0" for s in range(10))
+    (tmp_path / "skab.csv").write_text("datetime;Pressure;anomaly;changepoint\n" + rows + "\n")
+    skab = load(tmp_path / "skab.csv")
+    assert skab.interval == 1.0 and skab.channels == ["Pressure"]
+    (tmp_path / "psm.csv").write_text("timestamp_(min),a,label\n" + "\n".join(f"{t},{t},0" for t in range(8)) + "\n")
+    assert load(tmp_path / "psm.csv").interval == 60.0
 
 
 def test_unknown_layout(tmp_path):

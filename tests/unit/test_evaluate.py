@@ -30,7 +30,7 @@ def test_collect_rebuilds_points_from_score_messages_and_refuses_gaps_and_repeat
              "channels": [[0.2, 0.3]]}]
     alerts = [{"entity": "eval", "alert_id": "a", "state": "open", "start": START + 1, "end": START + 1},
               {"entity": "eval", "alert_id": "a", "state": "closed", "start": START + 1, "end": START + 2}]
-    s = collect(msgs, alerts, 3)
+    s = collect(msgs, alerts, 3, interval=1.0)  # readings one second apart
     assert s.score.tolist() == [1.0, 5.0, 0.5] and np.isnan(s.threshold[0])
     assert s.alarm.tolist() == [False, True, False]  # no alarm while the threshold calibrates
     assert s.channel.shape == (3, 2) and s.model == "pca@1"
@@ -41,9 +41,12 @@ def test_collect_rebuilds_points_from_score_messages_and_refuses_gaps_and_repeat
                         [{"start": 1, "end": 1, "state": "update"}], "m@1")
     assert still_open.incident_mask().tolist() == [False, True, True, True, True, False]
     with pytest.raises(ValueError, match="not scored"):
-        collect(msgs[:1], [], 3)
+        collect(msgs[:1], [], 3, interval=1.0)
     with pytest.raises(ValueError, match="twice"):
-        collect(msgs + msgs[:1], [], 3)
+        collect(msgs + msgs[:1], [], 3, interval=1.0)
+    # a minute apart (the default where a dataset states none): the same points
+    minute = [{**m, "ts": [START + 60 * (t - START) for t in m["ts"]]} for m in msgs]
+    assert collect(minute, [], 3).score.tolist() == [1.0, 5.0, 0.5]
 
 
 def test_alarm_cells_blame_the_top_k_channels_at_alarm_points():
@@ -147,6 +150,7 @@ def test_evaluation_cannot_read_test_labels_before_the_scores_are_final(tmp_path
     import pytest
 
     import training.evaluate as evaluate
+    import training.selection as selection
     from cli.main import main
     from training.data import LabelsSealed, seal
 
@@ -156,21 +160,21 @@ def test_evaluation_cannot_read_test_labels_before_the_scores_are_final(tmp_path
         sealed.label
     with pytest.raises(LabelsSealed):
         sealed.interpretation
-    det = evaluate.train_or_load("pca", sealed)  # training and scoring run without them
+    det = selection.train_or_load("pca", sealed)  # training and scoring run without them
     stream = evaluate.stream_offline(det, sealed, Settings(score_channels=True))
     assert evaluate.report(stream, sealed)["point"]["f1"] > 0  # report() unseals, after scoring
 
     path = tmp_path / "small.npz"
     np.savez(path, train=data.train, test=data.test, label=data.label, interpretation=data.interpretation)
     seen = []
-    original = evaluate.train_or_load
+    original = selection.train_or_load
 
     def spy(model, d, *a, **kw):
         with pytest.raises(LabelsSealed):
             d.label  # what vigil eval hands to training and scoring is sealed
         seen.append(d.name)
         return original(model, d, *a, **kw)
-    monkeypatch.setattr(evaluate, "train_or_load", spy)
+    monkeypatch.setattr(selection, "train_or_load", spy)
     assert main(["eval", "--model", "pca", "--data", str(path), "--json"]) == 0
     assert seen == ["small"]
 

@@ -181,7 +181,13 @@ def test_table_and_format_table(tmp_path, fitted):
     assert rows[1]["created"].endswith("Z") and rows[1]["created"][:2] == "20"
     assert json.loads(json.dumps(rows)) == rows  # what `vigil models --json` prints
     text = format_table(rows).splitlines()
-    assert text[0].split() == ["entity", "model", "version", "status", "created", "metrics"]
+    assert text[0].split() == ["entity", "model", "version", "status", "created", "why", "metrics"]
     assert len(text) == 3 and "champion" in text[1]
     assert "plant/line 3" in text[2] and "f1=0.812 auc=0.5" in text[2] and rows[1]["created"] in text[2]
     assert text[1].index("pca") == text[2].index("pca")  # aligned columns
+    # auto's record says why this model (training.selection), in the table and in --json
+    register(reg, "c", fitted, metrics={"selection": {"chosen": "pca", "why": "pca: the family the channels call for",
+                                                      "candidates": {"pca": {"detection": 0.4}}}})
+    row = table(reg.versions("c"))[0]
+    assert row["why"] == "pca: the family the channels call for"
+    assert "pca: the family the channels call for" in format_table([row]).splitlines()[1]
