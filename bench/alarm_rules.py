@@ -8,11 +8,12 @@ it gains on every group (SMD, SMAP, MSL); none of these did (docs/benchmarks.md,
 entity stay below the 0.30 goal").
 
   served         the worker's default (``scoring.settings.Settings``)
-  level W        the level tracker (``scoring.conditioning.Level``) over a fixed W points instead of
-                 the calibration's length (why: how long a fault may last before it becomes the new
-                 level is a property of the plant, not of how much history its model had); ``off``: none
-  level q25      the level at the recent lower quartile rather than the median (why: a departure must
-                 fill three quarters of the window, not half, before it becomes the new level)
+  level W        the level tracker (``scoring.conditioning.Level``) over W days of the entity's clock
+                 instead of the served two (why: how long a fault may last before it becomes the new
+                 level is a property of the plant); ``off``: none
+  level q25      the level at the lower quartile of the window's block medians rather than their median
+                 (why: a departure must fill three quarters of the window, not half, before it becomes
+                 the new level)
   stuck xF       also alarm while a judged channel repeats one value more than F times as long as its
                  longest run in ``train`` (why: a stuck sensor is a classic fault a forecaster misses,
                  as it predicts "no change"); channels constant for 5% of ``train`` or more are exempt
@@ -29,9 +30,6 @@ entity stay below the 0.30 goal").
   level shift    the level *adds* the recent median's rise to the threshold instead of scaling it by
                  the ratio (why: a heavy-tailed score's threshold is 5-1000x its median, and a ratio
                  rule multiplies that margin too: a median from 1 to 10 lifts a threshold of 20 to 200)
-  level spread   the threshold as the recent median plus the calibrated margin scaled by the recent
-                 interquartile range over the calibration's (why: robust location and scale, a new
-                 operating mode may move either)
   trimmed cal    the held-out calibration less its far-out scores (Tukey, Q3 + 3 IQR), as the cold
                  start trims its first points (why: the held-out tail of a live history is data nobody
                  checked; SMAP E-3's threshold ran at 25-64 against normal test scores under 2)
@@ -48,7 +46,6 @@ entity stay below the 0.30 goal").
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import warnings
 from dataclasses import replace
@@ -77,14 +74,13 @@ EPS = 1e-3  # added before the log of a score (scores are in units of the mean t
 
 
 def level_quantile(q: float):
-    """``Level`` taking the ``q`` quantile of its window instead of the median, while in force."""
-    def median(self, values=None):
-        v = self.recent if values is None else values
-        if len(v) < min(self.MIN_POINTS, self.window):
-            return None
-        k = int(q * (len(v) - 1) + 0.5)
-        return float(np.partition(v, k)[k])
-    return patch.object(conditioning.Level, "median", median)
+    """``Level`` taking the ``q`` quantile of its window's block medians instead of their median, while in
+    force."""
+    def level(self, block):
+        values = np.array([self.medians.get(b, self.base) for b in range(block - self.BLOCKS, block)])
+        k = int(q * (len(values) - 1) + 0.5)
+        return float(np.partition(values, k)[k])
+    return patch.object(conditioning.Level, "level", level)
 
 
 def geometric_smoothing():
@@ -103,45 +99,10 @@ def level_shift():
     """``Level`` moving the threshold by the recent median's rise over the calibration's, while in force."""
     original = conditioning.Level.scales
 
-    def scales(self, scores):
-        out, drift, medians = original(self, scores)
-        return np.maximum(1.0, 1.0 + (medians - self.base) / self.base_threshold), drift, medians
+    def scales(self, ts, scores):
+        out = original(self, ts, scores)
+        return out._replace(scale=np.maximum(1.0, 1.0 + (out.median - self.base) / self.base_threshold))
     return patch.object(conditioning.Level, "scales", scales)
-
-
-def _iqr(v: np.ndarray) -> float:
-    q1, q3 = np.percentile(v, [25, 75])
-    return float(q3 - q1)
-
-
-@contextlib.contextmanager
-def level_spread():
-    """``Level`` serving recent median + calibrated margin x max(1, recent IQR / calibration IQR), while in
-    force (evaluated at the level's own strides, held in between)."""
-    calibrated, scales = conditioning.Level.calibrated.__func__, conditioning.Level.scales
-
-    def calibrated_(cls, window, calibration, threshold):
-        obj = calibrated(cls, window, calibration, threshold)
-        x = np.asarray(calibration, np.float64)
-        obj.spread = max(_iqr(x), 1e-3 * float(np.mean(np.abs(x))), 1e-12) if x.size else 1.0
-        return obj
-
-    def scales_(self, x):
-        history, known, first = np.concatenate([self.recent, x]), len(self.recent), self.seen
-        _, drift, medians = scales(self, x)
-        out, current = np.ones(len(x)), getattr(self, "spread_scale", 1.0)
-        for i in range(len(x)):
-            if (first + i) % self.stride == 0:
-                w = history[max(0, known + i - self.window):known + i]
-                if len(w) >= min(self.MIN_POINTS, self.window):
-                    margin = (self.base_threshold - self.base) * max(1.0, _iqr(w) / self.spread)
-                    current = max(1.0, (float(np.median(w)) + margin) / self.base_threshold)
-            out[i] = current
-        self.spread_scale = current
-        return out, drift, medians
-    with patch.object(conditioning.Level, "calibrated", classmethod(calibrated_)), \
-            patch.object(conditioning.Level, "scales", scales_):
-        yield
 
 
 def trimmed_calibration():
@@ -213,8 +174,8 @@ def entity_rules(data, model: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     base = Settings()
     served = stream_offline(det, test, base)
     out = {"served": served.alarm}
-    for w in (2000, 5000):
-        out[f"level {w}"] = stream_offline(det, test, replace(base, level_window=w)).alarm
+    for days in (1, 4):
+        out[f"level {days}d"] = stream_offline(det, test, replace(base, level_window=days * 86400.0)).alarm
     out["level off"] = stream_offline(det, test, replace(base, level_window=0)).alarm
     with level_quantile(0.25):
         out["level q25"] = stream_offline(det, test, base).alarm
@@ -222,8 +183,8 @@ def entity_rules(data, model: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     for k in (5, 20):
         with geometric_smoothing():
             out[f"geo {k}"] = stream_offline(det, test, replace(base, smooth=k)).alarm
-    for name, change in (("level shift", level_shift), ("level spread", level_spread),
-                         ("trimmed cal", trimmed_calibration), ("atom fp", rounding_atoms)):
+    for name, change in (("level shift", level_shift), ("trimmed cal", trimmed_calibration),
+                         ("atom fp", rounding_atoms)):
         with change():
             out[name] = stream_offline(det, test, base).alarm
     out["drift recal"] = recalibrated_in_drift(served, base)

@@ -47,7 +47,7 @@ from training.calibration import fit_for_serving  # noqa: E402
 from training.data import load, seal  # noqa: E402
 from training.evaluate import interval_of, stream_offline  # noqa: E402
 from training.label_free import difference, figures, make_trial  # noqa: E402
-from training.metrics import prf  # noqa: E402
+from training.metrics import auc_pr, prf  # noqa: E402
 from training.quality import CachedScores, dataset_paths, model_config  # noqa: E402
 from training.selection import BASELINES, JUDGE  # noqa: E402
 
@@ -83,10 +83,10 @@ def pick(rule: str, figs: dict[str, dict], prior: str, f1: dict[str, float]) -> 
     ok = {m: v for m, v in figs.items() if np.isfinite(v.get("detection", np.nan))}
     if rule == "family" or not ok:
         return prior
-    if rule == "detection":
-        return max(ok, key=lambda m: ok[m]["detection"])
+    if rule == "detection":  # ties (e.g. a channel constant in training, all detect alike) keep the family's
+        return max(ok, key=lambda m: (ok[m]["detection"], m == prior))
     if rule == "detection - alarms":
-        return max(ok, key=lambda m: ok[m]["detection"] - ok[m]["alarm_rate"])
+        return max(ok, key=lambda m: (ok[m]["detection"] - ok[m]["alarm_rate"], m == prior))
     if rule == "borda":
         kinds = set.intersection(*(set(v["detection_by_kind"]) for v in ok.values()))
         rank = {m: sum(sum(ok[o]["detection_by_kind"][k] > ok[m]["detection_by_kind"][k] for o in ok) for k in kinds)
@@ -121,7 +121,7 @@ def entity_row(name: str, path: Path, genias: bool) -> dict:
     fit, judged = x[:-n_judge], x[-n_judge:]
     trial = make_trial(fit, np.arange(n_judge) * interval_of(data), judged, data.channels, inputs, settings.window,
                        genias=genias, progress=False)
-    figs, f1, alarm, served = {}, {}, {}, {}
+    figs, f1, alarm, aucpr, served = {}, {}, {}, {}, {}
     for m in BASELINES:
         cfg = model_config(m, False, 0, data.inputs)
         figs[m] = figures(fit_for_serving(artefacts.create(m, data.channels, **cfg), fit, settings, progress=False),
@@ -132,7 +132,9 @@ def entity_row(name: str, path: Path, genias: bool) -> dict:
     for m, det in [*served.items(), ("ensemble", Ensemble(list(served.values())))]:
         stream = stream_offline(det, sealed, settings)
         f1[m], alarm[m] = prf(stream.alarm, label)["f1"], float(stream.alarm.mean())
-    return {"entity": name, "prior": prior, "share": float(label.mean()), "figures": figs, "f1": f1, "alarm": alarm}
+        aucpr[m] = auc_pr(stream.score, label)
+    return {"entity": name, "prior": prior, "share": float(label.mean()), "figures": figs, "f1": f1, "alarm": alarm,
+            "auc_pr": aucpr}
 
 
 def main() -> None:
@@ -146,9 +148,9 @@ def main() -> None:
     paths = dataset_paths(args.data_root)
     out = open(args.results, "wb") if args.results else None
     print(f"{'rule':22s}" + "".join(f"{g:>22s}" for g in args.groups.split(",")))
-    table = {}
+    table, aucs = {}, {}
     for g in args.groups.split(","):
-        rows = [entity_row(n, paths[n], args.genias) for n in tqdm(entities(g, paths), desc=g, unit="entity")]
+        rows = aucs[g] = [entity_row(n, paths[n], args.genias) for n in tqdm(entities(g, paths), desc=g, unit="entity")]
         for r in rows:
             if out:
                 out.write(orjson.dumps({**r, "group": g}, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
@@ -161,6 +163,9 @@ def main() -> None:
             table.setdefault(rule, []).append(f"{f1:.3f} ({switched} sw, {floods} fl)")
     for rule, cells in table.items():
         print(f"{rule:22s}" + "".join(f"{c:>22s}" for c in cells))
+    print(f"\n{'AUC-PR (threshold-free)':22s}" + "".join(f"{'':>22s}" for _ in table["family"]))
+    for m in (*BASELINES, "ensemble"):
+        print(f"{m:22s}" + "".join(f"{np.mean([r['auc_pr'][m] for r in rows]):>22.3f}" for g, rows in aucs.items()))
     print("\nper group: mean honest point-wise F1 (entities whose pick differs from the family's; entities over "
           "the flood line, an alarm rate above 3x the anomalous share + 0.02)")
 

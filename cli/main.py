@@ -272,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="incidents longer than this stay in the history as a new operating mode (default: none; "
                         "an incident a drift record absorbed, or one labelled a false alarm, always does)")
     p.add_argument("--once", action="store_true", help="one round, then exit (for cron)")
+    p.add_argument("--round-budget", type=_duration, default=None,
+                   help="time a round may spend starting entities; the rest wait for the next round, those "
+                        "without a model first, then the oldest models (default: half of --every; --once: none)")
+    p.add_argument("--budget", type=_duration, default=None,
+                   help="auto: seconds per entity for the deep candidates (default: none on a CPU, 60s on a GPU)")
     p.add_argument("--drift-poll", type=_duration, default=_duration("30s"),
                    help="between rounds, how often to look for drift events and retrain those entities")
     p.add_argument("--entities", default=None, help="comma-separated subset")
@@ -525,8 +530,10 @@ def cmd_bench(args) -> int:
     if doc is None:
         print(quality.markdown(results, command))
     else:
-        quality.write_markdown(results, Path(doc), command)
-        print(f"vigil: wrote the quality section of {doc} from {results}", file=sys.stderr)
+        quality.write_markdown(results, Path(doc), command,
+                               models_doc=Path("docs/models.md") if doc == "docs/benchmarks.md" else None)
+        print(f"vigil: wrote the quality section of {doc} (and auto's choices in docs/models.md) from {results}",
+              file=sys.stderr)
     return 0
 
 
@@ -538,18 +545,18 @@ def cmd_trainer(args) -> int:
     settings = settings_from_args(args)
     check_broker(settings.broker)
     config = TrainerConfig(model=args.model, history=args.history, min_points=args.min_points,
-                           max_incident=args.max_incident,
+                           max_incident=args.max_incident, budget=args.budget,
                            model_config=_model_config(args),
                            generator_config={"epochs": args.generator_epochs} if args.generator_epochs else {})
     registry = Registry(args.registry)
     entities = args.entities.split(",") if args.entities else None
     if args.once:
-        events = run_once(settings, registry, config, entities)
+        events = run_once(settings, registry, config, entities, budget=args.round_budget)
         for e in events:
             print(f"vigil: {e['entity']}: {e['event']} {e.get('model', '')}@{e.get('version', '')} "
                   f"({e.get('reason', '')})", file=sys.stderr)
         return 1 if any(e["event"] == "failed" for e in events) else 0
-    run_every(settings, registry, config, args.every, entities, poll=args.drift_poll)
+    run_every(settings, registry, config, args.every, entities, poll=args.drift_poll, budget=args.round_budget)
     return 0
 
 

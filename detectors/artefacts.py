@@ -34,12 +34,14 @@ MODELS: dict[str, str] = {
 }
 
 
-# What Vigil trains when the user names no model: ``auto``, the model ``default_model`` picks for the
-# entity's channels, the best measured default (docs/benchmarks.md).
+# What Vigil trains when the user names no model: ``auto`` (training.selection): pca, var and knn judged
+# without labels, and the model ``default_model`` picks for the entity's channels served unless broken,
+# the best measured default (docs/benchmarks.md, docs/model-choice.md).
 AUTO = "auto"
 DEFAULT_MODEL = AUTO
 CHOICES = [AUTO, *MODELS]  # what --model accepts by name
-AUTO_RULE = "pca, or knn for an entity with one measured channel"  # ``default_model`` in words, for help texts
+# ``auto`` in words, for help texts
+AUTO_RULE = "pca, var and knn judged without labels; pca serves, or knn for one measured channel, unless broken"
 
 # Streaming detectors (``detectors.base.StreamingDetector``): what scores an entity without a model.
 STREAMING: dict[str, str] = {
@@ -78,7 +80,8 @@ def available() -> list[str]:
 
 
 def default_model(channels: list[str], inputs: list[str] | None = None) -> str:
-    """The model ``auto`` trains: ``pca`` for an entity with two or more judged channels, ``knn`` for one.
+    """The family ``auto`` serves unless its label-free figures show it broken (``training.selection``):
+    ``pca`` for an entity with two or more judged channels, ``knn`` for one.
 
     Why: PCA scores a reading by how far it falls from the subspace the channels share, i.e. by their
     learnt correlations. With a single measured channel (a telemetry value and the commands it is

@@ -16,8 +16,8 @@ is therefore scaled by ``max(1, recent level / calibration level)``, the recent 
 over the window and the calibration's the median of the calibration scores (their mean where half of
 them or more share the lowest value, as knn's exact matches do). A departure moves that median only
 once it has held for half the window, a day by default, whatever the rate of readings: a fault of
-minutes or hours alarms all along, and keeps its incident open (``scoring.incidents``); a departure
-that lasts a day becomes the new level. When the recent level itself crosses the calibrated threshold
+minutes or hours alarms all along (as one incident: ``scoring.incidents``); a departure that lasts a
+day becomes the new level. When the recent level itself crosses the calibrated threshold
 (the typical point would alarm), the entity is *drifting*: one ``drift`` record goes out, naming the
 incident it absorbs, which asks the trainer for a retrain (docs/contract.md), and a ``drift_end`` when
 it comes back. It comes back when the level has stayed at or under the threshold for a whole window, the
@@ -88,7 +88,6 @@ class LevelOut(NamedTuple):
     scale: np.ndarray  # the threshold's scale
     drift: np.ndarray  # whether the entity drifts (its level crossed the calibrated threshold)
     median: np.ndarray  # the recent level that decided both (what a drift record reports)
-    held: np.ndarray  # a sustained departure, not yet the level: the open incident stays open (``scoring.incidents``)
 
 
 class Level:
@@ -101,9 +100,7 @@ class Level:
     window's block medians, where a block without a reading (before the entity's first, or a silence)
     counts at the calibration's level: a departure becomes the level only once it has filled half the
     window's *time*, however new the entity. The level is evaluated as each block begins, from the
-    blocks before it, and holds through the block. A departure is *held* (sustained, not yet the level)
-    through a block when the block before it ran above the threshold in force: its typical point
-    alarmed, so a quiet spell inside it is the fault dipping, not its end.
+    blocks before it, and holds through the block.
     """
 
     BLOCKS = 64  # blocks per window
@@ -123,7 +120,6 @@ class Level:
         self.recent_median = base  # as last evaluated
         self.drifting = False
         self.back_since: float | None = None  # while drifting: the time since which the level is back under
-        self.held = False  # through the current block: the block before it ran above the threshold in force
 
     @classmethod
     def calibrated(cls, window: float, calibration: np.ndarray, threshold: float) -> "Level":
@@ -149,17 +145,16 @@ class Level:
         return float(np.partition(values, self.BLOCKS // 2)[self.BLOCKS // 2])
 
     def scales(self, ts: np.ndarray, scores: np.ndarray) -> LevelOut:
-        """Per point (timestamps ``ts``, increasing): the threshold's scale, whether the entity drifts, the
-        recent level that decided both, and whether a departure is held; then learns the points."""
+        """Per point (timestamps ``ts``, increasing): the threshold's scale, whether the entity drifts, and the
+        recent level that decided both; then learns the points."""
         x = np.asarray(scores, np.float64)
-        out = LevelOut(np.ones(len(x)), np.zeros(len(x), bool), np.zeros(len(x)), np.zeros(len(x), bool))
+        out = LevelOut(np.ones(len(x)), np.zeros(len(x), bool), np.zeros(len(x)))
         blocks = np.floor(np.asarray(ts, np.float64) / self.span).astype(np.int64)
         edges = np.r_[0, np.flatnonzero(np.diff(blocks)) + 1, len(x)]
         for lo, hi in zip(edges[:-1], edges[1:]):
             if blocks[lo] != self.block:
                 self._begin(int(blocks[lo]), float(ts[lo]))
             out.scale[lo:hi], out.drift[lo:hi], out.median[lo:hi] = self.scale, self.drifting, self.recent_median
-            out.held[lo:hi] = self.held
             self._keep(x[lo:hi])
         return out
 
@@ -178,8 +173,6 @@ class Level:
             self.back_since = t if self.back_since is None else self.back_since
             if t - self.back_since >= self.window:
                 self.drifting, self.back_since = False, None
-        last = self.medians.get(block - 1)
-        self.held = not self.drifting and last is not None and last > self.base_threshold * self.scale
 
     def _keep(self, x: np.ndarray) -> None:
         """Add a run of the current block's scores: those at multiples of ``step`` are kept, and the step
@@ -195,8 +188,7 @@ class Level:
         return {"window": self.window, "base": self.base, "base_threshold": self.base_threshold,
                 "medians": [[b, m] for b, m in sorted(self.medians.items())], "block": self.block,
                 "kept": _pack(self.kept), "count": self.count, "step": self.step, "scale": self.scale,
-                "recent_median": self.recent_median, "drifting": self.drifting, "back_since": self.back_since,
-                "held": self.held}
+                "recent_median": self.recent_median, "drifting": self.drifting, "back_since": self.back_since}
 
     @classmethod
     def from_state(cls, state: dict) -> "Level | None":
@@ -210,5 +202,5 @@ class Level:
         obj.kept = _unpack(state["kept"])
         obj.count, obj.step = int(state["count"]), int(state["step"])
         obj.scale, obj.recent_median = float(state["scale"]), float(state["recent_median"])
-        obj.drifting, obj.back_since, obj.held = bool(state["drifting"]), state["back_since"], bool(state["held"])
+        obj.drifting, obj.back_since = bool(state["drifting"]), state["back_since"]
         return obj

@@ -2,12 +2,13 @@
 
 An incident opens when ``open_after`` alarms fall within ``open_window`` points: the default, 2 in 10,
 ignores a lone exceedance (the commonest false alarm) at the cost of opening one alarm later. Its
-``start`` is the first of those alarms. It closes after ``close_after`` points without an alarm, not
-counting the points where the entity's level says a departure is *held* (``scoring.conditioning.Level``:
-the scores ran above the threshold for a whole block of its window): a sustained fault whose score dips
-under the threshold now and then stays one incident, updated, not a stream of new ones. When the
-departure lasts long enough to become the entity's new level, the drift record that says so closes the
-incident it absorbs (``absorb``), naming it.
+``start`` is the first of those alarms. It closes after ``close_after`` points without an alarm, or a
+tenth as many as it has alarmed on when that is more (``HOLD``): a quiet spell that short, inside a
+fault that has alarmed for an hour, is the fault dipping under the threshold, not its end, so a
+sustained fault stays one incident, updated, not a stream of new ones; faults apart by more than a tenth
+of their length stay apart. When a departure lasts long enough to become the entity's new level
+(``scoring.conditioning.Level``), the drift record that says so closes the incident it absorbs
+(``absorb``), naming it.
 
 An incident's ``alert_id`` is a hash of the entity and its start, so processing the same readings
 twice gives the same id. Channels are ranked by their scores summed over the incident's alarm points:
@@ -16,11 +17,15 @@ a sustained fault outranks a channel that flickered once.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 
 from .codec import Alert
 from .fusion import top_channels
+
+
+HOLD = 0.1  # an open incident closes after max(close_after, HOLD x its alarm points) quiet points
 
 
 def alert_id(entity: str, start: float) -> str:
@@ -37,11 +42,9 @@ class IncidentTracker:
         self.seen = 0  # points observed so far, to age candidate alarms
         self.candidates: list[list] = []  # recent alarms while no incident is open: [point no, ts, channels]
 
-    def observe(self, ts, score, threshold, alarm, channel, recon, divergence, names, model,
-                held: np.ndarray | None = None) -> list[Alert]:
+    def observe(self, ts, score, threshold, alarm, channel, recon, divergence, names, model) -> list[Alert]:
         """Feed points in order; return the alert messages they cause. Python visits the alarms only:
-        a quiet stretch is one step (it closes the open incident if it is long enough). ``held``: points
-        of a sustained departure, which do not count as quiet (None: none)."""
+        a quiet stretch is one step (it closes the open incident if it is long enough)."""
         first = self.seen
         self.seen += len(ts)
         if self.open is None and not self.candidates and not alarm.any():
@@ -53,10 +56,12 @@ class IncidentTracker:
         for nxt in alarms:  # points i .. nxt - 1 are quiet, nxt alarms (unless it is the sentinel)
             inc = self.open
             if inc is not None and nxt > i:
-                close_at = self._quiet(inc, i, nxt, held)
-                if close_at is not None:  # the quiet point that completes close_after
-                    out.append(self._message(inc, "close", ts[close_at], names, model))
+                need = max(self.close_after, math.ceil(HOLD * inc.get("alarms", 0))) - inc["quiet"]
+                if nxt - i >= need:  # closes at the quiet point that completes the spell
+                    out.append(self._message(inc, "close", ts[i + need - 1], names, model))
                     self.open = inc = None
+                else:
+                    inc["quiet"] += nxt - i
             if nxt == len(ts):
                 break
             i = nxt + 1
@@ -67,6 +72,7 @@ class IncidentTracker:
             inc["end"] = float(ts[nxt])
             inc["channel_sum"] = inc["channel_sum"] + channel[nxt]
             inc["quiet"] = 0
+            inc["alarms"] = inc.get("alarms", 0) + 1
             if score[nxt] > inc["peak"]:
                 inc["peak"], inc["threshold"] = float(score[nxt]), float(threshold[nxt])
                 inc["recon"] = float(recon[nxt])
@@ -80,25 +86,6 @@ class IncidentTracker:
                     if top != inc["top"]:
                         out.append(self._message(inc, "update", ts[nxt], names, model))
         return out
-
-    def _quiet(self, inc: dict, lo: int, hi: int, held: np.ndarray | None) -> int | None:
-        """Count the quiet points ``lo..hi - 1`` (none alarms) into ``inc["quiet"]``, the run of them since
-        its last alarm; a held point restarts the run. The point where the run reaches ``close_after``
-        (the incident closes there), or None."""
-        if held is None or not held[lo:hi].any():
-            need = self.close_after - inc["quiet"]
-            if hi - lo >= need:
-                return lo + need - 1
-            inc["quiet"] += hi - lo
-            return None
-        at = np.arange(hi - lo)
-        last = np.maximum.accumulate(np.where(held[lo:hi], at, -1))
-        run = np.where(last >= 0, at - last, inc["quiet"] + at + 1)
-        done = np.flatnonzero(run >= self.close_after)
-        if len(done):
-            return lo + int(done[0])
-        inc["quiet"] = int(run[-1])
-        return None
 
     def absorb(self, ts: float, drift_id: str, names, model) -> Alert | None:
         """The open incident closed at ``ts`` because the departure became the entity's new level (a
@@ -122,7 +109,7 @@ class IncidentTracker:
         self.candidates = []
         self.open = {"alert_id": alert_id(self.entity, start), "start": start, "end": ts, "peak": -np.inf,
                      "threshold": None, "recon": None, "div": None, "channel_sum": channel_sum,
-                     "quiet": 0, "since_update": 0, "top": []}
+                     "quiet": 0, "since_update": 0, "top": [], "alarms": len(earlier)}
         return self.open
 
     def _message(self, inc: dict, state: str, ts, names, model) -> Alert:

@@ -513,8 +513,7 @@ class Pipeline:
         def incidents(lo: int, hi: int) -> list:
             sl = slice(lo, hi)
             return ent.incidents.observe(ts[sl], score[sl], threshold[sl], alarm[sl], channel[sl], s.reconstruction[sl],
-                                         None if s.divergence is None else s.divergence[sl], ent.names, ent.model,
-                                         None if level is None else level.held[sl])
+                                         None if s.divergence is None else s.divergence[sl], ent.names, ent.model)
         if level is None:
             return incidents(0, len(ts))
         was = ent.drift_start is not None

@@ -41,16 +41,25 @@ def read_histories(settings: Settings, history: float, since_wall: float | None 
 
 
 def run_once(settings: Settings, registry: Registry, config: TrainerConfig, entities: list[str] | None = None,
-             progress: bool = True) -> list[dict]:
-    """One retraining round over every entity with history (or ``entities``); publishes the decisions."""
+             progress: bool = True, budget: float | None = None) -> list[dict]:
+    """One retraining round over every entity with history (or ``entities``); publishes the decisions.
+
+    ``budget``: seconds the round may spend starting entities (None: no bound). Entities without a model
+    go first, then those whose champion is oldest; one started runs to its end, the rest wait for the next
+    round (logged), so a fleet's round stays bounded however many entities it has."""
     champions = {e: registry.champion(e) for e in {v.entity for v in registry.versions()}}
     names = {e: artefacts.metadata(v.path)["channels"] for e, v in champions.items() if v is not None}
     # Kafka timestamps (wall clock) bound the read; the entity's own clock then picks the history.
     since = time.time() - config.history - config.read_slack
     histories = read_histories(settings, config.history, since, names, config.max_incident)
-    todo = [e for e in sorted(histories) if entities is None or e in entities]
-    events = []
-    for entity in todo:
+    todo = sorted((e for e in histories if entities is None or e in entities),
+                  key=lambda e: (champions.get(e) is not None, champions[e].created if champions.get(e) else 0.0, e))
+    events, started = [], time.monotonic()
+    for i, entity in enumerate(todo):
+        if budget is not None and time.monotonic() - started >= budget:
+            log.warning("round budget of %.0fs spent: %d entities wait for the next round (%s)", budget,
+                        len(todo) - i, ", ".join(todo[i:i + 5]) + (", ..." if len(todo) - i > 5 else ""))
+            break
         t0 = time.perf_counter()
         e = retrain_entity(histories[entity], registry, config, settings, progress)
         e["seconds"] = round(time.perf_counter() - t0, 1)
@@ -62,15 +71,16 @@ def run_once(settings: Settings, registry: Registry, config: TrainerConfig, enti
 
 
 def run_every(settings: Settings, registry: Registry, config: TrainerConfig, every: float,
-              entities: list[str] | None = None, poll: float = 30.0) -> None:
-    """The long-running service: a round every ``every`` seconds, and in between, a round for any
-    entity whose worker raised a ``drift`` event (its scores left the level its model was calibrated
-    at: the model no longer describes it), checked every ``poll`` seconds."""
+              entities: list[str] | None = None, poll: float = 30.0, budget: float | None = None) -> None:
+    """The long-running service: a round every ``every`` seconds (starting entities for at most ``budget``
+    seconds, default half the interval), and in between, a round for any entity whose worker raised a
+    ``drift`` event (its scores left the level its model was calibrated at: the model no longer describes
+    it), checked every ``poll`` seconds."""
     seen = asyncio.run(_alert_ends(settings))  # only drift events from now on
     while True:
         started = time.monotonic()
         try:
-            run_once(settings, registry, config, entities)
+            run_once(settings, registry, config, entities, budget=every / 2 if budget is None else budget)
         except Exception:  # noqa: BLE001 - a broker hiccup must not end the service
             log.exception("retraining round failed; the next one is in %.0fs", every)
         while time.monotonic() - started < every:

@@ -156,6 +156,7 @@ def report(stream: Stream, data: Dataset, top_k: int = 3) -> dict:
     labels = data.label.astype(bool)
     alarm = stream.alarm
     out = {"points": int(len(labels)), "interval": interval_of(data), "anomalous_points": int(labels.sum()),
+           "anomalous_share": float(labels.mean()) if len(labels) else float("nan"),
            "events": len(metrics.segments(labels)), "model_id": stream.model,
            "alarm_rate": float(alarm.mean()),
            "point": metrics.prf(alarm, labels),

@@ -41,6 +41,8 @@ SMD = ["machine-1-6", "machine-1-7", "machine-2-1", "machine-2-2", "machine-2-7"
 VARIANTS = {
     "default": {},
     "smooth=1": {"smooth": 1},
+    "level 1d": {"level_window": 86400.0},  # the level guard's window (default two days, docs/deploy.md)
+    "level 4d": {"level_window": 4 * 86400.0},
     "no level": {"level_window": 0},
     "spot q=1e-3": {"threshold_params": {"q": 1e-3}},
     "fusion=product": {"fusion": "product"},
@@ -253,6 +255,28 @@ def _table(rows, models, datasets, value, fmt="{:.3f}", sd=False) -> list[str]:
     return out
 
 
+def _share(row: dict) -> float:
+    """A row's anomalous share (for a group: the mean over its entities; older rows: from the counts)."""
+    return row.get("anomalous_share", row["anomalous_points"] / max(row["points"], 1))
+
+
+def _groups(rows: list[dict], models: list[str], datasets: list[str]) -> list[str]:
+    """Per model: the honest F1 of SMD (mean over machines), SMAP and MSL, their mean, and the floods."""
+    by = {(r["model"], r["dataset"]): r for r in rows}
+    smd = [d for d in datasets if d.startswith("machine-")]
+    groups = ([("SMD", smd)] if smd else []) + [(g, [g]) for g in ("SMAP", "MSL") if g in datasets]
+    out = ["| model | " + " | ".join(g for g, _ in groups) + " | mean of the groups | floods |",
+           "|---" * (len(groups) + 3) + "|"]
+    for m in models:
+        if not all((m, d) in by for _, ds in groups for d in ds):
+            continue
+        f1 = [mean_of(by[(m, d)]["point"]["f1"] for d in ds) for _, ds in groups]
+        flooded = [d for _, ds in groups for d in ds if by[(m, d)]["alarm_rate"] > 3 * _share(by[(m, d)]) + 0.02]
+        out.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in f1) + f" | {mean_of(f1):.3f} | "
+                   + (", ".join(flooded) or "none") + " |")
+    return out
+
+
 PUBLISHED = [
     ("GenIAS (paper), best F1 with an oracle threshold", {"SMD": "0.528 (28 machines)", "MSL": "0.579", "SMAP": "0.620"}),
     ("\"Quo vadis\" PCA baseline, oracle F1", {"SMD": "0.572", "MSL": "0.426", "SMAP": "0.387"}),
@@ -297,7 +321,8 @@ def markdown(results: Path, command: str) -> str:
              "the `test` split is scored by the worker's own pipeline (`training/evaluate.py`: window 32 / hop 16 "
              "unless the model fixes its window, sum fusion, scores averaged over 5 points, SPOT (q = 1e-2, "
              f"level 0.98 or lower to fit at least {THRESHOLD_DEFAULTS['spot']['min_peaks']} peaks) on the held-out scores, its scale following the "
-             "entity's recent level, incidents "
+             "entity's recent level over two days of its clock (SMD: a reading a minute, as documented; SMAP and "
+             "MSL, which state none: a minute too, `training.evaluate.DEFAULT_INTERVAL`), incidents "
              "opened by 2 alarms within 10 points). Deep models: "
              f"{' and '.join(f'`{p}`' for p in presets)} preset, seeds {', '.join(map(str, seeds))} "
              "(mean ± sd of the point-wise F1). SMAP and MSL: every channel file "
@@ -306,12 +331,19 @@ def markdown(results: Path, command: str) -> str:
              "protocol (fitted on all of `train`, calibrated on its own training scores, SPOT q = 1e-3 on raw "
              "scores, no T^2), and `" + SPE_ONLY + "` today's PCA without Hotelling's T^2 (`detectors/pca.py`), both "
              "measured in the same run. `auto` is what Vigil trains when no model is named "
-             "(`detectors.artefacts.default_model`): `pca` where two or more channels are judged (every SMD machine), "
-             "`knn` where one is (every SMAP/MSL channel file, whose other columns are commands). "
+             "(`training/selection.py`): pca, var and knn fitted and judged without labels on the newest fifth of "
+             "`train`, and the family the channels call for served unless broken: `pca` where two or more channels "
+             "are judged (every SMD machine), `knn` where one is (every SMAP/MSL channel file, whose other columns "
+             "are commands); docs/models.md lists each entity's choice. "
              "No setting is fitted to test labels; where a default was compared on them, the reading below says so. "
              "Metrics: "
              "`training/metrics.py`, `training/range_metrics.py`.", "",
-             "### Honest: point-wise F1 at the online threshold (what the operator's alarms score)", ""]
+             "### Honest point-wise F1 by dataset group", "",
+             "SMD: the mean over its 8 machines; SMAP and MSL: the mean over their channel files. *Floods*: SMD "
+             "machines whose alarm rate exceeds 3x their anomalous share + 0.02, and the spacecraft whose mean "
+             "alarm rate exceeds 3x its mean anomalous share + 0.02.", ""]
+    lines += _groups(default, models, datasets)
+    lines += ["", "### Honest: point-wise F1 at the online threshold (what the operator's alarms score)", ""]
     lines += _table(default, models, datasets, lambda r: r["point"]["f1"], sd=True)
     lines.append(_alarm_everything(raw, datasets))
     lines += ["", "Last row: no model at all, every test point in alarm (precision = the anomalous share, recall "
@@ -371,6 +403,17 @@ def markdown(results: Path, command: str) -> str:
                       "entity, fitted on all of `train`, SPOT q = 1e-3): point-wise F1 "
                   + "; ".join(f"{r['model']} {r['dataset']} {r['point']['f1']:.3f}"
                               for r in sorted(old, key=lambda r: (r["dataset"], r["model"]))) + "."]
+    previous = aggregate([r for r in _rows(results, PROTOCOL - 1) if r["variant"] == "default"
+                          and r["model"] in MODELS and r["model"] not in present])
+    if previous:
+        was = [m for m in MODELS if any(r["model"] == m for r in previous)]
+        lines += ["", f"### Not re-run under this protocol: {', '.join(was)} (protocol {PROTOCOL - 1})", "",
+                  "Honest point-wise F1 as last measured, under the previous protocol: the level guard's window "
+                  "was the calibration's length in points (500..5000), not two days of the entity's clock. Their "
+                  "scores do not depend on it, their alarms do; re-running them takes hours on a CPU "
+                  f"(`vigil bench quality --models {','.join(was)}`).", ""]
+        lines += _groups(previous, was, datasets)
+        lines += [""] + _table(previous, was, datasets, lambda r: r["point"]["f1"], sd=True)
     lines += ["", "### Cost", "", "| model | mean training seconds per entity | device |", "|---|---|---|"]
     for m in models:
         rs = [r for r in default if r["model"] == m]
@@ -380,15 +423,61 @@ def markdown(results: Path, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(results: Path, doc: Path, command: str, reading: str = "") -> None:
-    """Replace the quality section of ``doc`` (or append it), keeping the rest of the file."""
-    section = markdown(results, command)
-    if reading:
-        section = section.replace(END, reading.rstrip() + "\n" + END)
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+CHOICES_BEGIN, CHOICES_END = "<!-- choices:begin (written by vigil bench quality) -->", "<!-- choices:end -->"
+
+
+def choices(results: Path, command: str) -> str:
+    """docs/models.md's section: the model ``auto`` chose for every entity of the benchmark, why, and each
+    candidate's label-free figures (``training.selection``), from the ``auto`` rows of ``results``."""
+    rows = [r for r in _rows(results) if r["model"] == artefacts.AUTO and r["variant"] == "default"]
+    order = {d: i for i, d in enumerate(SMD)}
+    rows.sort(key=lambda r: (group(r["dataset"]) != r["dataset"], group(r["dataset"]),
+                             order.get(r["dataset"], 0), r["dataset"]))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["trained"]] = counts.get(r["trained"], 0) + 1
+    lines = [CHOICES_BEGIN, "", f"Generated by `{command}` from `{results}` (its `auto` rows): "
+             + ", ".join(f"{m} for {n} entities" for m, n in sorted(counts.items())) + ". Each candidate's "
+             "figures on the newest fifth of the entity's `train`: *detection*, the mean over the six injected "
+             "kinds of the share of anomalous windows flagged less the share of normal ones, and the *alarm* "
+             "rate as served (`training/label_free.py`); the honest test F1 of the served model is in "
+             "docs/benchmarks.md.", "", "| entity | served | why | pca: detection / alarms | var | knn |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        sel = r.get("selection") or {}
+        cand = sel.get("candidates", {})
+
+        def cell(m):
+            c = cand.get(m)
+            if not c:
+                return "–"
+            if "detection" not in c:
+                return c.get("error") or c.get("skipped") or "–"
+            return f"{c['detection']:.2f} / {c['alarm_rate']:.3f}"
+        why = (sel.get("why") or "").split(": ", 1)[-1]
+        lines.append(f"| {r['dataset']} | {r['trained']} | {why} | " + " | ".join(cell(m) for m in ("pca", "var", "knn"))
+                     + " |")
+    lines.append(CHOICES_END)
+    return "\n".join(lines) + "\n"
+
+
+def _replace_section(doc: Path, section: str, begin: str, end: str, empty: str) -> None:
+    """Replace the text between ``begin`` and ``end`` in ``doc`` with ``section`` (or append it)."""
+    text = doc.read_text() if doc.exists() else empty
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     doc.write_text(text)
+
+
+def write_markdown(results: Path, doc: Path, command: str, reading: str = "", models_doc: Path | None = None) -> None:
+    """Replace the quality section of ``doc`` (or append it), keeping the rest of the file; and, where
+    ``models_doc`` is given and the results hold ``auto`` rows, its section of ``auto``'s choices."""
+    section = markdown(results, command)
+    if reading:
+        section = section.replace(END, reading.rstrip() + "\n" + END)
+    _replace_section(doc, section, BEGIN, END, "# Benchmarks\n")
+    if models_doc is not None and any(r["model"] == artefacts.AUTO for r in _rows(results)):
+        _replace_section(models_doc, choices(results, command), CHOICES_BEGIN, CHOICES_END, "# Detectors\n")

@@ -8,6 +8,7 @@ from detectors import artefacts
 from scoring.settings import Settings
 from stream.evaluation import stream_through_kafka
 from training.evaluate import report, stream_offline
+from training.selection import fit_model
 
 from ..helpers import TINY, small_dataset
 
@@ -56,12 +57,18 @@ def test_every_model_served_through_kafka_scores_as_the_offline_pipeline(broker,
     assert np.nanmin(offline["inputs"].threshold) >= 1.0 and offline["inputs"].alarm[300:320].all()
     assert not np.delete(offline["inputs"].alarm, np.s_[300:330]).any()
 
+    # and auto's choice, its record in the artefact: served as the model it chose
+    chosen = fit_model("auto", data.channels, data.train, settings, progress=False)
+    jobs["auto"] = (artefacts.save(chosen, tmp_path / "auto"), data)
+    offline["auto"] = stream_offline(artefacts.load(jobs["auto"][0]), data, settings)
+    assert artefacts.metadata(jobs["auto"][0])["selection"]["chosen"] == "pca"
+
     streamed = stream_through_kafka(jobs, settings, broker, timeout=300)
 
     base_rate = data.label.mean()
     for name in jobs:
         s, o = streamed[name], offline[name]
-        assert s.model == o.model == f"{'pca' if name in ('regime', 'retuned', 'inputs') else name}@1"
+        assert s.model == o.model == f"{'pca' if name in ('regime', 'retuned', 'inputs', 'auto') else name}@1"
         np.testing.assert_allclose(s.score, o.score, rtol=1e-4, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(s.threshold, o.threshold, rtol=1e-4, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(s.channel, o.channel, rtol=1e-4, atol=1e-5, err_msg=name)

@@ -86,3 +86,26 @@ def test_alerts_do_not_depend_on_how_points_are_batched():
     single = [a for i in range(n) for a in one.observe(*args(i, i + 1))]
     assert whole == single
     assert [a["state"] for a in whole].count("open") >= 5 and whole[-1]["state"] == "close"
+
+
+def test_a_long_fault_that_dips_under_the_threshold_stays_one_incident():
+    # 300 alarm points, then 25 quiet (a dip: under a tenth of them), 100 more alarms, then quiet: one
+    # incident, closed 40 quiet points after its last alarm (a tenth of its 400 alarms); a short incident
+    # still closes after close_after
+    t = IncidentTracker("e", close_after=10, open_after=1)
+    alarm = [1] * 300 + [0] * 25 + [1] * 100 + [0] * 60
+    alerts = run(t, alarm)
+    assert [a["state"] for a in alerts if a["state"] != "update"] == ["open", "close"]
+    close = alerts[-1]
+    assert close["end"] == 100 + 424 and close["ts"] == 100 + 424 + 40
+    # fed in pieces, or from a checkpoint: the same
+    t2, out = IncidentTracker("e", close_after=10, open_after=1), []
+    ts = np.arange(len(alarm), dtype=float) + 100
+    for lo in range(0, len(alarm), 37):
+        t2 = IncidentTracker("e", close_after=10, open_after=1).load_state(t2.to_state())
+        a = np.asarray(alarm[lo:lo + 37], bool)
+        out += t2.observe(ts[lo:lo + 37], np.where(a, 5.0, 0.5), np.ones(len(a)), a, np.tile([0.1, 3.0, 0.2], (len(a), 1)),
+                          np.where(a, 5.0, 0.5), None, ["a", "b", "c"], "pca@1")
+    assert [(a["state"], a["ts"]) for a in out] == [(a["state"], a["ts"]) for a in alerts]
+    short = run(IncidentTracker("e", close_after=10, open_after=1), [1] * 5 + [0] * 20)
+    assert short[-1]["state"] == "close" and short[-1]["ts"] == 100 + 4 + 10
