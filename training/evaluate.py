@@ -155,7 +155,8 @@ def report(stream: Stream, data: Dataset, top_k: int = 3) -> dict:
         data.unseal()
     labels = data.label.astype(bool)
     alarm = stream.alarm
-    out = {"points": int(len(labels)), "interval": interval_of(data), "anomalous_points": int(labels.sum()),
+    out = {"points": int(len(labels)), "interval": interval_of(data), "interval_stated": data.interval is not None,
+           "anomalous_points": int(labels.sum()),
            "anomalous_share": float(labels.mean()) if len(labels) else float("nan"),
            "events": len(metrics.segments(labels)), "model_id": stream.model,
            "alarm_rate": float(alarm.mean()),

@@ -441,7 +441,9 @@ def choices(results: Path, command: str) -> str:
              "figures on the newest fifth of the entity's `train`: *detection*, the mean over the six injected "
              "kinds of the share of anomalous windows flagged less the share of normal ones, and the *alarm* "
              "rate as served (`training/label_free.py`); the honest test F1 of the served model is in "
-             "docs/benchmarks.md.", "", "| entity | served | why | pca: detection / alarms | var | knn |",
+             "docs/benchmarks.md. *Family rule*: pca where two or more channels are judged, knn where one is, "
+             "unless its figures show it broken (`training/selection.py`; docs/model-choice.md says why).", "",
+             "| entity | served | why | pca: detection / alarms | var | knn |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         sel = r.get("selection") or {}
@@ -455,6 +457,8 @@ def choices(results: Path, command: str) -> str:
                 return c.get("error") or c.get("skipped") or "–"
             return f"{c['detection']:.2f} / {c['alarm_rate']:.3f}"
         why = (sel.get("why") or "").split(": ", 1)[-1]
+        if r["trained"] == sel.get("prior"):  # the family rule: say so shortly, and when nothing was judged
+            why = "family rule" + (" (train too short to judge candidates)" if not cand else "")
         lines.append(f"| {r['dataset']} | {r['trained']} | {why} | " + " | ".join(cell(m) for m in ("pca", "var", "knn"))
                      + " |")
     lines.append(CHOICES_END)

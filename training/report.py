@@ -47,7 +47,8 @@ def print_report(r: dict) -> None:
     print(f"{r['dataset']}  model {r['model_id']}  ({via}; {r['points']} test points, {r['anomalous_points']} "
           f"anomalous in {r['events']} events)")
     if r.get("interval"):
-        print(f"  readings {r['interval']:g} s apart (the level guard's clock)")
+        how = "" if r.get("interval_stated") else ": none stated, assumed (--interval says otherwise)"
+        print(f"  readings {r['interval']:g} s apart{how}; the level guard's clock")
     if r.get("selection"):
         print(f"  auto chose {why_line(r['selection'])}")
     if r.get("inputs"):
