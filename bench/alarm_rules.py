@@ -68,7 +68,7 @@ from training.data import load, seal  # noqa: E402
 from training.evaluate import stream_offline  # noqa: E402
 from training.metrics import prf  # noqa: E402
 from training.quality import CachedScores, dataset_paths, model_config  # noqa: E402
-from training.trainer import serving_threshold  # noqa: E402
+from training.label_free import serving_threshold  # noqa: E402
 
 EPS = 1e-3  # added before the log of a score (scores are in units of the mean training error)
 

@@ -104,6 +104,8 @@ def run_demo(args) -> int:
         start = float(int(time.time())) - args.points
         seed = 0
         entities = [s.entity for s in simulate_plant(args.entities, args.channels, 1, start, seed)]
+        print(f"vigil demo: training a model per entity on a day of its history: auto fits pca, var and knn and "
+              f"judges them without labels (about 15 s an entity)", flush=True)
         models = train_models(entities, args.channels, start, seed, workdir)
         model_args = [f"--model={e}={p}" for e, p in models.items()]
         cli = [sys.executable, "-m", "cli"]
