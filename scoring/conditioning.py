@@ -36,6 +36,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .segments import Segments, grow
+
 
 def _pack(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, "<f8").tobytes()).decode()
@@ -45,40 +47,95 @@ def _unpack(s: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), "<f8").copy()
 
 
-class Smoother:
-    def __init__(self, k: int, channels: int):
-        self.k, self.channels = max(1, int(k)), channels
-        self.prev = np.zeros(0)  # the last k - 1 scores
-        self.prev_channel = np.zeros((0, channels))
+class Smoothing:
+    """The smoothing of every entity of one shape (``k``, ``channels``), one slot each: a slot keeps its
+    last ``k - 1`` scores and channel scores (newest last; the first ``k - 1 - count`` unused, zero).
 
-    def apply(self, score: np.ndarray, channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    Each point's score is the sum of the ``k`` scores ending at it, added oldest first (missing ones, at
+    an entity's start, as zeros), over how many there are: the same sums in the same order whatever the
+    micro-batches and whichever entities share them.
+    """
+
+    def __init__(self, k: int, channels: int, capacity: int = 0):
+        self.k, self.channels = max(1, int(k)), channels
+        self.count = np.zeros(capacity, np.int64)
+        self.prev = np.zeros((capacity, self.k - 1))
+        self.prev_channel = np.zeros((capacity, self.k - 1, channels))
+
+    def ensure(self, capacity: int) -> None:
+        self.count = grow(self.count, capacity)
+        self.prev = grow(self.prev, capacity)
+        self.prev_channel = grow(self.prev_channel, capacity)
+
+    def reset(self, slot: int) -> None:
+        self.count[slot] = 0
+        self.prev[slot] = 0.0
+        self.prev_channel[slot] = 0.0
+
+    def apply(self, seg: Segments, score: np.ndarray, channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Smoothed scores and channel scores of many entities' rows (``seg``), in row order."""
         if self.k == 1 or not len(score):
             return score, channel
-        s = np.concatenate([self.prev, score])
-        c = np.concatenate([self.prev_channel, channel.astype(np.float64)])
-        pad = self.k - 1 - len(self.prev)  # an entity's first points: the mean of what there is
-        s_pad = np.concatenate([np.zeros(pad), s])
-        c_pad = np.concatenate([np.zeros((pad, self.channels)), c])
-        n = len(score)
-        # k shifted slices added in a fixed order: each point's sum is the same whatever the batches
-        total, total_c = s_pad[:n].copy(), c_pad[:n].copy()
-        for j in range(1, self.k):
-            total += s_pad[j:j + n]
-            total_c += c_pad[j:j + n]
-        count = np.minimum(self.k, len(self.prev) + 1 + np.arange(n))
-        self.prev, self.prev_channel = s[-(self.k - 1):], c[-(self.k - 1):]
+        k1, n = self.k - 1, len(score)
+        score = np.asarray(score, np.float64)
+        channel = np.asarray(channel, np.float64)
+        at = seg.pos[:, None] + np.arange(self.k)[None, :]  # [R, k]: place in (kept, new rows)
+        kept = at < k1
+        slot = seg.row_slot[:, None]
+        row = np.clip(np.arange(n)[:, None] + np.arange(self.k)[None, :] - k1, 0, n - 1)
+        values = np.where(kept, self.prev[slot, np.minimum(at, k1 - 1)], score[row])
+        values_c = np.where(kept[..., None], self.prev_channel[slot, np.minimum(at, k1 - 1)], channel[row])
+        total, total_c = values[:, 0].copy(), values_c[:, 0].copy()
+        for j in range(1, self.k):  # oldest first, one column at a time: the same order for every point
+            total += values[:, j]
+            total_c += values_c[:, j]
+        count = np.minimum(self.k, self.count[seg.row_slot] + 1 + seg.pos)
+        # the last k - 1 of (kept, new rows) of each entity
+        at = seg.length[:, None] + np.arange(k1)[None, :]
+        kept = at < k1
+        row = np.clip(seg.start[:, None] + at - k1, 0, n - 1)
+        slots = seg.slot[:, None]
+        prev = np.where(kept, self.prev[slots, np.minimum(at, k1 - 1)], score[row])
+        prev_c = np.where(kept[..., None], self.prev_channel[slots, np.minimum(at, k1 - 1)], channel[row])
+        self.prev[seg.slot], self.prev_channel[seg.slot] = prev, prev_c
+        self.count[seg.slot] = np.minimum(k1, self.count[seg.slot] + seg.length)
         return total / count, total_c / count[:, None]
+
+    def to_state(self, slot: int) -> dict:
+        m = int(self.count[slot])
+        return {"k": self.k, "prev": _pack(self.prev[slot, self.k - 1 - m:]),
+                "prev_channel": _pack(self.prev_channel[slot, self.k - 1 - m:])}
+
+    def load_state(self, slot: int, state: dict) -> None:
+        prev = _unpack(state["prev"])[-(self.k - 1):] if self.k > 1 else np.zeros(0)
+        prev_c = _unpack(state["prev_channel"]).reshape(-1, self.channels)[-(self.k - 1):] if self.k > 1 \
+            else np.zeros((0, self.channels))
+        self.reset(slot)
+        if len(prev):
+            self.prev[slot, self.k - 1 - len(prev):] = prev
+            self.prev_channel[slot, self.k - 1 - len(prev_c):] = prev_c
+        self.count[slot] = len(prev)
+
+
+class Smoother:
+    """One entity's smoothing (``Smoothing`` with a single slot), for a series scored on its own."""
+
+    def __init__(self, k: int, channels: int):
+        self.columns = Smoothing(k, channels, capacity=1)
+        self.k, self.channels = self.columns.k, channels
+
+    def apply(self, score: np.ndarray, channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.columns.apply(Segments.one(len(score)), score, channel)
 
     def smooth(self, scores: np.ndarray) -> np.ndarray:
         """A whole series at once (calibration scores), from an empty state."""
         return Smoother(self.k, 1).apply(np.asarray(scores, np.float64), np.zeros((len(scores), 1)))[0]
 
     def to_state(self) -> dict:
-        return {"k": self.k, "prev": _pack(self.prev), "prev_channel": _pack(self.prev_channel)}
+        return self.columns.to_state(0)
 
     def load_state(self, state: dict) -> "Smoother":
-        self.prev = _unpack(state["prev"])
-        self.prev_channel = _unpack(state["prev_channel"]).reshape(-1, self.channels)
+        self.columns.load_state(0, state)
         return self
 
 
@@ -90,8 +147,28 @@ class LevelOut(NamedTuple):
     median: np.ndarray  # the recent level that decided both (what a drift record reports)
 
 
-class Level:
-    """The recent level of an entity's scores against its calibration (see the module docstring).
+NONE = np.iinfo(np.int64).min  # no block yet
+
+
+def level_base(calibration: np.ndarray, threshold: float) -> float:
+    """The calibration's level: its median, or its mean where half of it or more is its lowest value."""
+    x = np.asarray(calibration, np.float64)
+    if not x.size:
+        return 1.0
+    centre, mean = float(np.median(x)), float(np.mean(np.abs(x)))
+    if centre <= x.min():
+        # an atom: half the calibration or more is its lowest value (knn's exact matches score 0).
+        # Such a median says nothing of the scores' scale, and any rise of the recent median over
+        # it would multiply the threshold by hundreds; the mean is the scale there.
+        centre = mean
+    # at least a thousandth of the mean (a sparse score) and of the threshold (a calibration of
+    # all zeros, whose threshold was floored: scoring.thresholds.FLOOR)
+    return max(centre, 1e-3 * mean, 1e-3 * float(threshold), 1e-12)
+
+
+class Levels:
+    """The recent level of many entities' scores against their calibrations (see the module docstring),
+    one slot each.
 
     Memory is bounded whatever the rate of readings: the window is cut into ``BLOCKS`` blocks of time,
     aligned on the clock (so they are the same whatever the micro-batches), and each block is summarised
@@ -100,107 +177,219 @@ class Level:
     window's block medians, where a block without a reading (before the entity's first, or a silence)
     counts at the calibration's level: a departure becomes the level only once it has filled half the
     window's *time*, however new the entity. The level is evaluated as each block begins, from the
-    blocks before it, and holds through the block.
+    blocks before it, and holds through the block; rows inside the block an entity is filling take its
+    values in one step for every entity (``scales``), and only an entity that begins a block, or whose
+    kept scores fill up, is visited on its own.
     """
 
     BLOCKS = 64  # blocks per window
     KEEP = 64  # scores kept per block at most
 
-    def __init__(self, window: float, base: float, base_threshold: float):
-        self.window = float(window)  # seconds of the entity's clock
-        self.span = self.window / self.BLOCKS  # seconds per block
-        self.base = base  # the calibration's level (> 0)
-        self.base_threshold = base_threshold  # the threshold as calibrated, at the calibration level
-        self.medians: dict[int, float] = {}  # block number -> median of its kept scores (completed blocks)
-        self.block: int | None = None  # number of the block being filled (ts // span)
-        self.kept = np.zeros(0)  # its kept scores: those at multiples of ``step`` among its ``count``
-        self.count = 0
-        self.step = 1
-        self.scale = 1.0  # as last evaluated
-        self.recent_median = base  # as last evaluated
-        self.drifting = False
-        self.back_since: float | None = None  # while drifting: the time since which the level is back under
+    def __init__(self, capacity: int = 0):
+        self.on = np.zeros(capacity, bool)  # the slot has a level (its threshold is calibrated)
+        self.window = np.ones(capacity)  # seconds of the entity's clock
+        self.base = np.ones(capacity)  # the calibration's level (> 0)
+        self.base_threshold = np.ones(capacity)  # the threshold as calibrated, at the calibration level
+        self.block = np.full(capacity, NONE, np.int64)  # number of the block being filled (ts // span)
+        self.kept = np.zeros((capacity, self.KEEP))  # its kept scores: at multiples of ``step`` among ``count``
+        self.kept_n = np.zeros(capacity, np.int64)
+        self.count = np.zeros(capacity, np.int64)
+        self.step = np.ones(capacity, np.int64)
+        self.scale = np.ones(capacity)  # as last evaluated
+        self.recent_median = np.ones(capacity)  # as last evaluated
+        self.drifting = np.zeros(capacity, bool)
+        self.back_since = np.full(capacity, np.nan)  # while drifting: the time since which it is back under
+        # completed blocks' medians, a ring by block number: median of block b at [b % BLOCKS] if there
+        self.medians = np.zeros((capacity, self.BLOCKS))
+        self.median_block = np.full((capacity, self.BLOCKS), NONE, np.int64)
 
-    @classmethod
-    def calibrated(cls, window: float, calibration: np.ndarray, threshold: float) -> "Level":
-        x = np.asarray(calibration, np.float64)
-        if not x.size:
-            return cls(window, 1.0, float(threshold))
-        centre, mean = float(np.median(x)), float(np.mean(np.abs(x)))
-        if centre <= x.min():
-            # an atom: half the calibration or more is its lowest value (knn's exact matches score 0).
-            # Such a median says nothing of the scores' scale, and any rise of the recent median over
-            # it would multiply the threshold by hundreds; the mean is the scale there.
-            centre = mean
-        # at least a thousandth of the mean (a sparse score) and of the threshold (a calibration of
-        # all zeros, whose threshold was floored: scoring.thresholds.FLOOR)
-        base = max(centre, 1e-3 * mean, 1e-3 * float(threshold), 1e-12)
-        return cls(window, base, float(threshold))
+    def ensure(self, capacity: int) -> None:
+        for name, fill in (("on", False), ("window", 1.0), ("base", 1.0), ("base_threshold", 1.0), ("block", NONE),
+                           ("kept", 0.0), ("kept_n", 0), ("count", 0), ("step", 1), ("scale", 1.0),
+                           ("recent_median", 1.0), ("drifting", False), ("back_since", np.nan), ("medians", 0.0),
+                           ("median_block", NONE)):
+            setattr(self, name, grow(getattr(self, name), capacity, fill))
 
-    def level(self, block: int) -> float:
+    def reset(self, slot: int, window: float = 1.0, base: float = 1.0, base_threshold: float = 1.0,
+              on: bool = False) -> None:
+        self.on[slot], self.window[slot], self.base[slot], self.base_threshold[slot] = on, window, base, base_threshold
+        self.block[slot], self.kept_n[slot], self.count[slot], self.step[slot] = NONE, 0, 0, 1
+        self.scale[slot], self.recent_median[slot] = 1.0, base
+        self.drifting[slot], self.back_since[slot] = False, np.nan
+        self.median_block[slot] = NONE
+
+    def calibrate(self, slot: int, window: float, calibration: np.ndarray, threshold: float) -> None:
+        """A fresh level for ``slot``: over ``window`` seconds, from its calibration and threshold."""
+        self.reset(slot, float(window), level_base(calibration, threshold), float(threshold), on=True)
+
+    def level(self, slot: int, block: int) -> float:
         """The upper median of the block medians of the window before ``block`` (missing ones at the base)."""
-        values = np.full(self.BLOCKS, self.base)
-        for i, b in enumerate(range(block - self.BLOCKS, block)):
-            values[i] = self.medians.get(b, self.base)
+        blocks = np.arange(block - self.BLOCKS, block)
+        ring = blocks % self.BLOCKS
+        values = np.where(self.median_block[slot, ring] == blocks, self.medians[slot, ring], self.base[slot])
         return float(np.partition(values, self.BLOCKS // 2)[self.BLOCKS // 2])
 
-    def scales(self, ts: np.ndarray, scores: np.ndarray) -> LevelOut:
-        """Per point (timestamps ``ts``, increasing): the threshold's scale, whether the entity drifts, and the
-        recent level that decided both; then learns the points."""
+    def scales(self, seg: Segments, ts: np.ndarray, scores: np.ndarray) -> LevelOut:
+        """Per row of many entities (timestamps ``ts``, increasing per entity): the threshold's scale,
+        whether the entity drifts, and the recent level that decided both; then learns the rows."""
         x = np.asarray(scores, np.float64)
-        out = LevelOut(np.ones(len(x)), np.zeros(len(x), bool), np.zeros(len(x)))
-        blocks = np.floor(np.asarray(ts, np.float64) / self.span).astype(np.int64)
-        edges = np.r_[0, np.flatnonzero(np.diff(blocks)) + 1, len(x)]
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            if blocks[lo] != self.block:
-                self._begin(int(blocks[lo]), float(ts[lo]))
-            out.scale[lo:hi], out.drift[lo:hi], out.median[lo:hi] = self.scale, self.drifting, self.recent_median
-            self._keep(x[lo:hi])
+        span = self.window[seg.row_slot] / self.BLOCKS
+        blocks = np.floor(np.asarray(ts, np.float64) / span).astype(np.int64)
+        slot = seg.row_slot
+        # the fast rows: every row of the segment in the block its entity is filling, and room for the
+        # scores kept (every step-th of the block's), so no entity needs a visit of its own
+        at = self.count[slot] + seg.pos
+        keep = at % self.step[slot] == 0
+        new_kept = np.add.reduceat(keep, seg.start) if len(x) else np.zeros(0, np.int64)
+        inside = np.add.reduceat(blocks == self.block[slot], seg.start) == seg.length if len(x) else new_kept > 0
+        fast = inside & (self.kept_n[seg.slot] + new_kept <= self.KEEP)
+        out = LevelOut(self.scale[slot].copy(), self.drifting[slot].copy(), self.recent_median[slot].copy())
+        rows = seg.rows_of(fast)
+        if len(rows):
+            kept_rows = rows[keep[rows]]
+            slot_of = seg.row_slot[kept_rows]
+            # each kept row's place: after its entity's kept scores, numbered within its segment
+            before = np.repeat(np.cumsum(new_kept[fast]) - new_kept[fast], new_kept[fast])
+            self.kept[slot_of, self.kept_n[slot_of] + np.arange(len(kept_rows)) - before] = x[kept_rows]
+            self.kept_n[seg.slot[fast]] += new_kept[fast]
+            self.count[seg.slot[fast]] += seg.length[fast]
+        for s in np.flatnonzero(~fast).tolist():
+            a, b = int(seg.start[s]), int(seg.end[s])
+            self._scales_one(int(seg.slot[s]), ts[a:b], blocks[a:b], x[a:b], out, a)
         return out
 
-    def _begin(self, block: int, t: float) -> None:
-        """Close the block being filled, forget those out of the window, and evaluate for ``block``."""
-        if self.block is not None and len(self.kept):
-            mid = len(self.kept) // 2
-            self.medians[self.block] = float(np.partition(self.kept, mid)[mid])
-        self.medians = {b: m for b, m in self.medians.items() if b >= block - self.BLOCKS}
-        self.block, self.kept, self.count, self.step = block, np.zeros(0), 0, 1
-        m = self.level(block)
-        self.recent_median, self.scale = m, max(1.0, m / self.base)
-        if m > self.base_threshold:
-            self.drifting, self.back_since = True, None
-        elif self.drifting:
-            self.back_since = t if self.back_since is None else self.back_since
-            if t - self.back_since >= self.window:
-                self.drifting, self.back_since = False, None
+    def _scales_one(self, slot: int, ts: np.ndarray, blocks: np.ndarray, x: np.ndarray, out: LevelOut,
+                    offset: int) -> None:
+        """One entity's rows, in runs of one block each: a run that begins a block evaluates the level."""
+        edges = np.r_[0, np.flatnonzero(np.diff(blocks)) + 1, len(x)]
+        for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
+            if blocks[lo] != self.block[slot]:
+                self._begin(slot, int(blocks[lo]), float(ts[lo]))
+            out.scale[offset + lo:offset + hi] = self.scale[slot]
+            out.drift[offset + lo:offset + hi] = self.drifting[slot]
+            out.median[offset + lo:offset + hi] = self.recent_median[slot]
+            self._keep(slot, x[lo:hi])
 
-    def _keep(self, x: np.ndarray) -> None:
+    def _begin(self, slot: int, block: int, t: float) -> None:
+        """Close the block being filled, and evaluate for ``block``."""
+        current = int(self.block[slot])
+        if current != NONE and self.kept_n[slot]:
+            kept = self.kept[slot, :self.kept_n[slot]]
+            mid = len(kept) // 2
+            self.medians[slot, current % self.BLOCKS] = float(np.partition(kept, mid)[mid])
+            self.median_block[slot, current % self.BLOCKS] = current
+        self.block[slot], self.kept_n[slot], self.count[slot], self.step[slot] = block, 0, 0, 1
+        m = self.level(slot, block)
+        self.recent_median[slot], self.scale[slot] = m, max(1.0, m / self.base[slot])
+        if m > self.base_threshold[slot]:
+            self.drifting[slot], self.back_since[slot] = True, np.nan
+        elif self.drifting[slot]:
+            if np.isnan(self.back_since[slot]):
+                self.back_since[slot] = t
+            if t - self.back_since[slot] >= self.window[slot]:
+                self.drifting[slot], self.back_since[slot] = False, np.nan
+
+    def _keep(self, slot: int, x: np.ndarray) -> None:
         """Add a run of the current block's scores: those at multiples of ``step`` are kept, and the step
         doubles (every other kept score dropped) while more than ``KEEP`` are. The kept set depends only
         on how many scores the block has had, not on how they arrived."""
-        at = self.count + np.arange(len(x))
-        self.kept = np.concatenate([self.kept, x[at % self.step == 0]])
-        self.count += len(x)
-        while len(self.kept) > self.KEEP:
-            self.kept, self.step = self.kept[::2], self.step * 2
+        at = int(self.count[slot]) + np.arange(len(x))
+        kept = np.concatenate([self.kept[slot, :self.kept_n[slot]], x[at % self.step[slot] == 0]])
+        self.count[slot] += len(x)
+        while len(kept) > self.KEEP:
+            kept, self.step[slot] = kept[::2], self.step[slot] * 2
+        self.kept[slot, :len(kept)], self.kept_n[slot] = kept, len(kept)
+
+    def to_state(self, slot: int) -> dict:
+        ok = self.median_block[slot] != NONE
+        blocks = self.median_block[slot][ok]
+        block = int(self.block[slot])
+        fresh = blocks >= block - self.BLOCKS if block != NONE else np.ones(len(blocks), bool)
+        medians = sorted(zip(blocks[fresh].tolist(), self.medians[slot][ok][fresh].tolist()))
+        back = float(self.back_since[slot])
+        return {"window": float(self.window[slot]), "base": float(self.base[slot]),
+                "base_threshold": float(self.base_threshold[slot]), "medians": [[b, m] for b, m in medians],
+                "block": None if block == NONE else block, "kept": _pack(self.kept[slot, :self.kept_n[slot]]),
+                "count": int(self.count[slot]), "step": int(self.step[slot]), "scale": float(self.scale[slot]),
+                "recent_median": float(self.recent_median[slot]), "drifting": bool(self.drifting[slot]),
+                "back_since": None if np.isnan(back) else back}
+
+    def load_state(self, slot: int, state: dict) -> bool:
+        """``slot`` as a checkpoint saved it; False (and nothing loaded) for one saved before the window
+        was in time (its window counted points): the entity's level starts again from its calibration."""
+        if "medians" not in state:
+            return False
+        self.reset(slot, float(state["window"]), float(state["base"]), float(state["base_threshold"]), on=True)
+        for b, m in state["medians"]:
+            self.medians[slot, int(b) % self.BLOCKS], self.median_block[slot, int(b) % self.BLOCKS] = float(m), int(b)
+        self.block[slot] = NONE if state["block"] is None else int(state["block"])
+        kept = _unpack(state["kept"])
+        self.kept[slot, :len(kept)], self.kept_n[slot] = kept, len(kept)
+        self.count[slot], self.step[slot] = int(state["count"]), int(state["step"])
+        self.scale[slot], self.recent_median[slot] = float(state["scale"]), float(state["recent_median"])
+        self.drifting[slot] = bool(state["drifting"])
+        self.back_since[slot] = np.nan if state["back_since"] is None else float(state["back_since"])
+        return True
+
+
+class Level:
+    """One entity's level (``Levels`` with a single slot), for a series on its own and for the records
+    that report it (``scoring.codec.drift_alert``)."""
+
+    BLOCKS, KEEP = Levels.BLOCKS, Levels.KEEP
+
+    def __init__(self, window: float, base: float, base_threshold: float, columns: Levels | None = None,
+                 slot: int = 0):
+        if columns is None:
+            columns = Levels(capacity=1)
+            columns.reset(0, float(window), base, base_threshold, on=True)
+        self.columns, self.slot = columns, slot
+
+    @classmethod
+    def calibrated(cls, window: float, calibration: np.ndarray, threshold: float) -> "Level":
+        return cls(window, level_base(calibration, threshold), float(threshold))
+
+    def __getattr__(self, name: str):
+        if name in ("window", "base", "base_threshold", "count", "step", "scale", "recent_median"):
+            return getattr(self.columns, name)[self.slot].item()
+        raise AttributeError(name)
+
+    @property
+    def span(self) -> float:
+        return self.window / self.BLOCKS
+
+    @property
+    def drifting(self) -> bool:
+        return bool(self.columns.drifting[self.slot])
+
+    @property
+    def block(self) -> int | None:
+        b = int(self.columns.block[self.slot])
+        return None if b == NONE else b
+
+    @property
+    def kept(self) -> np.ndarray:
+        return self.columns.kept[self.slot, :self.columns.kept_n[self.slot]]
+
+    @property
+    def medians(self) -> dict[int, float]:
+        return {b: m for b, m in self.columns.to_state(self.slot)["medians"]}
+
+    def level(self, block: int) -> float:
+        return self.columns.level(self.slot, block)
+
+    def scales(self, ts: np.ndarray, scores: np.ndarray) -> LevelOut:
+        """Per point (timestamps ``ts``, increasing): the threshold's scale, whether the entity drifts, and
+        the recent level that decided both; then learns the points (``Levels.scales``)."""
+        seg = Segments.one(len(scores), self.slot)
+        return self.columns.scales(seg, np.asarray(ts, np.float64), np.asarray(scores, np.float64))
 
     def to_state(self) -> dict:
-        return {"window": self.window, "base": self.base, "base_threshold": self.base_threshold,
-                "medians": [[b, m] for b, m in sorted(self.medians.items())], "block": self.block,
-                "kept": _pack(self.kept), "count": self.count, "step": self.step, "scale": self.scale,
-                "recent_median": self.recent_median, "drifting": self.drifting, "back_since": self.back_since}
+        return self.columns.to_state(self.slot)
 
     @classmethod
     def from_state(cls, state: dict) -> "Level | None":
         """The level a checkpoint saved; None for one saved before the window was in time (its window
         counted points): the entity's level starts again from its calibration."""
-        if "medians" not in state:
-            return None
-        obj = cls(state["window"], state["base"], state["base_threshold"])
-        obj.medians = {int(b): float(m) for b, m in state["medians"]}
-        obj.block = state["block"]
-        obj.kept = _unpack(state["kept"])
-        obj.count, obj.step = int(state["count"]), int(state["step"])
-        obj.scale, obj.recent_median = float(state["scale"]), float(state["recent_median"])
-        obj.drifting, obj.back_since = bool(state["drifting"]), state["back_since"]
-        return obj
+        obj = cls(1.0, 1.0, 1.0)
+        return obj if obj.columns.load_state(0, state) else None

@@ -14,6 +14,8 @@ import base64
 
 import numpy as np
 
+from .segments import Segments, grow
+
 
 def forward_fill(x: np.ndarray) -> np.ndarray:
     """Each NaN of ``x`` [T, C] replaced by the last value before it in its channel (NaN where there is
@@ -46,73 +48,186 @@ def fill_gaps(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, gaps
 
 
-class EntityWindow:
-    def __init__(self, window: int, hop: int, channels: int, fill: np.ndarray | None = None):
+class Windows:
+    """The windows of every entity of one shape (``channels``, ``window``, ``hop``), one slot each.
+
+    A slot keeps its last ``window - 1`` rows (``history`` [slots, window - 1, C], newest last, the
+    first ``window - 1 - count`` of them unused) and each channel's last value for imputation
+    (``last``). ``push`` builds the windows of many entities' new rows at once; ``EntityWindow`` is one
+    slot of it, for a single entity's series.
+    """
+
+    def __init__(self, window: int, hop: int, channels: int, capacity: int = 0):
         if not 1 <= hop <= window:
             raise ValueError(f"hop must be in [1, window], got hop={hop}, window={window}")
         self.window, self.hop, self.channels = window, hop, channels
-        self.history = np.zeros((0, channels), np.float32)  # at most window-1 rows
-        self.last = np.full(channels, np.nan) if fill is None else np.asarray(fill, np.float64).copy()
+        self.history = np.zeros((capacity, max(window - 1, 0), channels), np.float32)
+        self.count = np.zeros(capacity, np.int64)  # rows of history kept (<= window - 1)
+        self.last = np.full((capacity, channels), np.nan)
 
-    def impute(self, rows: np.ndarray) -> np.ndarray:
-        """Forward-fill NaN per channel from the last seen value; returns a new float64 array."""
+    def ensure(self, capacity: int) -> None:
+        self.history = grow(self.history, capacity)
+        self.count = grow(self.count, capacity)
+        self.last = grow(self.last, capacity, np.nan)
+
+    def reset(self, slot: int, fill: np.ndarray | None = None) -> None:
+        """A new entity in ``slot``: no history; imputes with ``fill`` before any value (else 0)."""
+        self.history[slot] = 0.0
+        self.count[slot] = 0
+        self.last[slot] = np.nan if fill is None else np.asarray(fill, np.float64)
+
+    def impute(self, seg: Segments, rows: np.ndarray) -> np.ndarray:
+        """Forward-fill NaN per channel from each entity's last seen value; a new float64 array. The last
+        row of each segment becomes its entity's last value."""
         rows = np.array(rows, dtype=np.float64)
-        if np.isnan(rows).any():
-            rows = forward_fill(np.vstack([self.last[None], rows]))[1:]
-            rows[np.isnan(rows)] = 0.0  # a channel never seen and without a fill value
-        self.last = rows[-1].copy()
+        if not len(rows):
+            return rows
+        nan = np.isnan(rows)
+        if nan.any():
+            for s in np.flatnonzero(np.add.reduceat(nan.any(1), seg.start) > 0).tolist():
+                a, b, slot = int(seg.start[s]), int(seg.end[s]), int(seg.slot[s])
+                filled = forward_fill(np.vstack([self.last[slot][None], rows[a:b]]))[1:]
+                filled[np.isnan(filled)] = 0.0  # a channel never seen and without a fill value
+                rows[a:b] = filled
+        self.last[seg.slot] = rows[seg.last()]
         return rows
 
-    def push(self, rows: np.ndarray, lengths=None) -> tuple[np.ndarray, np.ndarray]:
-        """Append imputed rows ``[n, C]``; return the windows ``[B, W, C]`` that score them and the
-        number of new rows at the end of each window ``[B]``.
+    def push(self, seg: Segments, rows: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Append imputed rows ``[n, C]`` of many entities; return the windows ``[B, W, C]`` that score them,
+        in row order, and the number of new rows at the end of each window ``[B]``.
 
-        ``lengths`` are the row counts of the messages the rows came from (default: one message);
-        chunks never straddle two messages.
+        ``lengths``: the row counts of the messages the rows came from, in row order (a message's rows
+        belong to one entity); a message's rows are cut into chunks of at most ``hop`` rows, each scored
+        by the window ending at its last row. Before an entity has ``window - 1`` rows of history its
+        window is padded on the left with its first row.
         """
         rows = np.asarray(rows, np.float32)
-        n = len(rows)
-        lengths = np.array([n] if lengths is None else lengths, dtype=np.int64)
-        ctx = np.concatenate([self.history, rows])
-        pad = self.window - 1 - len(self.history)
-        if pad > 0:
-            ctx = np.concatenate([np.repeat(ctx[:1], pad, axis=0), ctx])
-        if (lengths <= self.hop).all():
-            ends, counts = np.cumsum(lengths) - 1, lengths
-        else:
-            ends, counts, first = [], [], 0
-            for m in lengths.tolist():
-                for start in range(0, m, self.hop):
-                    stop = min(start + self.hop, m)
-                    ends.append(first + stop - 1)
-                    counts.append(stop - start)
-                first += m
-            ends, counts = np.array(ends), np.array(counts)
-        # ctx index of new row i is i + window - 1, so the window ending at it starts at i
-        view = np.lib.stride_tricks.sliding_window_view(ctx, self.window, axis=0)  # [N, C, W]
-        windows = view[ends].transpose(0, 2, 1)
-        self._keep_tail(ctx)
+        k = self.window - 1
+        ctx, base = self._context(seg, rows, padded=True)
+        lengths = np.asarray(lengths, np.int64)
+        chunks = -(-lengths // self.hop)  # per message
+        if not int(chunks.sum()):
+            return np.zeros((0, self.window, self.channels), np.float32), np.zeros(0, np.int64)
+        first = np.repeat(np.cumsum(lengths) - lengths, chunks)
+        step = np.arange(int(chunks.sum())) - np.repeat(np.cumsum(chunks) - chunks, chunks)  # chunk no. in its message
+        size = np.repeat(lengths, chunks)
+        ends = first + np.minimum((step + 1) * self.hop, size) - 1  # row of each chunk's last row
+        counts = np.minimum(self.hop, size - step * self.hop)
+        where = ends + (seg.row_seg[ends] + 1) * k  # that row's place in ctx
+        view = np.lib.stride_tricks.sliding_window_view(ctx, self.window, axis=0)  # [T - W + 1, C, W]
+        windows = view[where - k].transpose(0, 2, 1)
+        self._keep_tail(seg, ctx, base)
         return np.ascontiguousarray(windows), counts
 
-    def extend(self, rows: np.ndarray) -> None:
+    def extend(self, seg: Segments, rows: np.ndarray) -> None:
         """Append rows without building windows (entities scored row by row, like the cold start's)."""
-        self._keep_tail(np.concatenate([self.history, np.asarray(rows, np.float32)]))
+        ctx, base = self._context(seg, np.asarray(rows, np.float32), padded=False)
+        self._keep_tail(seg, ctx, base, unpadded=True)
 
-    def _keep_tail(self, ctx: np.ndarray) -> None:
-        self.history = ctx[-(self.window - 1):] if self.window > 1 else ctx[:0]
+    def _context(self, seg: Segments, rows: np.ndarray, padded: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Each segment's history (``window - 1`` rows, the unused ones filled with the entity's first
+        row where ``padded``) then its new rows, one segment after another; and where each begins."""
+        k = self.window - 1
+        n_seg = len(seg.slot)
+        hist = self.history[seg.slot]  # [S, k, C] copy
+        if padded and k:
+            have = self.count[seg.slot]
+            oldest = np.where(have > 0, k - have, 0)
+            first = np.where((have > 0)[:, None], hist[np.arange(n_seg), np.minimum(oldest, k - 1)],
+                             rows[seg.start] if len(rows) else 0.0)
+            unused = np.arange(k)[None, :] < (k - have)[:, None]
+            hist = np.where(unused[..., None], first[:, None, :], hist)
+        ctx = np.empty((n_seg * k + len(rows), self.channels), np.float32)
+        base = seg.start + np.arange(n_seg) * k  # where segment s begins in ctx
+        if k:
+            ctx[(base[:, None] + np.arange(k)[None, :]).ravel()] = hist.reshape(-1, self.channels)
+        ctx[np.arange(len(rows)) + (seg.row_seg + 1) * k] = rows
+        return ctx, base
 
-    def to_state(self, history: bool = True) -> dict:
+    def _keep_tail(self, seg: Segments, ctx: np.ndarray, base: np.ndarray, unpadded: bool = False) -> None:
+        k = self.window - 1
+        if not k or not len(seg.slot):
+            return
+        tail = base[:, None] + seg.length[:, None] + np.arange(k)[None, :]  # the last k rows of each
+        self.history[seg.slot] = ctx[tail]
+        self.count[seg.slot] = np.minimum(k, self.count[seg.slot] + seg.length) if unpadded else k
+
+    def to_state(self, slot: int, history: bool = True) -> dict:
         """The rows kept, as base64 of their float32 bytes (exact, a fifth of the JSON of the numbers);
         ``history=False`` leaves them out (a restore then pads the next window with its first row)."""
-        rows = base64.b64encode(np.ascontiguousarray(self.history, "<f4").tobytes()).decode() if history else None
-        return {"history": rows, "last": [None if np.isnan(v) else float(v) for v in self.last]}
+        n = int(self.count[slot])
+        kept = self.history[slot, self.history.shape[1] - n:] if n else self.history[slot, :0]
+        rows = base64.b64encode(np.ascontiguousarray(kept, "<f4").tobytes()).decode() if history else None
+        return {"history": rows, "last": [None if np.isnan(v) else float(v) for v in self.last[slot]]}
 
-    def load_state(self, state: dict) -> "EntityWindow":
+    def load_state(self, slot: int, state: dict) -> None:
         rows = state["history"]
         if rows is None:
             rows = np.zeros((0, self.channels), np.float32)
         elif isinstance(rows, str):
             rows = np.frombuffer(base64.b64decode(rows), "<f4")
-        self.history = np.asarray(rows, np.float32).reshape(-1, self.channels).copy()
-        self.last = np.array([np.nan if v is None else v for v in state["last"]], np.float64)
+        rows = np.asarray(rows, np.float32).reshape(-1, self.channels)[-self.history.shape[1]:] \
+            if self.history.shape[1] else np.zeros((0, self.channels), np.float32)
+        self.history[slot] = 0.0
+        if len(rows):
+            self.history[slot, self.history.shape[1] - len(rows):] = rows
+        self.count[slot] = len(rows)
+        self.last[slot] = np.array([np.nan if v is None else v for v in state["last"]], np.float64)
+
+    def rows(self, slot: int) -> np.ndarray:
+        """The rows ``slot`` keeps, oldest first."""
+        n = int(self.count[slot])
+        return self.history[slot, self.history.shape[1] - n:].copy()
+
+    def set_rows(self, slot: int, rows: np.ndarray) -> None:
+        self.load_state(slot, {"history": np.asarray(rows, np.float32), "last": self.last[slot].tolist()})
+
+
+class EntityWindow:
+    """One entity's windows (``Windows`` with a single slot), for a series scored on its own."""
+
+    def __init__(self, window: int, hop: int, channels: int, fill: np.ndarray | None = None):
+        self.columns = Windows(window, hop, channels, capacity=1)
+        self.columns.reset(0, fill)
+        self.window, self.hop, self.channels = window, hop, channels
+
+    @property
+    def history(self) -> np.ndarray:
+        return self.columns.rows(0)
+
+    @history.setter
+    def history(self, rows: np.ndarray) -> None:
+        self.columns.set_rows(0, rows)
+
+    @property
+    def last(self) -> np.ndarray:
+        return self.columns.last[0].copy()
+
+    @last.setter
+    def last(self, values: np.ndarray) -> None:
+        self.columns.last[0] = values
+
+    def impute(self, rows: np.ndarray) -> np.ndarray:
+        """Forward-fill NaN per channel from the last seen value; returns a new float64 array."""
+        rows = np.asarray(rows)
+        return self.columns.impute(Segments.one(len(rows)), rows) if len(rows) else np.array(rows, np.float64)
+
+    def push(self, rows: np.ndarray, lengths=None) -> tuple[np.ndarray, np.ndarray]:
+        """Append imputed rows ``[n, C]``; return the windows ``[B, W, C]`` that score them and the
+        number of new rows at the end of each window ``[B]`` (``Windows.push``). ``lengths`` are the row
+        counts of the messages the rows came from (default: one message)."""
+        rows = np.asarray(rows, np.float32)
+        lengths = np.array([len(rows)] if lengths is None else lengths, dtype=np.int64)
+        return self.columns.push(Segments.one(len(rows)), rows, lengths)
+
+    def extend(self, rows: np.ndarray) -> None:
+        """Append rows without building windows (entities scored row by row, like the cold start's)."""
+        if len(rows):
+            self.columns.extend(Segments.one(len(rows)), rows)
+
+    def to_state(self, history: bool = True) -> dict:
+        return self.columns.to_state(0, history)
+
+    def load_state(self, state: dict) -> "EntityWindow":
+        self.columns.load_state(0, state)
         return self

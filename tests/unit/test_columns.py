@@ -1,0 +1,113 @@
+"""Many entities in one columnar step get exactly what each got from the per-entity implementation it
+replaced (``tests/oracle.py``), whatever the micro-batches and whichever entities share a step."""
+import numpy as np
+import pytest
+
+from scoring.conditioning import Levels, Smoothing
+from scoring.segments import Segments
+from scoring.windows import Windows
+
+from .. import oracle
+
+ENTITIES = 7
+
+
+def batches(rng, lengths: list[int]):
+    """Random micro-batches over entities with ``lengths`` rows each: per batch, each entity's next run
+    of 0-5 rows (some entities absent), entities in a shuffled order."""
+    done = [0] * len(lengths)
+    while any(d < n for d, n in zip(done, lengths)):
+        parts = []
+        for e in rng.permutation(len(lengths)).tolist():
+            take = min(int(rng.integers(0, 6)), lengths[e] - done[e])
+            if take:
+                parts.append((e, done[e], done[e] + take))
+                done[e] += take
+        if parts:
+            yield parts
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_smoothing_of_many_entities_is_each_entity_smoothed_alone(seed):
+    rng = np.random.default_rng(seed)
+    n = [int(rng.integers(1, 60)) for _ in range(ENTITIES)]
+    score = [rng.exponential(size=k) for k in n]
+    channel = [rng.exponential(size=(k, 3)) for k in n]
+    cols = Smoothing(5, 3, capacity=ENTITIES + 3)
+    slots = rng.permutation(ENTITIES + 3)[:ENTITIES]  # any slots, not 0..n-1
+    for e in range(ENTITIES):
+        cols.reset(int(slots[e]))
+    got = [[] for _ in range(ENTITIES)]
+    for parts in batches(rng, n):
+        seg = Segments.of(slots[[e for e, _, _ in parts]], [b - a for _, a, b in parts])
+        s, c = cols.apply(seg, np.concatenate([score[e][a:b] for e, a, b in parts]),
+                          np.concatenate([channel[e][a:b] for e, a, b in parts]))
+        for i, (e, _, _) in enumerate(parts):
+            got[e].append((s[seg.start[i]:seg.end[i]], c[seg.start[i]:seg.end[i]]))
+    for e in range(ENTITIES):
+        want = oracle.Smoother(5, 3).apply(score[e], channel[e])
+        assert np.array_equal(np.concatenate([g[0] for g in got[e]]), want[0])
+        assert np.array_equal(np.concatenate([g[1] for g in got[e]]), want[1])
+        state = cols.to_state(int(slots[e]))
+        ref = oracle.Smoother(5, 3)
+        ref.apply(score[e], channel[e])
+        assert state == ref.to_state()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_levels_of_many_entities_are_each_entity_levelled_alone(seed):
+    rng = np.random.default_rng(seed)
+    n = [int(rng.integers(50, 400)) for _ in range(ENTITIES)]
+    step = [float(rng.choice([0.5, 1.0, 7.0])) for _ in range(ENTITIES)]
+    ts = [1.7e9 + st * np.arange(k) + rng.random(k) * 0.1 * st for st, k in zip(step, n)]
+    x = [rng.exponential(size=k) * np.where(np.arange(k) > k // 3, 12.0, 1.0) for k in n]
+    cols = Levels(capacity=ENTITIES)
+    for e in range(ENTITIES):
+        cols.reset(e, 120.0, 1.0, 8.0, on=True)
+    got = [[] for _ in range(ENTITIES)]
+    for parts in batches(rng, n):
+        seg = Segments.of(np.array([e for e, _, _ in parts]), [b - a for _, a, b in parts])
+        out = cols.scales(seg, np.concatenate([ts[e][a:b] for e, a, b in parts]),
+                          np.concatenate([x[e][a:b] for e, a, b in parts]))
+        for i, (e, _, _) in enumerate(parts):
+            got[e].append([v[seg.start[i]:seg.end[i]] for v in out])
+    for e in range(ENTITIES):
+        ref = oracle.Level(120.0, 1.0, 8.0)
+        want = ref.scales(ts[e], x[e])
+        for i in range(3):
+            assert np.array_equal(np.concatenate([g[i] for g in got[e]]), want[i]), (e, i)
+        state = cols.to_state(e)
+        assert state == ref.to_state() | {"medians": [[b, m] for b, m in sorted(ref.medians.items())]}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_windows_of_many_entities_are_each_entitys_windows(seed):
+    rng = np.random.default_rng(seed)
+    n = [int(rng.integers(1, 80)) for _ in range(ENTITIES)]
+    rows = [rng.random((k, 2)) for k in n]
+    for e in range(0, ENTITIES, 3):  # some missing values to impute
+        rows[e][rng.random(n[e]) < 0.2, 1] = np.nan
+    cols = Windows(8, 3, 2, capacity=ENTITIES)
+    refs = [oracle.EntityWindow(8, 3, 2, fill=np.array([0.5, np.nan])) for _ in range(ENTITIES)]
+    for e in range(ENTITIES):
+        cols.reset(e, np.array([0.5, np.nan]))
+    for parts in batches(rng, n):
+        # one message per entity run, but a long run is two messages (chunks never straddle them)
+        seg = Segments.of(np.array([e for e, _, _ in parts]), [b - a for _, a, b in parts])
+        raw = np.concatenate([rows[e][a:b] for e, a, b in parts])
+        lengths = []
+        for _, a, b in parts:
+            lengths += [2, b - a - 2] if b - a > 3 else [b - a]
+        filled = cols.impute(seg, raw)
+        windows, counts = cols.push(seg, filled, np.array(lengths))
+        w_at = 0
+        for i, (e, a, b) in enumerate(parts):
+            ls = [2, b - a - 2] if b - a > 3 else [b - a]
+            want_rows = refs[e].impute(rows[e][a:b])
+            assert np.array_equal(filled[seg.start[i]:seg.end[i]], want_rows)
+            want_w, want_c = refs[e].push(want_rows, ls)
+            assert np.array_equal(windows[w_at:w_at + len(want_w)], want_w)
+            assert np.array_equal(counts[w_at:w_at + len(want_c)], want_c)
+            w_at += len(want_w)
+    for e in range(ENTITIES):
+        assert cols.to_state(e) == refs[e].to_state()
