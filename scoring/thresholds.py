@@ -29,6 +29,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from river.stats import RollingQuantile
 
+from .segments import Segments, grow
+
 __all__ = ["FLOOR", "floor_for", "Threshold", "SpotThreshold", "DSpotThreshold", "PercentileThreshold",
            "make_threshold", "threshold_from_state", "fit_gpd", "KINDS", "DEFAULTS", "parameters", "trim_far_out"]
 
@@ -295,6 +297,168 @@ class Threshold:
 # SPOT
 # ---------------------------------------------------------------------------------------------
 
+class SpotColumns:
+    """SPOT for many entities, one slot each (``SpotThreshold`` is one slot of it; see there for the rule).
+
+    A score at or below its entity's excess threshold ``t`` changes nothing but the count of points seen
+    (z_q only moves at a peak, and is never below t), so ``step`` takes such rows of every entity in one
+    array operation and visits, one by one, only the entities with a row above t (about 1 - level of
+    the points): the same thresholds and alarms, point by point, as each entity stepped alone.
+    """
+
+    PARAMS = ("q", "level", "max_excess", "refit_every", "min_peaks")
+
+    def __init__(self, capacity: int = 0):
+        self.q, self.level = np.zeros(capacity), np.zeros(capacity)
+        self.max_excess, self.refit_every, self.min_peaks = (np.zeros(capacity, np.int64) for _ in range(3))
+        self.t = np.full(capacity, np.nan)  # excess (initial) threshold; NaN: not calibrated
+        self.z = np.full(capacity, np.nan)  # alarm threshold z_q
+        self.gamma, self.sigma = np.zeros(capacity), np.zeros(capacity)
+        self.n = np.zeros(capacity, np.int64)  # non-alarm points seen (calibration included)
+        self.nt = np.zeros(capacity, np.int64)  # excesses seen, including those dropped from the ring
+        self.head = np.zeros(capacity, np.int64)  # next ring slot to overwrite once full
+        self.pending = np.zeros(capacity, np.int64)  # peaks added since the last fit
+        self.scale = np.zeros(capacity)  # calibration std: tail scale while there are no peaks
+        self.peaks: list[np.ndarray] = [_NO_PEAKS] * capacity  # ring of the last max_excess excesses
+
+    def ensure(self, capacity: int) -> None:
+        for name in ("q", "level", "max_excess", "refit_every", "min_peaks", "gamma", "sigma", "n", "nt", "head",
+                     "pending", "scale"):
+            setattr(self, name, grow(getattr(self, name), capacity))
+        self.t, self.z = grow(self.t, capacity, np.nan), grow(self.z, capacity, np.nan)
+        self.peaks += [_NO_PEAKS] * (capacity - len(self.peaks))
+
+    def reset(self, slot: int, q: float = 1e-3, level: float = 0.98, max_excess: int = 1000, refit_every: int = 1,
+              min_peaks: int = 0) -> None:
+        """An uncalibrated SPOT with these parameters in ``slot``."""
+        self.q[slot], self.level[slot] = _prob("q", q, 0.0, 1.0 - _prob("level", level)), level
+        self.max_excess[slot] = _count("max_excess", max_excess)
+        self.refit_every[slot] = _count("refit_every", refit_every)
+        self.min_peaks[slot] = _count("min_peaks", min_peaks, minimum=0)
+        self.t[slot] = self.z[slot] = np.nan
+        self.gamma[slot] = self.sigma[slot] = self.scale[slot] = 0.0
+        self.n[slot] = self.nt[slot] = self.head[slot] = self.pending[slot] = 0
+        self.peaks[slot] = _NO_PEAKS
+
+    def params(self, slot: int) -> dict:
+        return {"q": float(self.q[slot]), "level": float(self.level[slot]), "max_excess": int(self.max_excess[slot]),
+                "refit_every": int(self.refit_every[slot]), "min_peaks": int(self.min_peaks[slot])}
+
+    def ready(self, slot: int) -> bool:
+        return not np.isnan(self.z[slot])
+
+    def calibrate(self, slot: int, scores: np.ndarray) -> None:
+        """t = the ``level`` empirical quantile (sorted[int(level n)], as spot.py), or lower to leave
+        ``min_peaks`` above it; fit the tail."""
+        x = _calibration_scores(scores)
+        self.reset(slot, **self.params(slot))
+        at = max(min(int(self.level[slot] * x.size), x.size - 1 - int(self.min_peaks[slot])), x.size // 2)
+        self.t[slot] = float(np.sort(x)[at])
+        self.n[slot] = int(x.size)
+        self.scale[slot] = float(np.std(x))
+        for excess in (x[x > self.t[slot]] - self.t[slot]).tolist():  # arrival order: the ring keeps the newest
+            self._push(slot, excess)
+        self._fit(slot)
+
+    def _push(self, slot: int, excess: float) -> None:
+        self.nt[slot] += 1
+        self.pending[slot] += 1
+        peaks = self.peaks[slot]
+        if len(peaks) < self.max_excess[slot]:
+            self.peaks[slot] = np.append(peaks, excess)
+        else:
+            peaks[self.head[slot]] = excess
+            self.head[slot] = (self.head[slot] + 1) % self.max_excess[slot]
+
+    def _fit(self, slot: int) -> None:
+        peaks = self.peaks[slot]
+        if len(peaks) < MIN_PEAKS:
+            self.gamma[slot] = 0.0
+            self.sigma[slot] = sum(peaks.tolist()) / len(peaks) if len(peaks) else self.scale[slot]
+        else:
+            self.gamma[slot], self.sigma[slot] = fit_gpd(peaks)
+        self.pending[slot] = 0
+        self._update_z(slot)
+
+    def _update_z(self, slot: int) -> None:
+        peaks = self.peaks[slot]
+        fallback = sum(peaks.tolist()) / len(peaks) if len(peaks) else float(self.scale[slot])
+        self.z[slot] = _tail_quantile(float(self.t[slot]), float(self.gamma[slot]), float(self.sigma[slot]),
+                                      float(self.q[slot]), int(self.n[slot]), int(self.nt[slot]), fallback)
+
+    def observe(self, slot: int, x: float) -> None:
+        """Learn from a finite non-alarm value: count it, and if it is a peak, refit."""
+        self.n[slot] += 1
+        if x > self.t[slot]:
+            self._push(slot, x - float(self.t[slot]))
+            if self.pending[slot] >= self.refit_every[slot] or len(self.peaks[slot]) <= MIN_PEAKS:
+                self._fit(slot)
+            else:
+                self._update_z(slot)
+
+    def step(self, seg: Segments, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Judge many entities' scores (``seg``) in order, each against its threshold in force before it,
+        learning from each non-alarm: (thresholds float64 [R], alarms bool [R]). Every slot must be
+        calibrated."""
+        x = np.asarray(x, np.float64)
+        thresholds, alarms = self.z[seg.row_slot], np.zeros(len(x), bool)
+        if not len(x):
+            return thresholds, alarms
+        busy = np.add.reduceat(x > self.t[seg.row_slot], seg.start) > 0
+        quiet = ~busy
+        # at or below t (or NaN): no peak, no alarm (z_q >= t), z_q constant; the finite ones are counted
+        self.n[seg.slot[quiet]] += np.add.reduceat(np.isfinite(x), seg.start)[quiet]
+        for s in np.flatnonzero(busy).tolist():
+            a, b = int(seg.start[s]), int(seg.end[s])
+            self._run(int(seg.slot[s]), x[a:b], thresholds[a:b], alarms[a:b])
+        return thresholds, alarms
+
+    def _run(self, slot: int, x: np.ndarray, thresholds: np.ndarray, alarms: np.ndarray) -> None:
+        """The author's loop for one entity, visiting only the points that can change the state."""
+        t = self.t[slot]
+        finite = np.concatenate([[0], np.cumsum(np.isfinite(x))])  # finite points before each index
+        start = 0
+        for j in [*np.flatnonzero(x > t).tolist(), len(x)]:
+            if j > start:  # at or below t (or NaN): no peak, no alarm (z_q >= t), z_q constant
+                thresholds[start:j] = self.z[slot]
+                self.n[slot] += int(finite[j] - finite[start])
+            if j == len(x):
+                break
+            z = float(self.z[slot])
+            thresholds[j] = z
+            v = float(x[j])
+            if v > z:
+                alarms[j] = True  # not learnt from, n not incremented (discard anomalies)
+            elif math.isfinite(v):
+                self.observe(slot, v)
+            start = j + 1
+
+    def to_state(self, slot: int) -> dict:
+        t, z = float(self.t[slot]), float(self.z[slot])
+        return {"kind": SpotThreshold.kind, "version": _STATE_VERSION, "params": self.params(slot),
+                "t": None if np.isnan(t) else t, "z": None if np.isnan(z) else z,
+                "gamma": float(self.gamma[slot]), "sigma": float(self.sigma[slot]), "n": int(self.n[slot]),
+                "nt": int(self.nt[slot]), "peaks": self.peaks[slot].tolist(), "head": int(self.head[slot]),
+                "pending": int(self.pending[slot]), "scale": float(self.scale[slot])}
+
+    def load_state(self, slot: int, state: dict) -> None:
+        _check_kind(state, SpotThreshold.kind)
+        self.reset(slot, **state["params"])
+        self.t[slot] = np.nan if state["t"] is None else float(state["t"])
+        self.z[slot] = np.nan if state["z"] is None else float(state["z"])
+        self.gamma[slot], self.sigma[slot] = float(state["gamma"]), float(state["sigma"])
+        self.n[slot], self.nt[slot] = int(state["n"]), int(state["nt"])
+        peaks = np.array([float(v) for v in state["peaks"]], np.float64)
+        self.head[slot], self.pending[slot] = int(state["head"]), int(state["pending"])
+        self.scale[slot] = float(state["scale"])
+        if len(peaks) > self.max_excess[slot]:
+            raise ValueError("state holds more peaks than max_excess")
+        self.peaks[slot] = peaks
+
+
+_NO_PEAKS = np.zeros(0)
+
+
 class SpotThreshold(Threshold):
     """SPOT (streaming peaks-over-threshold), the author's update rule with a bounded tail.
 
@@ -304,120 +468,46 @@ class SpotThreshold(Threshold):
     recomputed with the new counts at every peak); ``min_peaks``: ``t`` is set low enough that at
     least this many calibration scores lie above it (never below their median), for a short
     calibration whose ``level`` quantile would leave the tail fit a handful of peaks (0 = faithful).
+    One slot of ``SpotColumns``, which the stream keeps for all its entities.
     """
 
     kind = "spot"
 
     def __init__(self, q: float = 1e-3, level: float = 0.98, max_excess: int = 1000,
                  refit_every: int = 1, min_peaks: int = 0):
-        self.level = _prob("level", level)
-        self.q = _prob("q", q, 0.0, 1.0 - self.level)
-        self.max_excess = _count("max_excess", max_excess)
-        self.refit_every = _count("refit_every", refit_every)
-        self.min_peaks = _count("min_peaks", min_peaks, minimum=0)
-        self._reset()
-
-    def _reset(self) -> None:
-        self._t: float | None = None   # excess (initial) threshold
-        self._z: float | None = None   # alarm threshold z_q
-        self._gamma = 0.0
-        self._sigma = 0.0
-        self._n = 0                    # non-alarm points seen (calibration included)
-        self._nt = 0                   # excesses seen, including those dropped from the ring
-        self._peaks: list[float] = []  # ring of the last max_excess excesses (physical order)
-        self._head = 0                 # next ring slot to overwrite once full
-        self._pending = 0              # peaks added since the last fit
-        self._scale = 0.0              # calibration std: tail scale while there are no peaks
+        self.columns = SpotColumns(capacity=1)
+        self.columns.reset(0, q, level, max_excess, refit_every, min_peaks)
+        self.level, self.q = float(self.columns.level[0]), float(self.columns.q[0])
+        self.max_excess, self.refit_every = int(self.columns.max_excess[0]), int(self.columns.refit_every[0])
+        self.min_peaks = int(self.columns.min_peaks[0])
 
     @property
     def ready(self) -> bool:
-        return self._z is not None
+        return self.columns.ready(0)
 
     @property
     def params(self) -> dict:
-        return {"q": self.q, "level": self.level, "max_excess": self.max_excess,
-                "refit_every": self.refit_every, "min_peaks": self.min_peaks}
+        return self.columns.params(0)
 
     @property
     def threshold(self) -> float | None:
-        return self._z
+        return float(self.columns.z[0]) if self.ready else None
+
+    @property
+    def _z(self) -> float:
+        return float(self.columns.z[0])
 
     def calibrate(self, scores: np.ndarray) -> None:
-        """t = the ``level`` empirical quantile (sorted[int(level n)], as spot.py), or lower to leave
-        ``min_peaks`` above it; fit the tail."""
-        x = _calibration_scores(scores)
-        self._reset()
-        at = max(min(int(self.level * x.size), x.size - 1 - self.min_peaks), x.size // 2)
-        self._t = float(np.sort(x)[at])
-        self._n = int(x.size)
-        self._scale = float(np.std(x))
-        for excess in (x[x > self._t] - self._t).tolist():  # arrival order: the ring keeps the newest
-            self._push(excess)
-        self._fit()
-
-    def _push(self, excess: float) -> None:
-        self._nt += 1
-        self._pending += 1
-        if len(self._peaks) < self.max_excess:
-            self._peaks.append(excess)
-        else:
-            self._peaks[self._head] = excess
-            self._head = (self._head + 1) % self.max_excess
-
-    def _fit(self) -> None:
-        if len(self._peaks) < MIN_PEAKS:
-            self._gamma = 0.0
-            self._sigma = sum(self._peaks) / len(self._peaks) if self._peaks else self._scale
-        else:
-            self._gamma, self._sigma = fit_gpd(np.array(self._peaks))
-        self._pending = 0
-        self._update_z()
-
-    def _update_z(self) -> None:
-        fallback = sum(self._peaks) / len(self._peaks) if self._peaks else self._scale
-        self._z = _tail_quantile(self._t, self._gamma, self._sigma, self.q, self._n, self._nt, fallback)
+        self.columns.calibrate(0, scores)
 
     def _observe(self, x: float) -> None:
-        """Learn from a finite non-alarm value: count it, and if it is a peak, refit."""
-        self._n += 1
-        if x > self._t:
-            self._push(x - self._t)
-            if self._pending >= self.refit_every or len(self._peaks) <= MIN_PEAKS:
-                self._fit()
-            else:
-                self._update_z()
+        self.columns.observe(0, x)
 
     def _run(self, xs, thresholds, alarms) -> None:
-        """The author's loop, visiting only the points that can change the state.
-
-        z_q moves only at a peak (a finite non-alarm above t) and is never below t, so between two
-        points above t nothing alarms and the threshold is constant: those stretches are counted with
-        numpy, and Python loops
-        over the points above t alone (about 1 - level of them), with the same result point by point.
-        """
-        x, t = xs, self._t
-        finite = np.concatenate([[0], np.cumsum(np.isfinite(x))])  # finite points before each index
-        start = 0
-        for j in [*np.flatnonzero(x > t).tolist(), len(x)]:
-            if j > start:  # at or below t (or NaN): no peak, no alarm (z_q >= t), z_q constant
-                thresholds[start:j] = self._z
-                self._n += int(finite[j] - finite[start])
-            if j == len(x):
-                break
-            z = self._z
-            thresholds[j] = z
-            v = float(x[j])
-            if v > z:
-                alarms[j] = True  # not learnt from, n not incremented (discard anomalies)
-            elif math.isfinite(v):
-                self._observe(v)
-            start = j + 1
+        self.columns._run(0, xs, thresholds, alarms)
 
     def to_state(self) -> dict:
-        return {"kind": self.kind, "version": _STATE_VERSION, "params": self.params,
-                "t": self._t, "z": self._z, "gamma": self._gamma, "sigma": self._sigma,
-                "n": self._n, "nt": self._nt, "peaks": list(self._peaks), "head": self._head,
-                "pending": self._pending, "scale": self._scale}
+        return self.columns.to_state(0)
 
     @classmethod
     def from_state(cls, state: dict) -> "SpotThreshold":
@@ -427,15 +517,7 @@ class SpotThreshold(Threshold):
         return obj
 
     def _load(self, state: dict) -> None:
-        self._t = None if state["t"] is None else float(state["t"])
-        self._z = None if state["z"] is None else float(state["z"])
-        self._gamma, self._sigma = float(state["gamma"]), float(state["sigma"])
-        self._n, self._nt = int(state["n"]), int(state["nt"])
-        self._peaks = [float(v) for v in state["peaks"]]
-        self._head, self._pending = int(state["head"]), int(state["pending"])
-        self._scale = float(state["scale"])
-        if len(self._peaks) > self.max_excess:
-            raise ValueError("state holds more peaks than max_excess")
+        self.columns.load_state(0, state)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,12 @@ from __future__ import annotations
 import base64
 from typing import NamedTuple
 
+import math
+
 import numpy as np
+
+from scoring.thresholds import (MIN_PEAKS, Threshold, _calibration_scores, _check_kind, _count, _prob,
+                                _STATE_VERSION, _tail_quantile, fit_gpd)
 
 
 class LevelOut(NamedTuple):
@@ -255,3 +260,148 @@ class EntityWindow:
         self.history = np.asarray(rows, np.float32).reshape(-1, self.channels).copy()
         self.last = np.array([np.nan if v is None else v for v in state["last"]], np.float64)
         return self
+
+
+class SpotThreshold(Threshold):
+    """SPOT (streaming peaks-over-threshold), the author's update rule with a bounded tail.
+
+    ``q``: alarm probability targeted per point; ``level``: quantile of the calibration scores that
+    sets the excess threshold ``t``; ``max_excess``: peaks kept (most recent first out is the
+    oldest); ``refit_every``: redo the GPD fit only every k new peaks (1 = faithful; z_q is still
+    recomputed with the new counts at every peak); ``min_peaks``: ``t`` is set low enough that at
+    least this many calibration scores lie above it (never below their median), for a short
+    calibration whose ``level`` quantile would leave the tail fit a handful of peaks (0 = faithful).
+    """
+
+    kind = "spot"
+
+    def __init__(self, q: float = 1e-3, level: float = 0.98, max_excess: int = 1000,
+                 refit_every: int = 1, min_peaks: int = 0):
+        self.level = _prob("level", level)
+        self.q = _prob("q", q, 0.0, 1.0 - self.level)
+        self.max_excess = _count("max_excess", max_excess)
+        self.refit_every = _count("refit_every", refit_every)
+        self.min_peaks = _count("min_peaks", min_peaks, minimum=0)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._t: float | None = None   # excess (initial) threshold
+        self._z: float | None = None   # alarm threshold z_q
+        self._gamma = 0.0
+        self._sigma = 0.0
+        self._n = 0                    # non-alarm points seen (calibration included)
+        self._nt = 0                   # excesses seen, including those dropped from the ring
+        self._peaks: list[float] = []  # ring of the last max_excess excesses (physical order)
+        self._head = 0                 # next ring slot to overwrite once full
+        self._pending = 0              # peaks added since the last fit
+        self._scale = 0.0              # calibration std: tail scale while there are no peaks
+
+    @property
+    def ready(self) -> bool:
+        return self._z is not None
+
+    @property
+    def params(self) -> dict:
+        return {"q": self.q, "level": self.level, "max_excess": self.max_excess,
+                "refit_every": self.refit_every, "min_peaks": self.min_peaks}
+
+    @property
+    def threshold(self) -> float | None:
+        return self._z
+
+    def calibrate(self, scores: np.ndarray) -> None:
+        """t = the ``level`` empirical quantile (sorted[int(level n)], as spot.py), or lower to leave
+        ``min_peaks`` above it; fit the tail."""
+        x = _calibration_scores(scores)
+        self._reset()
+        at = max(min(int(self.level * x.size), x.size - 1 - self.min_peaks), x.size // 2)
+        self._t = float(np.sort(x)[at])
+        self._n = int(x.size)
+        self._scale = float(np.std(x))
+        for excess in (x[x > self._t] - self._t).tolist():  # arrival order: the ring keeps the newest
+            self._push(excess)
+        self._fit()
+
+    def _push(self, excess: float) -> None:
+        self._nt += 1
+        self._pending += 1
+        if len(self._peaks) < self.max_excess:
+            self._peaks.append(excess)
+        else:
+            self._peaks[self._head] = excess
+            self._head = (self._head + 1) % self.max_excess
+
+    def _fit(self) -> None:
+        if len(self._peaks) < MIN_PEAKS:
+            self._gamma = 0.0
+            self._sigma = sum(self._peaks) / len(self._peaks) if self._peaks else self._scale
+        else:
+            self._gamma, self._sigma = fit_gpd(np.array(self._peaks))
+        self._pending = 0
+        self._update_z()
+
+    def _update_z(self) -> None:
+        fallback = sum(self._peaks) / len(self._peaks) if self._peaks else self._scale
+        self._z = _tail_quantile(self._t, self._gamma, self._sigma, self.q, self._n, self._nt, fallback)
+
+    def _observe(self, x: float) -> None:
+        """Learn from a finite non-alarm value: count it, and if it is a peak, refit."""
+        self._n += 1
+        if x > self._t:
+            self._push(x - self._t)
+            if self._pending >= self.refit_every or len(self._peaks) <= MIN_PEAKS:
+                self._fit()
+            else:
+                self._update_z()
+
+    def _run(self, xs, thresholds, alarms) -> None:
+        """The author's loop, visiting only the points that can change the state.
+
+        z_q moves only at a peak (a finite non-alarm above t) and is never below t, so between two
+        points above t nothing alarms and the threshold is constant: those stretches are counted with
+        numpy, and Python loops
+        over the points above t alone (about 1 - level of them), with the same result point by point.
+        """
+        x, t = xs, self._t
+        finite = np.concatenate([[0], np.cumsum(np.isfinite(x))])  # finite points before each index
+        start = 0
+        for j in [*np.flatnonzero(x > t).tolist(), len(x)]:
+            if j > start:  # at or below t (or NaN): no peak, no alarm (z_q >= t), z_q constant
+                thresholds[start:j] = self._z
+                self._n += int(finite[j] - finite[start])
+            if j == len(x):
+                break
+            z = self._z
+            thresholds[j] = z
+            v = float(x[j])
+            if v > z:
+                alarms[j] = True  # not learnt from, n not incremented (discard anomalies)
+            elif math.isfinite(v):
+                self._observe(v)
+            start = j + 1
+
+    def to_state(self) -> dict:
+        return {"kind": self.kind, "version": _STATE_VERSION, "params": self.params,
+                "t": self._t, "z": self._z, "gamma": self._gamma, "sigma": self._sigma,
+                "n": self._n, "nt": self._nt, "peaks": list(self._peaks), "head": self._head,
+                "pending": self._pending, "scale": self._scale}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "SpotThreshold":
+        _check_kind(state, cls.kind)
+        obj = cls(**state["params"])
+        obj._load(state)
+        return obj
+
+    def _load(self, state: dict) -> None:
+        self._t = None if state["t"] is None else float(state["t"])
+        self._z = None if state["z"] is None else float(state["z"])
+        self._gamma, self._sigma = float(state["gamma"]), float(state["sigma"])
+        self._n, self._nt = int(state["n"]), int(state["nt"])
+        self._peaks = [float(v) for v in state["peaks"]]
+        self._head, self._pending = int(state["head"]), int(state["pending"])
+        self._scale = float(state["scale"])
+        if len(self._peaks) > self.max_excess:
+            raise ValueError("state holds more peaks than max_excess")
+
+

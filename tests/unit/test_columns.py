@@ -111,3 +111,34 @@ def test_windows_of_many_entities_are_each_entitys_windows(seed):
             w_at += len(want_w)
     for e in range(ENTITIES):
         assert cols.to_state(e) == refs[e].to_state()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_spot_of_many_entities_is_each_entitys_spot(seed):
+    from scoring.thresholds import SpotColumns
+
+    rng = np.random.default_rng(seed)
+    n = [int(rng.integers(1, 400)) for _ in range(ENTITIES)]
+    x = [rng.pareto(3.0, size=k) * float(rng.choice([1.0, 3.0])) for k in n]
+    for e in range(0, ENTITIES, 2):
+        x[e][rng.random(n[e]) < 0.03] = np.nan  # overflowed scores: never learnt from
+    params = {"q": 1e-2, "level": 0.98, "max_excess": 40, "refit_every": 7, "min_peaks": 19}
+    cols = SpotColumns(capacity=ENTITIES)
+    refs = []
+    for e in range(ENTITIES):
+        calib = rng.pareto(3.0, size=int(rng.integers(100, 1200)))
+        cols.reset(e, **params)
+        cols.calibrate(e, calib)
+        refs.append(oracle.SpotThreshold(**params))
+        refs[-1].calibrate(calib)
+    got = [[] for _ in range(ENTITIES)]
+    for parts in batches(rng, n):
+        seg = Segments.of(np.array([e for e, _, _ in parts]), [b - a for _, a, b in parts])
+        thr, alarm = cols.step(seg, np.concatenate([x[e][a:b] for e, a, b in parts]))
+        for i, (e, _, _) in enumerate(parts):
+            got[e].append((thr[seg.start[i]:seg.end[i]], alarm[seg.start[i]:seg.end[i]]))
+    for e in range(ENTITIES):
+        want = refs[e].step(x[e])
+        assert np.array_equal(np.concatenate([g[0] for g in got[e]]), want[0])
+        assert np.array_equal(np.concatenate([g[1] for g in got[e]]), want[1])
+        assert cols.to_state(e) == refs[e].to_state()
