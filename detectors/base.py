@@ -117,12 +117,62 @@ class Detector:
     def score(self, windows: np.ndarray) -> Scores:
         raise NotImplementedError
 
+    # ---- many detectors in one call (a fleet of entities, each with its own model) ----------------
+    def stack_key(self) -> tuple | None:
+        """Detectors with equal keys are scored together by ``score_stacked``, their parameters stacked
+        (``stack_params``); None: this one is scored on its own (``score``)."""
+        return None
+
+    def stack_params(self) -> dict[str, np.ndarray]:
+        """This detector's parameters, as arrays of the same shapes for every detector of its stack key."""
+        raise NotImplementedError
+
+    @classmethod
+    def score_stacked(cls, params: dict[str, np.ndarray], windows: np.ndarray, rows: np.ndarray,
+                      device: str = "cpu") -> Scores:
+        """Windows [B, W, C] of many detectors in one call: window b scored with the parameters of stack
+        row ``rows[b]`` (``Stack``). Only for classes whose ``stack_key`` is not None."""
+        raise NotImplementedError
+
     def tensors(self) -> dict[str, np.ndarray]:
         """Learned state as named arrays (saved with safetensors)."""
         raise NotImplementedError
 
     def load_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
+
+
+class Stack:
+    """The parameters of many detectors of one stack key (``Detector.stack_key``) as arrays with a row
+    per detector, so that the windows of all of them are scored in one call (``score``): what a fleet of
+    entities, each with a model of its own, costs per reading should not grow with the entities."""
+
+    def __init__(self):
+        self.params: dict[str, np.ndarray] = {}
+        self.index: dict[int, int] = {}  # id(detector) -> row
+        self.detectors: list[Detector] = []  # kept alive, so that their ids stay theirs
+        self.size = 0
+
+    def row(self, det: Detector) -> int:
+        """The row of ``det``, added on first sight."""
+        at = self.index.get(id(det))
+        if at is not None:
+            return at
+        p = det.stack_params()
+        if not self.params:
+            self.params = {k: np.zeros((16, *v.shape), v.dtype) for k, v in p.items()}
+        if self.size == len(next(iter(self.params.values()))):
+            self.params = {k: np.concatenate([v, np.zeros_like(v)]) for k, v in self.params.items()}
+        for k, v in p.items():
+            self.params[k][self.size] = v
+        self.index[id(det)], at = self.size, self.size
+        self.detectors.append(det)
+        self.size += 1
+        return at
+
+    def score(self, windows: np.ndarray, rows: np.ndarray) -> Scores:
+        det = self.detectors[0]
+        return type(det).score_stacked(self.params, windows, rows, det.device)
 
 
 class StreamingDetector:

@@ -128,6 +128,72 @@ class PCADetector(Detector):
             channel[:, ~self.judged] = 0  # an input is never blamed
         return Scores(reconstruction=point.reshape(b, t), channel=channel.reshape(b, t, c))
 
+    # ---- many PCA models in one call -------------------------------------------------------------
+    def stack_key(self) -> tuple:
+        """Models with as many channels and components, the same judged channels and T^2 weight stack: the
+        arithmetic of ``score`` then runs row by row with each row's own parameters."""
+        judged = None if self.judged is None else tuple(self.judged.tolist())
+        return ("pca", len(self.channels), len(self.component_var), judged, float(self.info.config.get("t2", 0.0)))
+
+    def stack_params(self) -> dict[str, np.ndarray]:
+        if self._blame_diag is None:  # computed by ``_blame`` on first use
+            self._blame(np.zeros((0, len(self.channels)), np.float32), np.zeros((0, len(self.channels)), np.float32),
+                        np.zeros((0, len(self.component_var)), np.float32))
+        mask = np.ones(len(self.channels), bool) if self.judged is None else self.judged
+        return {"mean": self.mean, "std": self.std, "p": self.components, "lam": self.component_var,
+                "scale": self.channel_scale, "d": mask / self.channel_scale / mask.sum(), "diag": self._blame_diag,
+                "mask": mask, "judged": np.array(self.judged is not None), "t2": np.array(self.info.config.get("t2", 0.0))}
+
+    @classmethod
+    def score_stacked(cls, params: dict[str, np.ndarray], windows: np.ndarray, rows: np.ndarray,
+                      device: str = "cpu") -> Scores:
+        """``score``'s arithmetic for the windows of many PCA models of one stack key, window b with the
+        parameters of stack row ``rows[b]``: each row's products with its own components (einsum over
+        the gathered parameters, in bounded chunks of rows)."""
+        b, t, c = windows.shape
+        x = np.asarray(windows, np.float32).reshape(-1, c)
+        owner = np.repeat(np.asarray(rows, np.int64), t)
+        point, channel = np.empty(len(x), np.float32), np.empty((len(x), c), np.float32)
+        k = params["p"].shape[2]
+        step = max(1, (1 << 22) // max(c * max(k, 1), 1))
+        for lo in range(0, len(x), step):
+            o = owner[lo:lo + step]
+            point[lo:lo + step], channel[lo:lo + step] = cls._rows(params, x[lo:lo + step], o)
+        return Scores(reconstruction=point.reshape(b, t), channel=channel.reshape(b, t, c))
+
+    @staticmethod
+    def _rows(params: dict, x: np.ndarray, o: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``score``, ``_combine`` and ``_blame`` for rows ``x`` [N, C] of the models of stack rows ``o``."""
+        mask, w = params["mask"][0], float(params["t2"][0])
+        judged = bool(params["judged"][0])
+        p, lam = params["p"][o], params["lam"][o]  # [N, C, k], [N, k]
+        k = p.shape[2]
+        z = ((x - params["mean"][o]) / params["std"][o]).astype(np.float32)
+        proj = np.einsum("nc,nck->nk", z, p)
+        resid = z - np.einsum("nk,nck->nc", proj, p)
+        spe = resid ** 2 / params["scale"][o]
+        if not w or not k:
+            point, parts = spe.mean(1).astype(np.float32), spe
+        else:
+            t2 = ((proj ** 2) / lam).sum(1) / k
+            share = np.abs(z * np.einsum("nk,nck->nc", proj / lam, p)) / k
+            point, parts = (spe.mean(1) + w * t2).astype(np.float32), (spe + w * share).astype(np.float32)
+        if judged:
+            point = parts[..., mask].mean(-1).astype(np.float32)
+        dr = (resid * params["d"][o]).astype(np.float32)
+        w = w if k else 0.0
+        back = -np.einsum("nc,nck->nk", dr, p)
+        if w and not judged:
+            back += (w / k) * (proj / lam)
+        mz = dr + np.einsum("nk,nck->nc", back, p)
+        if w and judged:
+            mz += w / (2 * k) * (mask * np.einsum("nk,nck->nc", proj / lam, p)
+                                 + np.einsum("nk,nck->nc", np.einsum("nc,nck->nk", z * mask, p) / lam, p))
+        channel = (mz ** 2 / params["diag"][o]).astype(np.float32)
+        if judged:
+            channel[:, ~mask] = 0  # an input is never blamed
+        return point, channel
+
     def tensors(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "std": self.std, "components": self.components,
                 "channel_scale": self.channel_scale, "component_var": self.component_var}

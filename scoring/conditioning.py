@@ -79,16 +79,22 @@ class Smoothing:
         k1, n = self.k - 1, len(score)
         score = np.asarray(score, np.float64)
         channel = np.asarray(channel, np.float64)
-        at = seg.pos[:, None] + np.arange(self.k)[None, :]  # [R, k]: place in (kept, new rows)
-        kept = at < k1
-        slot = seg.row_slot[:, None]
-        row = np.clip(np.arange(n)[:, None] + np.arange(self.k)[None, :] - k1, 0, n - 1)
-        values = np.where(kept, self.prev[slot, np.minimum(at, k1 - 1)], score[row])
-        values_c = np.where(kept[..., None], self.prev_channel[slot, np.minimum(at, k1 - 1)], channel[row])
-        total, total_c = values[:, 0].copy(), values_c[:, 0].copy()
-        for j in range(1, self.k):  # oldest first, one column at a time: the same order for every point
-            total += values[:, j]
-            total_c += values_c[:, j]
+        total = total_c = None
+        for j in range(self.k):  # the score d = k - 1 - j rows back, oldest first: the same order for every point
+            d = k1 - j
+            col, col_c = np.empty(n), np.empty((n, self.channels))
+            if d < n:
+                col[d:], col_c[d:] = score[:n - d], channel[:n - d]
+            early = np.flatnonzero(seg.pos < d)  # rows whose d-th predecessor is kept from before the batch
+            if len(early):
+                at = seg.pos[early] + j
+                col[early] = self.prev[seg.row_slot[early], at]
+                col_c[early] = self.prev_channel[seg.row_slot[early], at]
+            if total is None:
+                total, total_c = col, col_c
+            else:
+                total += col
+                total_c += col_c
         count = np.minimum(self.k, self.count[seg.row_slot] + 1 + seg.pos)
         # the last k - 1 of (kept, new rows) of each entity
         at = seg.length[:, None] + np.arange(k1)[None, :]
@@ -118,24 +124,26 @@ class Smoothing:
 
 
 class Smoother:
-    """One entity's smoothing (``Smoothing`` with a single slot), for a series scored on its own."""
+    """One entity's smoothing (``Smoothing`` with a single slot), for a series scored on its own; or
+    (``columns``, ``slot``) the one an entity has in a fleet's smoothing."""
 
-    def __init__(self, k: int, channels: int):
-        self.columns = Smoothing(k, channels, capacity=1)
-        self.k, self.channels = self.columns.k, channels
+    def __init__(self, k: int, channels: int, columns: Smoothing | None = None, slot: int = 0):
+        self.columns = Smoothing(k, channels, capacity=1) if columns is None else columns
+        self.slot = slot
+        self.k, self.channels = self.columns.k, self.columns.channels
 
     def apply(self, score: np.ndarray, channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.columns.apply(Segments.one(len(score)), score, channel)
+        return self.columns.apply(Segments.one(len(score), self.slot), score, channel)
 
     def smooth(self, scores: np.ndarray) -> np.ndarray:
         """A whole series at once (calibration scores), from an empty state."""
         return Smoother(self.k, 1).apply(np.asarray(scores, np.float64), np.zeros((len(scores), 1)))[0]
 
     def to_state(self) -> dict:
-        return self.columns.to_state(0)
+        return self.columns.to_state(self.slot)
 
     def load_state(self, state: dict) -> "Smoother":
-        self.columns.load_state(0, state)
+        self.columns.load_state(self.slot, state)
         return self
 
 

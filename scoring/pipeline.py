@@ -4,10 +4,15 @@
 publish on ``vigil.scores``, ``vigil.alerts`` and ``vigil.dlq``. The Faust agent (``stream.runner``)
 only moves bytes in and out, so every step here is testable on its own.
 
-Order inside a batch: decode and validate every message, push rows into entity windows, score all
-windows of one detector in a single call (off the event loop), then per entity, in arrival order:
-fuse, threshold, track incidents. Everything an entity's outputs depend on is in its own state, so
-a replay of the same messages after a restart gives the same scores and alert ids.
+Order inside a batch: decode and validate every message; then, for the entities of each *cohort*
+(one shape: channels and model window), every step on all their rows at once: windows, scoring (one
+call per model, or per stack of models of one kind: ``detectors.base.Stack``), fusion, smoothing,
+level and threshold; then per entity only what is its own: incidents, drift records, the records to
+publish. Each entity's state is a slot in its cohort's arrays (``Cohort``), so a micro-batch costs about
+the same for ten entities or ten thousand (docs/design.md, "Many entities, one call"); an entity that
+needs more than the common case (a threshold still calibrating, a cold start warming up, a row out of
+order) takes its own way through the same state. Everything an entity's outputs depend on is in its own
+state, so a replay of the same messages after a restart gives the same scores and alert ids.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import numpy as np
 import orjson
 
 from detectors import artefacts
-from detectors.base import Detector, Scores, StreamingDetector, judge_scores, judged_mask
+from detectors.base import Detector, Scores, Stack, StreamingDetector, judge_scores, judged_mask
 
 from .codec import (
     OUTPUT_LIMIT,
@@ -36,12 +41,13 @@ from .codec import (
     encode_dead_letter,
     encode_scores,
 )
-from .conditioning import Level, LevelOut, Smoother
+from .conditioning import Level, LevelOut, Levels, Smoother, Smoothing
 from .fusion import fuse, top_channels
 from .incidents import IncidentTracker
+from .segments import Segments, grow
 from .settings import Settings
-from .thresholds import floor_for, make_threshold, threshold_from_state, trim_far_out
-from .windows import EntityWindow
+from .thresholds import SpotColumns, SpotThreshold, floor_for, make_threshold, threshold_from_state, trim_far_out
+from .windows import EntityWindow, Windows
 
 log = logging.getLogger("vigil.worker")
 
@@ -87,19 +93,6 @@ class Outputs:
 
 
 @dataclass
-class Block:
-    """One entity's share of a micro-batch on its way through scoring."""
-
-    entity: "EntityState"
-    ts: np.ndarray  # [n] timestamps of the rows to score
-    windows: np.ndarray | None = None  # [B, W, C] windows covering them (None: scored row by row)
-    counts: np.ndarray | None = None  # [B] new rows per window (its last rows)
-    scores: Scores | None = None  # per row, once scored
-    warming: int = 0  # leading rows scored during a streaming detector's warm-up: no threshold
-    values: np.ndarray | None = None  # [n, C] the rows as scored (imputed), for the dashboard
-
-
-@dataclass
 class PartitionState:
     """What a partition's checkpoint records, and what recovery learned from the output topics."""
 
@@ -110,22 +103,49 @@ class PartitionState:
     evicted: dict = field(default_factory=dict)  # entity -> offset of its state record, not in memory
 
 
-def _level(settings: Settings, calibration: np.ndarray, threshold: float) -> Level | None:
-    """The level tracker of a freshly calibrated threshold, over ``settings.level_window`` seconds of the
-    entity's clock; ``level_window=0`` turns it off."""
-    if not settings.level_window:
-        return None
-    return Level.calibrated(settings.level_window, calibration, threshold)
+class Cohort:
+    """The state of every entity of one shape (channels, model window), a slot each: its windows,
+    smoothing, level and SPOT as arrays with a row per slot, and the scalars the threshold in force
+    needs. Slots of entities that left are reused."""
+
+    def __init__(self, channels: int, window: int, settings: Settings):
+        self.channels, self.length = channels, window
+        self.windows = Windows(window, min(settings.hop, window), channels)
+        self.smoothing = Smoothing(settings.smooth, channels)
+        self.levels = Levels()
+        self.spot = SpotColumns() if settings.threshold == "spot" else None
+        self.last_ts = np.zeros(0)
+        self.threshold_scale = np.zeros(0)  # operators' feedback: the served threshold is the calibrated one x this
+        self.floor = np.zeros(0)  # the lowest threshold served: nonzero after a degenerate calibration
+        self.size, self.free = 0, []
+
+    def alloc(self) -> int:
+        if self.free:
+            return self.free.pop()
+        slot, self.size = self.size, self.size + 1
+        if slot >= len(self.last_ts):
+            capacity = max(16, 2 * len(self.last_ts))
+            for part in (self.windows, self.smoothing, self.levels, self.spot):
+                if part is not None:
+                    part.ensure(capacity)
+            self.last_ts = grow(self.last_ts, capacity)
+            self.threshold_scale = grow(self.threshold_scale, capacity, 1.0)
+            self.floor = grow(self.floor, capacity)
+        return slot
+
+    def release(self, slot: int) -> None:
+        self.free.append(slot)
 
 
 class EntityState:
-    """Everything that one entity's scoring depends on.
+    """Everything that one entity's scoring depends on: its slot in its cohort's arrays, and what is its
+    own (incidents, counts, names, the records a recovery must not publish twice).
 
     Scored by ``detector`` (a trained model, shared with other entities, over batched windows) or,
     without one, by ``streaming``: a ``StreamingDetector`` of its own (``settings.cold_start``)."""
 
     def __init__(self, entity: str, partition: int, names: list[str], detector: Detector | None,
-                 settings: Settings):
+                 settings: Settings, cohort: Cohort):
         self.entity, self.partition, self.names = entity, partition, names
         self.detector = detector
         self.streaming: StreamingDetector | None = (
@@ -133,18 +153,18 @@ class EntityState:
         self.model = (detector or self.streaming).model_id
         # the cold start judges the channels that the worker's --inputs do not name (a model, its own)
         self.cold_judged = judged_mask(names, settings.inputs) if self.streaming is not None else None
+        self.cohort, self.slot = cohort, cohort.alloc()
+        cohort.windows.reset(self.slot, getattr(detector, "mean", None))
+        cohort.smoothing.reset(self.slot)
+        cohort.levels.reset(self.slot)
+        if cohort.spot is not None:
+            cohort.spot.reset(self.slot, **settings.threshold_config())
+        self.last_ts = -math.inf
+        self.other_threshold = None  # a threshold of another kind than SPOT (per entity), once calibrated
+        self.floor = 0.0
         # operators' feedback, through the trainer: the served threshold is the calibrated one times this
         self.threshold_scale = float(getattr(detector, "threshold_scale", 1.0)) if detector is not None else 1.0
-        fill = getattr(detector, "mean", None)
-        # A model trained on windows of a fixed length is served windows of that length.
-        length = int(detector.info.config.get("window", settings.window)) if detector else settings.window
-        self.window = EntityWindow(length, min(settings.hop, length), len(names), fill=fill)
-        self.last_ts = -math.inf
-        self.threshold = None
-        self.floor = 0.0  # the lowest threshold served: nonzero after a degenerate calibration
-        self.level: Level | None = None  # the recent level of its scores (set with the threshold)
         self.calib: list[float] = []
-        self.smoother = Smoother(settings.smooth, len(names))
         if detector is not None and settings.calibration == "train" and len(detector.train_reconstruction):
             train = Scores(detector.train_reconstruction, None, detector.train_divergence)
             self.calibrate(fuse(train, settings.fusion, settings.fusion_weight).astype(np.float64), settings)
@@ -164,6 +184,54 @@ class EntityState:
         self.touched = time.monotonic()  # last micro-batch with a reading of it (for eviction)
         self.stored_at: int | None = None  # offset of its latest state record in vigil.state
 
+    # ---- its slot of the cohort's state ---------------------------------------------------------------
+    @property
+    def last_ts(self) -> float:
+        return float(self.cohort.last_ts[self.slot])
+
+    @last_ts.setter
+    def last_ts(self, value: float) -> None:
+        self.cohort.last_ts[self.slot] = value
+
+    @property
+    def floor(self) -> float:
+        return float(self.cohort.floor[self.slot])
+
+    @floor.setter
+    def floor(self, value: float) -> None:
+        self.cohort.floor[self.slot] = value
+
+    @property
+    def threshold_scale(self) -> float:
+        return float(self.cohort.threshold_scale[self.slot])
+
+    @threshold_scale.setter
+    def threshold_scale(self, value: float) -> None:
+        self.cohort.threshold_scale[self.slot] = value
+
+    @property
+    def window(self) -> EntityWindow:
+        return EntityWindow(0, 0, 0, columns=self.cohort.windows, slot=self.slot)
+
+    @property
+    def smoother(self) -> Smoother:
+        return Smoother(0, 0, columns=self.cohort.smoothing, slot=self.slot)
+
+    @property
+    def threshold(self):
+        """The threshold in force (None while it calibrates)."""
+        if self.cohort.spot is None:
+            return self.other_threshold
+        return SpotThreshold.of(self.cohort.spot, self.slot) if self.cohort.spot.ready(self.slot) else None
+
+    @property
+    def level(self) -> Level | None:
+        return Level(0, 0, 0, columns=self.cohort.levels, slot=self.slot) if self.cohort.levels.on[self.slot] else None
+
+    def release(self) -> None:
+        """The entity leaves this worker's memory: its slot goes to the next entity."""
+        self.cohort.release(self.slot)
+
     def calibrate(self, scores: np.ndarray, settings: Settings) -> None:
         """The threshold from a model's calibration scores (in time order), smoothed as the stream
         smooths its scores."""
@@ -172,17 +240,26 @@ class EntityState:
     def set_threshold(self, smoothed: np.ndarray, settings: Settings, trim: bool = False) -> None:
         """Threshold and level from smoothed calibration scores; ``trim``: less the far-out ones (an
         entity's own first points, which nobody has checked)."""
-        self.threshold = make_threshold(settings.threshold, **settings.threshold_config())
-        self.threshold.calibrate(trim_far_out(smoothed) if trim else smoothed)
+        scores = trim_far_out(smoothed) if trim else smoothed
+        if self.cohort.spot is not None:
+            self.cohort.spot.reset(self.slot, **settings.threshold_config())
+            self.cohort.spot.calibrate(self.slot, scores)
+        else:
+            self.other_threshold = make_threshold(settings.threshold, **settings.threshold_config())
+            self.other_threshold.calibrate(scores)
         self.floor = floor_for(smoothed)
         served = max(self.threshold.threshold * self.threshold_scale, self.floor)
-        self.level = _level(settings, smoothed, served)
+        if settings.level_window:
+            self.cohort.levels.calibrate(self.slot, settings.level_window, smoothed, served)
+        else:
+            self.cohort.levels.reset(self.slot)
 
     def to_state(self, history: bool = True) -> dict:
+        threshold, level = self.threshold, self.level
         return {"entity": self.entity, "names": self.names, "model": self.model, "last_ts": self.last_ts,
                 "window": self.window.to_state(history),
-                "threshold": self.threshold.to_state() if self.threshold else None, "floor": self.floor,
-                "level": self.level.to_state() if self.level else None, "smoother": self.smoother.to_state(),
+                "threshold": threshold.to_state() if threshold else None, "floor": self.floor,
+                "level": level.to_state() if level else None, "smoother": self.smoother.to_state(),
                 "calib": self.calib, "streaming": self.streaming.to_state() if self.streaming else None,
                 "incident": self.incidents.to_state(), "counts": dict(self.counts), "drift_start": self.drift_start}
 
@@ -194,16 +271,38 @@ class EntityState:
         self.drift_start = state.get("drift_start")
         if state["model"] == self.model:  # a new model version recalibrates from scratch
             if state["threshold"] is not None:
-                self.threshold = threshold_from_state(state["threshold"])
+                saved = state["threshold"]
+                if self.cohort.spot is not None and saved.get("kind") == SpotThreshold.kind:
+                    self.cohort.spot.load_state(self.slot, saved)
+                else:
+                    self.other_threshold = threshold_from_state(saved)
                 self.floor = float(state.get("floor", 0.0))
             if state.get("level") is not None:
-                self.level = Level.from_state(state["level"]) or self.level
-            if state.get("smoother") is not None and state["smoother"]["k"] == self.smoother.k:
+                self.cohort.levels.load_state(self.slot, state["level"])  # an old format keeps the calibrated one
+            if state.get("smoother") is not None and state["smoother"]["k"] == self.cohort.smoothing.k:
                 self.smoother.load_state(state["smoother"])
             self.calib = list(state["calib"])
             streaming = state.get("streaming", state.get("coldstart"))  # "coldstart": before 2026-11-30
             if self.streaming is not None and streaming is not None:
                 self.streaming.load_state(streaming)
+
+
+@dataclass
+class Rows:
+    """A cohort's rows of one micro-batch on their way through scoring: the entities (a segment each, in
+    order), their rows and the messages they came from."""
+
+    cohort: Cohort
+    entities: list[EntityState]
+    seg: Segments
+    ts: np.ndarray  # [R]
+    values: np.ndarray  # [R, C] imputed
+    lengths: np.ndarray  # [M] rows of each message, in row order
+    msg_seg: np.ndarray  # [M] the segment each message belongs to
+    reconstruction: np.ndarray | None = None  # [R] scores, once scored
+    channel: np.ndarray | None = None  # [R, C]
+    divergence: np.ndarray | None = None  # [R] (NaN where the model has none), or None: no model has one
+    warming: np.ndarray | None = None  # [S] leading rows of a streaming detector's warm-up: no threshold
 
 
 class Pipeline:
@@ -218,6 +317,8 @@ class Pipeline:
         self.models = dict(models or {})
         self.executor = executor
         self.entities: dict[str, EntityState] = {}  # live: in memory
+        self.cohorts: dict[tuple[int, int], Cohort] = {}  # (channels, model window) -> its entities' state
+        self.stacks: dict[tuple, Stack] = {}  # stack key -> the stacked models of that kind (detectors.base)
         self.partitions: dict[int, PartitionState] = defaultdict(PartitionState)
         self.metrics = Counter()
         self._suppress: dict[str, tuple[float, float]] = {}  # recovery's findings for entities not in memory
@@ -239,6 +340,15 @@ class Pipeline:
             det = default
         return det
 
+    def _state(self, entity: str, partition: int, names: list[str], det: Detector | None) -> EntityState:
+        """A new entity's state, in the cohort of its shape."""
+        length = int(det.info.config.get("window", self.settings.window)) if det else self.settings.window
+        key = (len(names), length)
+        cohort = self.cohorts.get(key)
+        if cohort is None:
+            cohort = self.cohorts[key] = Cohort(len(names), length, self.settings)
+        return EntityState(entity, partition, names, det, self.settings, cohort)
+
     def _entity(self, readings: Readings, partition: int) -> EntityState | None:
         """The entity's state: in memory, or new (None when the worker holds ``max_entities`` already)."""
         ent = self.entities.get(readings.entity)
@@ -251,8 +361,7 @@ class Pipeline:
                 names = list(det.channels)
             else:
                 names = list(readings.names) if readings.names else [f"ch{i}" for i in range(width)]
-            ent = self.entities[readings.entity] = EntityState(readings.entity, partition, names, det,
-                                                               self.settings)
+            ent = self.entities[readings.entity] = self._state(readings.entity, partition, names, det)
             ent.suppress_scores_ts, ent.suppress_alerts_ts = self._suppress.pop(
                 readings.entity, (-math.inf, -math.inf))
             self.metrics["entities"] += 1
@@ -308,66 +417,109 @@ class Pipeline:
             else:
                 by_entity.setdefault(readings.entity, []).append((msg, readings))
         await self._load_evicted(by_entity)
-        blocks = [b for b in (self._block(items, out) for items in by_entity.values()) if b is not None]
-        await self._score(blocks)
-        for block in blocks:
-            self._finish(block, out)
+        by_cohort: dict[Cohort, list] = {}
+        for items in by_entity.values():
+            name = items[0][1].entity
+            new = name not in self.entities
+            ent = self._entity(items[0][1], items[0][0].partition)
+            if ent is None:
+                for msg, _ in items:
+                    self._reject(out, msg, f"too_many_entities: this worker already holds "
+                                 f"{self.settings.max_entities} entities (--max-entities)")
+                continue
+            by_cohort.setdefault(ent.cohort, []).append((ent, items, new))
+        batches = [b for b in (self._rows(c, members, out) for c, members in by_cohort.items()) if b is not None]
+        await self._score(batches)
+        for rows in batches:
+            self._finish(rows, out)
         return out
 
-    def _block(self, items: list, out: Outputs) -> "Block | None":
-        """One entity's rows of this micro-batch: aligned, validated, imputed and cut into windows."""
-        name = items[0][1].entity
-        new = name not in self.entities
-        block = self._rows(items, out)
-        if block is None and new and name in self.entities:
-            # a new entity none of whose rows could be used: not worth a place among max_entities
-            ent = self.entities.pop(name)
-            if ent.suppress_scores_ts > -math.inf or ent.suppress_alerts_ts > -math.inf:
-                self._suppress[name] = (ent.suppress_scores_ts, ent.suppress_alerts_ts)
-        return block
-
-    def _rows(self, items: list, out: Outputs) -> "Block | None":
-        ent = self._entity(items[0][1], items[0][0].partition)
-        if ent is None:
-            for msg, _ in items:
-                self._reject(out, msg, f"too_many_entities: this worker already holds "
-                             f"{self.settings.max_entities} entities (--max-entities)")
-            return None
-        kept, ts, rows = [], [], []
-        for msg, readings in items:
-            values = self._align(ent, readings)
-            if isinstance(values, str):
-                self._reject(out, msg, values, ent)
-            else:
-                kept.append(msg)
+    def _rows(self, cohort: Cohort, members: list, out: Outputs) -> Rows | None:
+        """A cohort's rows of this micro-batch: aligned, validated (every entity's in one step; an entity
+        with a row out of order or from the future on its own), imputed."""
+        ents, ts, values, msgs, lengths, counts = [], [], [], [], [], []
+        for ent, items, new in members:
+            n = 0
+            for msg, readings in items:
+                aligned = self._align(ent, readings)
+                if isinstance(aligned, str):
+                    self._reject(out, msg, aligned, ent)
+                    continue
                 ts.append(readings.ts)
-                rows.append(values)
-        if not kept:
+                values.append(aligned)
+                msgs.append(msg)
+                lengths.append(len(readings.ts))
+                n += 1
+            if n:
+                ents.append(ent)
+                counts.append(n)
+            elif new:
+                self._forget_new(ent)
+        if not ents:
             return None
-        lengths = np.array([len(t) for t in ts])
-        ts, values = np.concatenate(ts), np.concatenate(rows)
-        keep = self._check_time(ent, kept, lengths, ts, out)
+        ts, values = np.concatenate(ts).astype(np.float64), np.concatenate(values)
+        lengths = np.array(lengths, np.int64)
+        msg_seg = np.repeat(np.arange(len(ents)), counts)
+        seg = Segments(np.array([e.slot for e in ents]), np.bincount(msg_seg, weights=lengths,
+                                                                        minlength=len(ents)).astype(np.int64))
+        keep = self._check_times(cohort, seg, ents, ts, msgs, lengths, msg_seg, out)
         if keep is not None:
-            owner = np.repeat(np.arange(len(kept)), lengths)
-            lengths = np.bincount(owner[keep], minlength=len(kept))
-            lengths = lengths[lengths > 0]
+            owner = np.repeat(np.arange(len(msgs)), lengths)
+            lengths = np.bincount(owner[keep], minlength=len(msgs))
             ts, values = ts[keep], values[keep]
-            if not len(ts):
+            used = lengths > 0
+            lengths, msg_seg = lengths[used], msg_seg[used]
+            per_ent = np.bincount(msg_seg, weights=lengths, minlength=len(ents)).astype(np.int64)
+            for i in np.flatnonzero(per_ent == 0).tolist():  # none of its rows could be used
+                if any(e is ents[i] and new for e, _, new in members):
+                    self._forget_new(ents[i])
+            alive = per_ent > 0
+            msg_seg = np.cumsum(alive)[msg_seg] - 1
+            ents = [e for e, a in zip(ents, alive) if a]
+            if not ents:
                 return None
-        ent.last_ts = float(ts[-1])
-        missing = int(np.isnan(values).sum())
-        ent.counts["imputed"] += missing
-        self.metrics["imputed"] += missing
+            seg = Segments(np.array([e.slot for e in ents]), per_ent[alive])
+        cohort.last_ts[seg.slot] = ts[seg.last()]
+        missing = np.add.reduceat(np.isnan(values).sum(1), seg.start)
+        for ent, m, n in zip(ents, missing.tolist(), seg.length.tolist()):
+            if m:
+                ent.counts["imputed"] += m
+            self.partitions[ent.partition].dirty.add(ent.entity)
+        self.metrics["imputed"] += int(missing.sum())
         self.metrics["points"] += len(ts)
-        self.partitions[ent.partition].dirty.add(ent.entity)
-        rows = ent.window.impute(values)
-        if ent.streaming is not None:  # scored row by row: the window only keeps its history
-            ent.window.extend(rows)
-            warming = min(len(rows), ent.streaming.ready_from())
-            scores = judge_scores(Scores(*ent.streaming.score_learn(rows)), ent.cold_judged)
-            return Block(ent, ts, scores=scores, warming=warming, values=rows)
-        windows, counts = ent.window.push(rows, lengths)
-        return Block(ent, ts, windows, counts, values=rows)
+        return Rows(cohort, ents, seg, ts, cohort.windows.impute(seg, values), lengths, msg_seg)
+
+    def _forget_new(self, ent: EntityState) -> None:
+        """A new entity none of whose rows could be used: not worth a place among max_entities."""
+        if self.entities.get(ent.entity) is ent:
+            del self.entities[ent.entity]
+            ent.release()
+            if ent.suppress_scores_ts > -math.inf or ent.suppress_alerts_ts > -math.inf:
+                self._suppress[ent.entity] = (ent.suppress_scores_ts, ent.suppress_alerts_ts)
+
+    def _check_times(self, cohort: Cohort, seg: Segments, ents: list[EntityState], ts: np.ndarray,
+                     msgs: list[Message], lengths: np.ndarray, msg_seg: np.ndarray, out: Outputs) -> np.ndarray | None:
+        """Rows to keep (None: all), by ``_check_time``: every entity's rows are checked in one step, and
+        an entity with a row at or before the one before it, or from the future, on its own."""
+        before = np.empty(len(ts))
+        before[1:] = ts[:-1]
+        before[seg.start] = cohort.last_ts[seg.slot]
+        suspect = ts <= before
+        limit = self.settings.max_future
+        if limit > 0:
+            ahead = np.array([math.inf if m.timestamp is None else m.timestamp + limit for m in msgs])
+            suspect |= ts > np.repeat(ahead, lengths)
+        bad = np.flatnonzero(np.add.reduceat(suspect, seg.start) > 0)
+        if not len(bad):
+            return None
+        keep = np.ones(len(ts), bool)
+        for s in bad.tolist():
+            mine = np.flatnonzero(msg_seg == s)
+            rows = slice(int(seg.start[s]), int(seg.end[s]))
+            kept = self._check_time(ents[s], [msgs[m] for m in mine.tolist()], lengths[mine], ts[rows], out)
+            if kept is not None:
+                keep[rows] = kept
+        return keep
 
     def _check_time(self, ent: EntityState, kept: list[Message], lengths: np.ndarray, ts: np.ndarray,
                     out: Outputs) -> np.ndarray | None:
@@ -407,57 +559,154 @@ class Pipeline:
                              rows=(rows - first_row[j]).tolist() if len(rows) < lengths[j] else None)
         return ~(bad_order | future) if future is not None else ~bad_order
 
-    async def _score(self, blocks: list["Block"]) -> None:
-        """One detector call per model over the windows of all its entities, all of a micro-batch's
-        calls in one trip off the event loop (a trip per call cost more than small calls themselves)."""
-        groups: dict[int, list[Block]] = defaultdict(list)
-        for b in blocks:
-            if b.scores is None:
-                groups[id(b.entity.detector)].append(b)
-        if not groups:
+    async def _score(self, batches: list[Rows]) -> None:
+        """Every cohort's rows scored: a streaming detector's row by row (its own), the others over their
+        windows, one detector call per model, or per stack of models of one kind (``Stack``): all of a
+        micro-batch's calls in one trip off the event loop (a trip per call cost more than small calls)."""
+        jobs, places = [], []  # (detector or stack, windows, rows or None); (rows batch, window -> row mask)
+        for rows in batches:
+            cohort, seg = rows.cohort, rows.seg
+            r = len(rows.ts)
+            rows.reconstruction = np.zeros(r, np.float32)
+            rows.channel = np.zeros((r, cohort.channels), np.float32)
+            rows.warming = np.zeros(len(seg.slot), np.int64)
+            streaming = np.array([e.streaming is not None for e in rows.entities])
+            if streaming.any():
+                cold = seg.select(streaming)
+                cohort.windows.extend(cold, rows.values[seg.rows_of(streaming)])
+                for s in np.flatnonzero(streaming).tolist():
+                    ent, sl = rows.entities[s], slice(int(seg.start[s]), int(seg.end[s]))
+                    rows.warming[s] = min(int(seg.length[s]), ent.streaming.ready_from())
+                    sc = judge_scores(Scores(*ent.streaming.score_learn(rows.values[sl])), ent.cold_judged)
+                    rows.reconstruction[sl], rows.channel[sl] = sc.reconstruction, sc.channel
+                    if sc.divergence is not None:
+                        self._divergence(rows)[sl] = sc.divergence
+            if streaming.all():
+                continue
+            model = ~streaming
+            mseg, mrows = seg.select(model), seg.rows_of(model)
+            windows, counts = cohort.windows.push(mseg, rows.values[mrows], rows.lengths[model[rows.msg_seg]])
+            # each window's new rows are its last ``count`` rows, in row order: its rows in the batch
+            ends = np.cumsum(counts) - 1
+            owner = mseg.row_seg[ends]  # the (model) segment of each window
+            dets = [rows.entities[s].detector for s in np.flatnonzero(model).tolist()]
+            groups: dict = {}
+            for i, det in enumerate(dets):
+                groups.setdefault(det.stack_key() or ("one", id(det)), []).append(i)
+            for key, members in groups.items():
+                take = np.isin(owner, members)
+                w, c = windows[take], counts[take]
+                dets_here = {id(dets[i]): dets[i] for i in members}
+                det = dets[members[0]]
+                if det.context is not None:  # a point-wise model needs only the rows it scores
+                    w = w[:, -max(det.context, int(c.max())):]
+                if len(dets_here) == 1:
+                    jobs.append((det, w, None))
+                else:
+                    stack = self.stacks.setdefault(key, Stack())
+                    jobs.append((stack, w, np.array([stack.row(dets[i]) for i in owner[take].tolist()])))
+                mask = np.arange(w.shape[1]) >= w.shape[1] - c[:, None]
+                places.append((rows, mrows[np.flatnonzero(np.repeat(take, counts))], mask))
+        if not jobs:
             return
-        jobs = []
-        for members in groups.values():
-            det = members[0].entity.detector
-            windows = np.concatenate([b.windows for b in members])
-            if det.context is not None:  # a point-wise model needs only the rows it scores
-                need = max(det.context, max(int(b.counts.max()) for b in members))
-                windows = windows[:, -need:]
-            jobs.append((det, windows))
         results = await asyncio.get_running_loop().run_in_executor(self.executor, _score_all, jobs)
-        for members, (_, windows), (scores, seconds) in zip(groups.values(), jobs, results):
+        for (rows, at, mask), (_, windows, _), (scores, seconds) in zip(places, jobs, results):
             if self.board is not None:
                 self.board.inference(seconds)
             self.metrics["windows"] += len(windows)
             self.metrics["batches"] += 1
-            start = 0
-            for b in members:
-                sl = slice(start, start + len(b.windows))
-                start = sl.stop
-                # the new rows of each window are its last ``count`` rows
-                mask = np.arange(windows.shape[1]) >= windows.shape[1] - b.counts[:, None]
-                div = None if scores.divergence is None else scores.divergence[sl][mask]
-                b.scores = Scores(scores.reconstruction[sl][mask], scores.channel[sl][mask], div)
+            rows.reconstruction[at] = scores.reconstruction[mask]
+            rows.channel[at] = scores.channel[mask]
+            if scores.divergence is not None:
+                self._divergence(rows)[at] = scores.divergence[mask]
 
-    def _finish(self, block: "Block", out: Outputs) -> None:
-        ent, ts, s = block.entity, block.ts, block.scores
-        score = self._finite(fuse(s, self.settings.fusion, self.settings.fusion_weight))
-        score, channel = ent.smoother.apply(score, self._finite(s.channel))
-        threshold, alarm, level = self._threshold(ent, ts, score, block.warming)
-        ent.counts["scored"] += len(ts)
-        alerts = self._alerts(ent, ts, score, threshold, alarm, channel, s, level)
-        if self.board is not None:
-            self.board.observe(ent, ts, score, threshold, channel, alerts, block.values)
-        key = ent.entity.encode()
-        fresh = np.flatnonzero(ts > ent.suppress_scores_ts)
-        if len(fresh):
-            records = encode_scores(ent.entity, ts[fresh], score[fresh], threshold[fresh], ent.model,
-                                    channel[fresh] if self.settings.score_channels else None)
-            out.scores.extend(Record(ent.partition, key, value) for value in records)
-        for a in alerts:
-            if a["ts"] > ent.suppress_alerts_ts:
-                out.alerts.append(Record(ent.partition, key, encode_alert(a)))
-                self.metrics[f"alerts_{a['state']}"] += 1
+    @staticmethod
+    def _divergence(rows: Rows) -> np.ndarray:
+        if rows.divergence is None:
+            rows.divergence = np.full(len(rows.ts), np.nan, np.float32)
+        return rows.divergence
+
+    def _finish(self, rows: Rows, out: Outputs) -> None:
+        """Fusion, smoothing, level and threshold for every row of the cohort at once; then per entity its
+        incidents, drift records and the records to publish."""
+        cohort, seg, ts = rows.cohort, rows.seg, rows.ts
+        score = self._fused(rows)
+        score, channel = cohort.smoothing.apply(seg, score, self._finite(rows.channel))
+        thr = np.full(len(ts), np.nan)
+        alarm = np.zeros(len(ts), bool)
+        drift = median = None
+        # the common case in one step: a calibrated SPOT, no warm-up (else each entity on its own)
+        fast = (rows.warming == 0) & (~np.isnan(cohort.spot.z[seg.slot]) if cohort.spot is not None
+                                      else np.zeros(len(seg.slot), bool))
+        if fast.any():
+            fseg, at = seg.select(fast), seg.rows_of(fast)
+            x = np.asarray(score[at], np.float64)
+            scale = np.ones(len(x))
+            on = cohort.levels.on[fseg.slot]
+            if on.any():  # an entity without a level (off, or not calibrated) is served unscaled
+                drift, median = np.zeros(len(ts), bool), np.zeros(len(ts))
+                lseg, lrows = fseg.select(on), fseg.rows_of(on)
+                lv = cohort.levels.scales(lseg, ts[at][lrows], x[lrows])
+                scale[lrows] = lv.scale
+                drift[at[lrows]], median[at[lrows]] = lv.drift, lv.median
+                with_level = np.zeros(len(seg.slot), bool)
+                with_level[np.flatnonzero(fast)[on]] = True
+            learnt, _ = cohort.spot.step(fseg, x / scale)
+            # the threshold learns as before; only the served one moves (feedback's scale, the floor)
+            served = learnt * cohort.threshold_scale[fseg.row_slot]
+            floor = cohort.floor[fseg.row_slot]
+            served = np.where(served < floor, floor, served)
+            alarm[at] = x / scale > served
+            thr[at] = served * scale
+        own = {}
+        for s in np.flatnonzero(~fast).tolist():
+            ent, sl = rows.entities[s], slice(int(seg.start[s]), int(seg.end[s]))
+            thr[sl], alarm[sl], own[s] = self._threshold(ent, ts[sl], score[sl], int(rows.warming[s]))
+        div = rows.divergence
+        for s, ent in enumerate(rows.entities):
+            a, b = int(seg.start[s]), int(seg.end[s])
+            sl = slice(a, b)
+            ent.counts["scored"] += b - a
+            if s in own:
+                level = own[s]
+            elif drift is not None and with_level[s]:
+                level = LevelOut(np.ones(b - a), drift[sl], median[sl])
+            else:
+                level = None
+            was = ent.drift_start is not None
+            quiet = (ent.incidents.open is None and not ent.incidents.candidates and not alarm[sl].any()
+                     and (level is None or not (level.drift != was).any()))
+            if quiet:
+                ent.incidents.seen += b - a
+                alerts = []
+            else:
+                scores = Scores(rows.reconstruction[sl], channel[sl],
+                                None if div is None or np.isnan(div[a]) else div[sl])
+                alerts = self._alerts(ent, ts[sl], score[sl], thr[sl], alarm[sl], channel[sl], scores, level)
+            if self.board is not None:
+                self.board.observe(ent, ts[sl], score[sl], thr[sl], channel[sl], alerts, rows.values[sl])
+            key = ent.entity.encode()
+            fresh = ts[sl] > ent.suppress_scores_ts
+            if fresh.all() or fresh.any():
+                pick = slice(None) if fresh.all() else np.flatnonzero(fresh)
+                records = encode_scores(ent.entity, ts[sl][pick], score[sl][pick], thr[sl][pick], ent.model,
+                                        channel[sl][pick] if self.settings.score_channels else None)
+                out.scores.extend(Record(ent.partition, key, value) for value in records)
+            for alert in alerts:
+                if alert["ts"] > ent.suppress_alerts_ts:
+                    out.alerts.append(Record(ent.partition, key, encode_alert(alert)))
+                    self.metrics[f"alerts_{alert['state']}"] += 1
+
+    def _fused(self, rows: Rows) -> np.ndarray:
+        """Each row's fused score (``fusion.fuse``), overflows capped (``_finite``)."""
+        div = rows.divergence
+        if div is None:
+            return self._finite(fuse(Scores(rows.reconstruction, rows.channel), self.settings.fusion,
+                                     self.settings.fusion_weight))
+        has = ~np.isnan(div)
+        fused = fuse(Scores(rows.reconstruction, rows.channel, np.where(has, div, 0.0).astype(np.float32)),
+                     self.settings.fusion, self.settings.fusion_weight)
+        return self._finite(np.where(has, fused, rows.reconstruction))
 
     def _finite(self, x: np.ndarray) -> np.ndarray:
         """Scores that overflowed inside a detector (inf, NaN) become SCORE_CAP, counted."""
@@ -469,11 +718,11 @@ class Pipeline:
 
     def _threshold(self, ent: EntityState, ts: np.ndarray, score: np.ndarray,
                    warming: int = 0) -> tuple[np.ndarray, np.ndarray, LevelOut | None]:
-        """Threshold and alarm per point, and what the entity's level says of each (None: no level yet);
-        NaN threshold and no alarm while the detector warms up (the first ``warming`` points) and while
-        the threshold calibrates on the points after them (the level says nothing of those). The
-        threshold scales with the entity's recent level (``conditioning.Level``) and with the model's
-        ``threshold_scale`` (operators' feedback, ``training.feedback``)."""
+        """One entity's thresholds and alarms, and what its level says of each point (None: no level yet),
+        when it is not the common case: NaN threshold and no alarm while the detector warms up (the first
+        ``warming`` points) and while the threshold calibrates on the points after them (the level says
+        nothing of those). The threshold scales with the entity's recent level (``conditioning.Level``)
+        and with the model's ``threshold_scale`` (operators' feedback, ``training.feedback``)."""
         thr = np.full(len(score), np.nan)
         alarm = np.zeros(len(score), bool)
         start = warming
@@ -564,7 +813,7 @@ class Pipeline:
         self.metrics["swaps"] += 1
         if old is None:
             return
-        new = EntityState(entity, old.partition, list(detector.channels), detector, self.settings)
+        new = self._state(entity, old.partition, list(detector.channels), detector)
         new.last_ts, new.counts, new.incidents = old.last_ts, old.counts, old.incidents
         new.suppress_scores_ts, new.suppress_alerts_ts = old.suppress_scores_ts, old.suppress_alerts_ts
         new.stored_at = old.stored_at
@@ -572,6 +821,7 @@ class Pipeline:
             keep = new.window.window - 1
             new.window.history = old.window.history[-keep:] if keep else old.window.history[:0]
             new.window.last = old.window.last.copy()
+        old.release()
         self.entities[entity] = new
         self.partitions[old.partition].dirty.add(entity)
 
@@ -631,6 +881,7 @@ class Pipeline:
             if e.suppress_scores_ts > -math.inf or e.suppress_alerts_ts > -math.inf:
                 self._suppress[e.entity] = (e.suppress_scores_ts, e.suppress_alerts_ts)
             del self.entities[e.entity]
+            e.release()
             if self.board is not None:
                 self.board.forget(e.entity)
         self.metrics["evicted"] += len(go)
@@ -651,7 +902,10 @@ class Pipeline:
             raws = await self.loader(p, offsets) if self.loader is not None else [None] * len(names)
             for name, offset, raw in zip(names, offsets, raws):
                 ent = self._revive(p, raw) if raw is not None else None
-                if ent is None or ent.entity != name:
+                if ent is not None and ent.entity != name:
+                    ent.release()
+                    ent = None
+                if ent is None:
                     log.error("state of entity %r at offset %d of partition %d could not be read back; it "
                               "starts afresh", name, offset, p)
                     self.metrics["state_lost"] += 1
@@ -667,11 +921,15 @@ class Pipeline:
             state = orjson.loads(raw)
             det = self._model_for(state["entity"], state["names"], len(state["names"]))
             names = list(det.channels) if det is not None else state["names"]
-            ent = EntityState(state["entity"], partition, names, det, self.settings)
-            if names == state["names"]:
-                ent.load_state(state)
-            else:  # the model now serving it has other channels: start over, keeping timestamp order
-                ent.last_ts = state["last_ts"]
+            ent = self._state(state["entity"], partition, names, det)
+            try:
+                if names == state["names"]:
+                    ent.load_state(state)
+                else:  # the model now serving it has other channels: start over, keeping timestamp order
+                    ent.last_ts = state["last_ts"]
+            except Exception:
+                ent.release()
+                raise
             return ent
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             log.error("unreadable entity state in partition %d: %s", partition, exc)
@@ -685,7 +943,9 @@ class Pipeline:
             part.input_offset, part.out_offsets = meta["input_offset"], dict(meta["out"])
         for key, offset in index.items():
             name = key.decode(errors="replace")
-            self.entities.pop(name, None)
+            gone = self.entities.pop(name, None)
+            if gone is not None:
+                gone.release()
             part.evicted[name] = offset
         self.metrics["restored_entities"] += len(index)
 
@@ -704,7 +964,7 @@ class Pipeline:
         """Forget a partition's state after it was revoked (its new owner restores it)."""
         part = self.partitions.pop(partition, None)
         for name in [e for e, s in self.entities.items() if s.partition == partition]:
-            del self.entities[name]
+            self.entities.pop(name).release()
             if self.board is not None:
                 self.board.forget(name)
         for name in (part.evicted if part is not None else ()):
@@ -712,9 +972,10 @@ class Pipeline:
 
 
 def _score_all(jobs: list) -> list:
-    """Each (detector, windows) job scored in turn, with its duration (runs in the executor)."""
+    """Each job scored in turn, with its duration (runs in the executor): (detector, windows, None), or
+    (stack, windows, the stack row of each window)."""
     out = []
-    for det, windows in jobs:
+    for det, windows, rows in jobs:
         t0 = time.perf_counter()
-        out.append((det.score(windows), time.perf_counter() - t0))
+        out.append((det.score(windows) if rows is None else det.score(windows, rows), time.perf_counter() - t0))
     return out

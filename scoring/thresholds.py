@@ -356,8 +356,14 @@ class SpotColumns:
         self.t[slot] = float(np.sort(x)[at])
         self.n[slot] = int(x.size)
         self.scale[slot] = float(np.std(x))
-        for excess in (x[x > self.t[slot]] - self.t[slot]).tolist():  # arrival order: the ring keeps the newest
-            self._push(slot, excess)
+        excesses = x[x > self.t[slot]] - self.t[slot]  # in arrival order: the ring keeps the newest
+        if len(excesses) <= self.max_excess[slot]:  # as pushed one by one, in one step
+            self.peaks[slot] = excesses.astype(np.float64)
+            self.nt[slot] += len(excesses)
+            self.pending[slot] += len(excesses)
+        else:
+            for excess in excesses.tolist():
+                self._push(slot, excess)
         self._fit(slot)
 
     def _push(self, slot: int, excess: float) -> None:
@@ -475,39 +481,48 @@ class SpotThreshold(Threshold):
 
     def __init__(self, q: float = 1e-3, level: float = 0.98, max_excess: int = 1000,
                  refit_every: int = 1, min_peaks: int = 0):
-        self.columns = SpotColumns(capacity=1)
+        self.columns, self.slot = SpotColumns(capacity=1), 0
         self.columns.reset(0, q, level, max_excess, refit_every, min_peaks)
-        self.level, self.q = float(self.columns.level[0]), float(self.columns.q[0])
-        self.max_excess, self.refit_every = int(self.columns.max_excess[0]), int(self.columns.refit_every[0])
-        self.min_peaks = int(self.columns.min_peaks[0])
+
+    @classmethod
+    def of(cls, columns: SpotColumns, slot: int) -> "SpotThreshold":
+        """The SPOT an entity has in a fleet's ``SpotColumns``."""
+        obj = cls.__new__(cls)
+        obj.columns, obj.slot = columns, slot
+        return obj
+
+    def __getattr__(self, name: str):
+        if name in SpotColumns.PARAMS:
+            return self.columns.params(self.slot)[name]
+        raise AttributeError(name)
 
     @property
     def ready(self) -> bool:
-        return self.columns.ready(0)
+        return self.columns.ready(self.slot)
 
     @property
     def params(self) -> dict:
-        return self.columns.params(0)
+        return self.columns.params(self.slot)
 
     @property
     def threshold(self) -> float | None:
-        return float(self.columns.z[0]) if self.ready else None
+        return float(self.columns.z[self.slot]) if self.ready else None
 
     @property
     def _z(self) -> float:
-        return float(self.columns.z[0])
+        return float(self.columns.z[self.slot])
 
     def calibrate(self, scores: np.ndarray) -> None:
-        self.columns.calibrate(0, scores)
+        self.columns.calibrate(self.slot, scores)
 
     def _observe(self, x: float) -> None:
-        self.columns.observe(0, x)
+        self.columns.observe(self.slot, x)
 
     def _run(self, xs, thresholds, alarms) -> None:
-        self.columns._run(0, xs, thresholds, alarms)
+        self.columns._run(self.slot, xs, thresholds, alarms)
 
     def to_state(self) -> dict:
-        return self.columns.to_state(0)
+        return self.columns.to_state(self.slot)
 
     @classmethod
     def from_state(cls, state: dict) -> "SpotThreshold":
@@ -517,7 +532,7 @@ class SpotThreshold(Threshold):
         return obj
 
     def _load(self, state: dict) -> None:
-        self.columns.load_state(0, state)
+        self.columns.load_state(self.slot, state)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -186,31 +186,37 @@ class Windows:
 class EntityWindow:
     """One entity's windows (``Windows`` with a single slot), for a series scored on its own."""
 
-    def __init__(self, window: int, hop: int, channels: int, fill: np.ndarray | None = None):
-        self.columns = Windows(window, hop, channels, capacity=1)
-        self.columns.reset(0, fill)
-        self.window, self.hop, self.channels = window, hop, channels
+    def __init__(self, window: int, hop: int, channels: int, fill: np.ndarray | None = None,
+                 columns: Windows | None = None, slot: int = 0):
+        """A window of its own, or (``columns``, ``slot``) the one an entity has in a fleet's windows."""
+        if columns is None:
+            columns = Windows(window, hop, channels, capacity=1)
+            columns.reset(0, fill)
+        self.columns, self.slot = columns, slot
+        self.window, self.hop, self.channels = columns.window, columns.hop, columns.channels
 
     @property
     def history(self) -> np.ndarray:
-        return self.columns.rows(0)
+        return self.columns.rows(self.slot)
 
     @history.setter
     def history(self, rows: np.ndarray) -> None:
-        self.columns.set_rows(0, rows)
+        self.columns.set_rows(self.slot, rows)
 
     @property
     def last(self) -> np.ndarray:
-        return self.columns.last[0].copy()
+        return self.columns.last[self.slot].copy()
 
     @last.setter
     def last(self, values: np.ndarray) -> None:
-        self.columns.last[0] = values
+        self.columns.last[self.slot] = values
 
     def impute(self, rows: np.ndarray) -> np.ndarray:
         """Forward-fill NaN per channel from the last seen value; returns a new float64 array."""
         rows = np.asarray(rows)
-        return self.columns.impute(Segments.one(len(rows)), rows) if len(rows) else np.array(rows, np.float64)
+        if not len(rows):
+            return np.array(rows, np.float64)
+        return self.columns.impute(Segments.one(len(rows), self.slot), rows)
 
     def push(self, rows: np.ndarray, lengths=None) -> tuple[np.ndarray, np.ndarray]:
         """Append imputed rows ``[n, C]``; return the windows ``[B, W, C]`` that score them and the
@@ -218,16 +224,16 @@ class EntityWindow:
         counts of the messages the rows came from (default: one message)."""
         rows = np.asarray(rows, np.float32)
         lengths = np.array([len(rows)] if lengths is None else lengths, dtype=np.int64)
-        return self.columns.push(Segments.one(len(rows)), rows, lengths)
+        return self.columns.push(Segments.one(len(rows), self.slot), rows, lengths)
 
     def extend(self, rows: np.ndarray) -> None:
         """Append rows without building windows (entities scored row by row, like the cold start's)."""
         if len(rows):
-            self.columns.extend(Segments.one(len(rows)), rows)
+            self.columns.extend(Segments.one(len(rows), self.slot), rows)
 
     def to_state(self, history: bool = True) -> dict:
-        return self.columns.to_state(0, history)
+        return self.columns.to_state(self.slot, history)
 
     def load_state(self, state: dict) -> "EntityWindow":
-        self.columns.load_state(0, state)
+        self.columns.load_state(self.slot, state)
         return self
