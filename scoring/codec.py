@@ -334,6 +334,25 @@ def encode_scores(entity: str, ts: np.ndarray, score: np.ndarray, threshold: np.
     return out
 
 
+def encode_score_records(entities: list[str], models: list[str], bounds: list[tuple[int, int]], ts: np.ndarray,
+                         score: np.ndarray, threshold: np.ndarray, channels: np.ndarray | None = None,
+                         keep: np.ndarray | None = None) -> list[tuple[int, list[bytes]]]:
+    """``encode_scores`` for many entities' rows (entity ``s`` has rows ``bounds[s]``), less the rows
+    where ``keep`` is False: [(s, records)] for the entities with a row left."""
+    out = []
+    for s, (a, b) in enumerate(bounds):
+        pick = slice(a, b)
+        if keep is not None:
+            rows = np.flatnonzero(keep[a:b])
+            if not len(rows):
+                continue
+            if len(rows) < b - a:
+                pick = a + rows
+        out.append((s, encode_scores(entities[s], ts[pick], score[pick], threshold[pick], models[s],
+                                     None if channels is None else channels[pick])))
+    return out
+
+
 def drift_alert(entity: str, state: str, ts: float, start: float, median: float, level, model: str,
                 channels: list[dict] | None = None) -> Alert:
     """A ``drift`` (or ``drift_end``) record on ``vigil.alerts``: the entity's scores as a whole left the

@@ -39,7 +39,7 @@ from .codec import (
     drift_alert,
     encode_alert,
     encode_dead_letter,
-    encode_scores,
+    encode_score_records,
 )
 from .conditioning import Level, LevelOut, Levels, Smoother, Smoothing
 from .fusion import fuse, top_channels
@@ -59,8 +59,10 @@ SCORE_CAP = 1e30
 class Observer(Protocol):
     """What the pipeline tells whoever watches it (the worker's dashboard, ``stream.board.Board``)."""
 
-    def observe(self, entity: "EntityState", ts: np.ndarray, score: np.ndarray, threshold: np.ndarray,
-                channel: np.ndarray, alerts: list[dict]) -> None: ...
+    def observe_many(self, entities: list["EntityState"], bounds: list[tuple[int, int]], ts: np.ndarray,
+                     score: np.ndarray, threshold: np.ndarray, channel: np.ndarray, raw: np.ndarray,
+                     alerts: dict[int, list[dict]]) -> None:
+        """A cohort's rows of one micro-batch: entity ``s`` has rows ``bounds[s]`` and ``alerts[s]``."""
 
     def inference(self, seconds: float) -> None: ...
 
@@ -662,36 +664,59 @@ class Pipeline:
         for s in np.flatnonzero(~fast).tolist():
             ent, sl = rows.entities[s], slice(int(seg.start[s]), int(seg.end[s]))
             thr[sl], alarm[sl], own[s] = self._threshold(ent, ts[sl], score[sl], int(rows.warming[s]))
+        # Per entity, only what is its own: Python visits an entity's incidents only where it alarms, has
+        # one open or pending, or its level starts or stops drifting; every other entity is one count.
+        alarmed = np.logical_or.reduceat(alarm, seg.start).tolist()
+        if drift is not None:
+            drift_any = np.logical_or.reduceat(drift, seg.start).tolist()
+            drift_all = np.logical_and.reduceat(drift, seg.start).tolist()
+        bounds = list(zip(seg.start.tolist(), seg.end.tolist()))
         div = rows.divergence
+        alerts_of: dict[int, list] = {}
         for s, ent in enumerate(rows.entities):
-            a, b = int(seg.start[s]), int(seg.end[s])
-            sl = slice(a, b)
+            a, b = bounds[s]
             ent.counts["scored"] += b - a
-            if s in own:
-                level = own[s]
+            inc, was = ent.incidents, ent.drift_start is not None
+            level = own.get(s)
+            if level is not None:
+                moved = bool((level.drift != was).any())
             elif drift is not None and with_level[s]:
-                level = LevelOut(np.ones(b - a), drift[sl], median[sl])
+                moved = not drift_all[s] if was else drift_any[s]
+                if moved:
+                    level = LevelOut(np.ones(b - a), drift[a:b], median[a:b])
             else:
-                level = None
-            was = ent.drift_start is not None
-            quiet = (ent.incidents.open is None and not ent.incidents.candidates and not alarm[sl].any()
-                     and (level is None or not (level.drift != was).any()))
-            if quiet:
-                ent.incidents.seen += b - a
-                alerts = []
-            else:
-                scores = Scores(rows.reconstruction[sl], channel[sl],
-                                None if div is None or np.isnan(div[a]) else div[sl])
-                alerts = self._alerts(ent, ts[sl], score[sl], thr[sl], alarm[sl], channel[sl], scores, level)
-            if self.board is not None:
-                self.board.observe(ent, ts[sl], score[sl], thr[sl], channel[sl], alerts, rows.values[sl])
+                moved = False
+            if not (alarmed[s] or moved or inc.open is not None or inc.candidates):
+                inc.seen += b - a
+                continue
+            sl = slice(a, b)
+            scores = Scores(rows.reconstruction[sl], channel[sl], None if div is None or np.isnan(div[a]) else div[sl])
+            alerts = self._alerts(ent, ts[sl], score[sl], thr[sl], alarm[sl], channel[sl], scores, level)
+            if alerts:
+                alerts_of[s] = alerts
+        if self.board is not None:
+            self.board.observe_many(rows.entities, bounds, ts, score, thr, channel, rows.values, alerts_of)
+        self._publish(rows, bounds, score, thr, channel, alerts_of, out)
+
+    def _publish(self, rows: Rows, bounds: list, score: np.ndarray, thr: np.ndarray, channel: np.ndarray,
+                 alerts_of: dict[int, list], out: Outputs) -> None:
+        """Each entity's score record and alerts, less what a recovery found already published."""
+        ts = rows.ts
+        suppress = [e.suppress_scores_ts for e in rows.entities]
+        if max(suppress) > -math.inf:
+            fresh = ts > np.repeat(suppress, rows.seg.length)
+        else:
+            fresh = None
+        channels = channel if self.settings.score_channels else None
+        records = encode_score_records([e.entity for e in rows.entities], [e.model for e in rows.entities],
+                                       bounds, ts, score, thr, channels, fresh)
+        for s, values in records:
+            ent = rows.entities[s]
             key = ent.entity.encode()
-            fresh = ts[sl] > ent.suppress_scores_ts
-            if fresh.all() or fresh.any():
-                pick = slice(None) if fresh.all() else np.flatnonzero(fresh)
-                records = encode_scores(ent.entity, ts[sl][pick], score[sl][pick], thr[sl][pick], ent.model,
-                                        channel[sl][pick] if self.settings.score_channels else None)
-                out.scores.extend(Record(ent.partition, key, value) for value in records)
+            out.scores.extend(Record(ent.partition, key, value) for value in values)
+        for s, alerts in alerts_of.items():
+            ent = rows.entities[s]
+            key = ent.entity.encode()
             for alert in alerts:
                 if alert["ts"] > ent.suppress_alerts_ts:
                     out.alerts.append(Record(ent.partition, key, encode_alert(alert)))

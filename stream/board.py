@@ -1,8 +1,8 @@
 """What the dashboard and ``/metrics`` show: each entity's recent points and incidents, and health.
 
-The pipeline calls ``observe`` once per entity per micro-batch and the runner calls ``batch`` once
+The pipeline calls ``observe_many`` once per cohort per micro-batch and the runner calls ``batch`` once
 per micro-batch; both only append to bounded buffers, so the cost on the hot path is small and
-memory is ``keep`` points per entity. Readers (the web handlers) run on the same event loop.
+memory is ``keep`` points for each of at most ``max_traces`` entities. Readers (the web handlers) run on the same event loop.
 """
 from __future__ import annotations
 
@@ -112,12 +112,26 @@ class Board:
         self.labels: dict[str, str] = {}  # alert id -> label given on this dashboard (bounded)
 
     # ---- writers (hot path) --------------------------------------------------------------------
+    def observe_many(self, entities, bounds, ts, score, threshold, channel, raw, alerts: dict) -> None:
+        """A cohort's micro-batch (``scoring.pipeline.Observer``). When ``max_traces`` entities already
+        have a trace, a quiet entity without one is passed over: a fleet of ten thousand costs a lookup
+        each, and the traces go to the entities that alert (they displace the longest-quiet ones)."""
+        room = len(self.entities) < self.max_traces
+        for s, ent in enumerate(entities):
+            mine = alerts.get(s, ())
+            if not room and ent.entity not in self.entities and not mine and ent.incidents.open is None \
+                    and ent.drift_start is None:
+                continue
+            a, b = bounds[s]
+            self.observe(ent, ts[a:b], score[a:b], threshold[a:b], channel[a:b], mine, raw[a:b])
+            room = len(self.entities) < self.max_traces
+
     def observe(self, ent, ts, score, threshold, channel, alerts: list[dict], raw=None) -> None:
         t = self.entities.pop(ent.entity, None)
         if t is None:
             t = EntityTrace(self.keep, channel.shape[1])
             while len(self.entities) >= self.max_traces:
-                self.entities.pop(next(iter(self.entities)))
+                self._drop_one()
         self.entities[ent.entity] = t  # now the most recent
         if ent.model != t.model and len(ts):  # a new model (first seen, or swapped in by the trainer)
             t.models.append({"model": ent.model, "since": float(ts[0])})
@@ -141,6 +155,14 @@ class Board:
             t.state = "warming up"
         else:
             t.state = "alerting" if ent.incidents.open is not None else "normal"
+
+    def _drop_one(self) -> None:
+        """Make room: the least recently observed trace that is not alerting or drifting, else the oldest."""
+        for name, t in self.entities.items():
+            if t.state in ("normal", "warming up", "no model", "no model, warming up"):
+                del self.entities[name]
+                return
+        self.entities.pop(next(iter(self.entities)))
 
     def forget(self, entity: str) -> None:
         """The entity left the worker's memory (evicted, or its partition went to another worker)."""
