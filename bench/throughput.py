@@ -97,6 +97,7 @@ def pipeline_seconds(messages, models, settings) -> tuple[float, float]:
         decode(v)
     codec = time.perf_counter() - t0
     pipe = Pipeline(settings, models)
+    pipe.prepare()  # as the worker does before it consumes
     msgs = [Message(0, i, k, v) for i, (k, v, _, _) in enumerate(messages)]
 
     async def run():

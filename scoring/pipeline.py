@@ -27,6 +27,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 import orjson
+from tqdm import tqdm
 
 from detectors import artefacts
 from detectors.base import Detector, Scores, Stack, StreamingDetector, judge_scores, judged_mask
@@ -139,6 +140,17 @@ class Cohort:
         self.free.append(slot)
 
 
+class Start(NamedTuple):
+    """What a detector's training scores give every entity it serves, before its first point: the SPOT
+    slot (``SpotColumns.take``) or another threshold's state, the floor, and the level's calibration
+    (window, base, threshold). ``Pipeline.start`` computes it once per detector."""
+
+    spot: tuple | None
+    other: dict | None
+    floor: float
+    level: tuple[float, float, float] | None
+
+
 class EntityState:
     """Everything that one entity's scoring depends on: its slot in its cohort's arrays, and what is its
     own (incidents, counts, names, the records a recovery must not publish twice).
@@ -147,7 +159,9 @@ class EntityState:
     without one, by ``streaming``: a ``StreamingDetector`` of its own (``settings.cold_start``)."""
 
     def __init__(self, entity: str, partition: int, names: list[str], detector: Detector | None,
-                 settings: Settings, cohort: Cohort):
+                 settings: Settings, cohort: Cohort, start: Start | None = None):
+        """``start``: the detector's calibration as computed for another entity (``Pipeline.start``);
+        without it, an entity with a detector calibrates from the detector's training scores itself."""
         self.entity, self.partition, self.names = entity, partition, names
         self.detector = detector
         self.streaming: StreamingDetector | None = (
@@ -167,7 +181,9 @@ class EntityState:
         # operators' feedback, through the trainer: the served threshold is the calibrated one times this
         self.threshold_scale = float(getattr(detector, "threshold_scale", 1.0)) if detector is not None else 1.0
         self.calib: list[float] = []
-        if detector is not None and settings.calibration == "train" and len(detector.train_reconstruction):
+        if start is not None:
+            self.begin(start)
+        elif detector is not None and settings.calibration == "train" and len(detector.train_reconstruction):
             train = Scores(detector.train_reconstruction, None, detector.train_divergence)
             self.calibrate(fuse(train, settings.fusion, settings.fusion_weight).astype(np.float64), settings)
         # The incident rule counts raw evidence: a smoothed score carries each raw point into the next
@@ -256,6 +272,26 @@ class EntityState:
         else:
             self.cohort.levels.reset(self.slot)
 
+    def start(self) -> Start:
+        """This entity's calibration, for ``begin`` of another entity that the same detector serves."""
+        spot, lv, s = self.cohort.spot, self.cohort.levels, self.slot
+        level = (float(lv.window[s]), float(lv.base[s]), float(lv.base_threshold[s])) if lv.on[s] else None
+        return Start(spot.take(s) if spot is not None else None,
+                     self.other_threshold.to_state() if spot is None and self.other_threshold else None,
+                     self.floor, level)
+
+    def begin(self, start: Start) -> None:
+        """Calibrated as ``start`` says: exactly what ``calibrate`` of the same scores would give."""
+        if start.spot is not None:
+            self.cohort.spot.put(self.slot, start.spot)
+        elif start.other is not None:
+            self.other_threshold = threshold_from_state(start.other)
+        self.floor = start.floor
+        if start.level is not None:
+            self.cohort.levels.reset(self.slot, *start.level, on=True)
+        else:
+            self.cohort.levels.reset(self.slot)
+
     def to_state(self, history: bool = True) -> dict:
         threshold, level = self.threshold, self.level
         return {"entity": self.entity, "names": self.names, "model": self.model, "last_ts": self.last_ts,
@@ -321,6 +357,8 @@ class Pipeline:
         self.entities: dict[str, EntityState] = {}  # live: in memory
         self.cohorts: dict[tuple[int, int], Cohort] = {}  # (channels, model window) -> its entities' state
         self.stacks: dict[tuple, Stack] = {}  # stack key -> the stacked models of that kind (detectors.base)
+        self.starts: dict[int, tuple[Detector, Start]] = {}  # id(detector) -> (it, its calibration)
+        self.stack_keys: dict[int, tuple[Detector, tuple]] = {}  # id(detector) -> (it, its stack key)
         self.partitions: dict[int, PartitionState] = defaultdict(PartitionState)
         self.metrics = Counter()
         self._suppress: dict[str, tuple[float, float]] = {}  # recovery's findings for entities not in memory
@@ -342,14 +380,41 @@ class Pipeline:
             det = default
         return det
 
-    def _state(self, entity: str, partition: int, names: list[str], det: Detector | None) -> EntityState:
-        """A new entity's state, in the cohort of its shape."""
+    def _cohort(self, names: list[str], det: Detector | None) -> Cohort:
         length = int(det.info.config.get("window", self.settings.window)) if det else self.settings.window
         key = (len(names), length)
         cohort = self.cohorts.get(key)
         if cohort is None:
             cohort = self.cohorts[key] = Cohort(len(names), length, self.settings)
-        return EntityState(entity, partition, names, det, self.settings, cohort)
+        return cohort
+
+    def _state(self, entity: str, partition: int, names: list[str], det: Detector | None) -> EntityState:
+        """A new entity's state, in the cohort of its shape."""
+        ent = EntityState(entity, partition, names, det, self.settings, self._cohort(names, det), self.start(det))
+        if det is not None and self.models.get(entity) is det:
+            self.starts.pop(id(det), None)  # its own model: no other entity starts from it
+        return ent
+
+    def start(self, det: Detector | None) -> Start | None:
+        """The calibration that ``det``'s training scores give (None: it has none to give), computed once
+        per detector: thousands of entities may share a model, and the GPD fit and sorts of a calibration
+        cost more than everything else an entity's first point needs."""
+        if det is None or self.settings.calibration != "train" or not len(det.train_reconstruction):
+            return None
+        hit = self.starts.get(id(det))
+        if hit is None or hit[0] is not det:
+            names = list(det.channels)
+            probe = EntityState("", 0, names, det, self.settings, self._cohort(names, det))
+            hit = self.starts[id(det)] = (det, probe.start())
+            probe.release()
+        return hit[1]
+
+    def prepare(self, progress: bool = False) -> None:
+        """Calibrate every model now rather than at its entity's first reading (the worker calls this
+        before it consumes, so that no first reading waits for a calibration on the event loop)."""
+        dets = list({id(d): d for d in self.models.values()}.values())
+        for det in tqdm(dets, desc="calibrating models", unit="model", disable=not progress or len(dets) < 100):
+            self.start(det)
 
     def _entity(self, readings: Readings, partition: int) -> EntityState | None:
         """The entity's state: in memory, or new (None when the worker holds ``max_entities`` already)."""
@@ -594,7 +659,7 @@ class Pipeline:
             dets = [rows.entities[s].detector for s in np.flatnonzero(model).tolist()]
             groups: dict = {}
             for i, det in enumerate(dets):
-                groups.setdefault(det.stack_key() or ("one", id(det)), []).append(i)
+                groups.setdefault(self._stack_key(det), []).append(i)
             for key, members in groups.items():
                 take = np.isin(owner, members)
                 w, c = windows[take], counts[take]
@@ -621,6 +686,13 @@ class Pipeline:
             rows.channel[at] = scores.channel[mask]
             if scores.divergence is not None:
                 self._divergence(rows)[at] = scores.divergence[mask]
+
+    def _stack_key(self, det: Detector) -> tuple:
+        """The group ``det``'s windows are scored in (``Detector.stack_key``, or its own), asked once."""
+        hit = self.stack_keys.get(id(det))
+        if hit is None or hit[0] is not det:
+            hit = self.stack_keys[id(det)] = (det, det.stack_key() or ("one", id(det)))
+        return hit[1]
 
     @staticmethod
     def _divergence(rows: Rows) -> np.ndarray:
@@ -833,7 +905,11 @@ class Pipeline:
         model's training scores (or its next points, with ``calibration="first"``). An evicted
         entity picks the new model up when it is loaded again.
         """
+        replaced = self.models.get(entity)
         self.models[entity] = detector
+        if replaced is not None and not any(d is replaced for d in self.models.values()):
+            self.starts.pop(id(replaced), None)
+            self.stack_keys.pop(id(replaced), None)
         old = self.entities.get(entity)
         self.metrics["swaps"] += 1
         if old is None:

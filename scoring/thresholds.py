@@ -321,12 +321,25 @@ class SpotColumns:
         self.scale = np.zeros(capacity)  # calibration std: tail scale while there are no peaks
         self.peaks: list[np.ndarray] = [_NO_PEAKS] * capacity  # ring of the last max_excess excesses
 
+    SLOT_FIELDS = ("q", "level", "max_excess", "refit_every", "min_peaks", "t", "z", "gamma", "sigma", "n", "nt",
+                   "head", "pending", "scale")
+
     def ensure(self, capacity: int) -> None:
         for name in ("q", "level", "max_excess", "refit_every", "min_peaks", "gamma", "sigma", "n", "nt", "head",
                      "pending", "scale"):
             setattr(self, name, grow(getattr(self, name), capacity))
         self.t, self.z = grow(self.t, capacity, np.nan), grow(self.z, capacity, np.nan)
         self.peaks += [_NO_PEAKS] * (capacity - len(self.peaks))
+
+    def take(self, slot: int) -> tuple:
+        """``slot``'s whole state, for ``put`` into another slot (or another SpotColumns)."""
+        return tuple(getattr(self, name)[slot] for name in self.SLOT_FIELDS) + (self.peaks[slot].copy(),)
+
+    def put(self, slot: int, state: tuple) -> None:
+        """``slot`` becomes what ``take`` took: a copy, which the two then update apart."""
+        for name, value in zip(self.SLOT_FIELDS, state):
+            getattr(self, name)[slot] = value
+        self.peaks[slot] = state[-1].copy()
 
     def reset(self, slot: int, q: float = 1e-3, level: float = 0.98, max_excess: int = 1000, refit_every: int = 1,
               min_peaks: int = 0) -> None:

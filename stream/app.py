@@ -62,6 +62,7 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
     # Inference runs in one thread beside the event loop; torch releases the GIL while it computes.
     board = Board()
     pipeline = Pipeline(settings, models, executor=ThreadPoolExecutor(1, thread_name_prefix="detector"), board=board)
+    pipeline.prepare(progress=True)
     runner = Runner(settings, pipeline)
 
     @app.task

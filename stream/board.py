@@ -6,6 +6,7 @@ memory is ``keep`` points for each of at most ``max_traces`` entities. Readers (
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import deque
@@ -157,8 +158,9 @@ class Board:
             t.state = "alerting" if ent.incidents.open is not None else "normal"
 
     def _drop_one(self) -> None:
-        """Make room: the least recently observed trace that is not alerting or drifting, else the oldest."""
-        for name, t in self.entities.items():
+        """Make room: of the 16 least recently observed traces, the first that is not alerting or drifting,
+        else the oldest (looking no further keeps this O(1) when most traces are alerting)."""
+        for name, t in itertools.islice(self.entities.items(), 16):
             if t.state in ("normal", "warming up", "no model", "no model, warming up"):
                 del self.entities[name]
                 return

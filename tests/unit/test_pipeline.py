@@ -258,3 +258,32 @@ def test_the_hand_over_from_cold_start_to_a_first_model_keeps_every_point_and_th
     assert len(opened) == 1, "the fault is one incident, opened once"
     closed = [a for a in after[1] if a["state"] == "close" and a["alert_id"] == opened[0]["alert_id"]]
     assert closed and closed[0]["end"] >= live.ts[1040], "the first model carries it on and closes it"
+
+
+def test_entities_of_one_model_start_from_its_calibration_computed_once(monkeypatch):
+    """The calibration a model's training scores give is computed once (``prepare``) and copied into each
+    entity it serves: the same threshold, peaks, floor and level as an entity that calibrates itself,
+    and the copies then update apart."""
+    from scoring import thresholds
+    from scoring.pipeline import EntityState
+
+    live, det = setup(400)
+    for kind in ("spot", "percentile"):
+        settings = Settings(threshold=kind)
+        pipe = Pipeline(settings, {"*": det})
+        pipe.prepare()
+        fits = []
+        monkeypatch.setattr(thresholds, "fit_gpd", lambda *a: fits.append(1) or (0.0, 1.0))
+        a, b = (pipe._entity(type("R", (), {"entity": e, "values": np.zeros((1, 8)), "names": None})(), 0)
+                for e in ("a", "b"))
+        monkeypatch.undo()
+        assert not fits, "an entity's first reading fitted a tail"
+        alone = EntityState("c", 0, list(det.channels), det, settings, pipe._cohort(list(det.channels), det))
+        for ent in (a, b):
+            assert ent.threshold.to_state() == alone.threshold.to_state()
+            assert ent.floor == alone.floor and ent.level.to_state() == alone.level.to_state()
+        if kind == "spot":
+            spot = pipe.cohorts[(8, settings.window)].spot
+            for x in (1e3, 2e3):  # a peak each: a's tail moves, b's does not
+                spot.observe(a.slot, x)
+            assert a.threshold.to_state() != b.threshold.to_state() == alone.threshold.to_state()
