@@ -381,7 +381,12 @@ class Pipeline:
         return det
 
     def _cohort(self, names: list[str], det: Detector | None) -> Cohort:
-        length = int(det.info.config.get("window", self.settings.window)) if det else self.settings.window
+        if det is None:
+            length = self.settings.window
+        elif det.context is not None:  # a point-wise model scores a row from its last ``context`` rows alone:
+            length = det.context       # its entities keep no more history (memory, checkpoints, copies)
+        else:
+            length = int(det.info.config.get("window", self.settings.window))
         key = (len(names), length)
         cohort = self.cohorts.get(key)
         if cohort is None:

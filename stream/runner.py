@@ -81,7 +81,8 @@ class Runner:
         # More than this without a confirmation and the group may have moved on without us.
         self.fence_after = min(settings.session_timeout, settings.rebalance_timeout) / 2
         self.timings = defaultdict(float)
-        self.unacked: list = []  # (output kind, partition, delivery future) handed to the producer
+        self.unacked: list = []  # (output kind, partition, records, delivery future) of record batches handed over
+        self.unacked_records = 0
         self.first_fetch: float | None = None  # wall clock of the first readings this process fetched
         pipeline.loader = self.load_states
 
@@ -201,27 +202,41 @@ class Runner:
                 self.pending[m.partition] = max(self.pending.get(m.partition, 0), last + 1)
 
     async def publish(self, out: Outputs) -> None:
-        """Hand a micro-batch's outputs to the producer. Their acknowledgements are awaited at the next
-        checkpoint (``settle``), before any offset is committed: the next micro-batch is processed
-        while the broker acknowledges this one."""
+        """Hand a micro-batch's outputs to the producer, a record batch per topic partition (a fleet's
+        micro-batch holds a score record per entity: handing them over one by one cost four times as
+        much). Their acknowledgements are awaited at the next checkpoint (``settle``), before any offset
+        is committed: the next micro-batch is processed while the broker acknowledges this one."""
         topics = self.settings.topics
         for kind in BATCH_OUTPUTS:
             name = getattr(topics, kind)
+            batches: dict = {}
             for r in getattr(out, kind):
-                self.unacked.append((kind, r.partition, await self.producer.send(name, r.value, key=r.key,
-                                                                                  partition=r.partition)))
-        if len(self.unacked) > 10_000:  # bound what a checkpoint has to wait for
+                batch = batches.get(r.partition)
+                if batch is None:
+                    batch = batches[r.partition] = self.producer.create_batch()
+                if batch.append(key=r.key, value=r.value, timestamp=None) is None:  # full: send it, begin another
+                    await self._send(kind, name, r.partition, batch)
+                    batch = batches[r.partition] = self.producer.create_batch()
+                    batch.append(key=r.key, value=r.value, timestamp=None)
+            for partition, batch in batches.items():
+                await self._send(kind, name, partition, batch)
+        if self.unacked_records > 10_000:  # bound what a checkpoint has to wait for
             await self.settle()
+
+    async def _send(self, kind: str, topic: str, partition: int, batch) -> None:
+        n = batch.record_count()
+        self.unacked.append((kind, partition, n, await self.producer.send_batch(batch, topic, partition=partition)))
+        self.unacked_records += n
 
     async def settle(self) -> None:
         """Wait until the broker has acknowledged every output handed over so far; record their offsets
         (a checkpoint stores them, so that a restart does not publish them again)."""
-        pending, self.unacked = self.unacked, []
-        for kind, partition, fut in pending:
-            meta = await fut
+        pending, self.unacked, self.unacked_records = self.unacked, [], 0
+        for kind, partition, n, fut in pending:
+            meta = await fut  # the batch's first offset
             if partition in self.recovered:  # a partition lost meanwhile: its new owner dedupes
                 offs = self.pipeline.partitions[partition].out_offsets
-                offs[kind] = max(offs.get(kind, -1), meta.offset)
+                offs[kind] = max(offs.get(kind, -1), meta.offset + n - 1)
 
     # ---- membership -----------------------------------------------------------------------------
     async def confirm(self) -> bool:

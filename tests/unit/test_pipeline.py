@@ -283,7 +283,7 @@ def test_entities_of_one_model_start_from_its_calibration_computed_once(monkeypa
             assert ent.threshold.to_state() == alone.threshold.to_state()
             assert ent.floor == alone.floor and ent.level.to_state() == alone.level.to_state()
         if kind == "spot":
-            spot = pipe.cohorts[(8, settings.window)].spot
+            spot = a.cohort.spot
             for x in (1e3, 2e3):  # a peak each: a's tail moves, b's does not
                 spot.observe(a.slot, x)
             assert a.threshold.to_state() != b.threshold.to_state() == alone.threshold.to_state()

@@ -13,15 +13,44 @@ from scoring.settings import Settings
 from stream.runner import Runner, undecodable
 
 
+class FakeBatch:
+    """aiokafka's BatchBuilder as the runner uses it: full after ``capacity`` records."""
+
+    def __init__(self, capacity):
+        self.capacity, self.records = capacity, []
+
+    def append(self, *, timestamp, key, value):
+        if len(self.records) == self.capacity:
+            return None
+        self.records.append((key, value))
+        return object()
+
+    def record_count(self):
+        return len(self.records)
+
+
 class FakeProducer:
-    def __init__(self):
-        self.sent = []
+    """Offsets count every record sent, whatever its topic and partition."""
+
+    def __init__(self, batch_capacity=1000):
+        self.sent, self.batch_capacity = [], batch_capacity
+
+    def _acked(self, offset):
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(type("Meta", (), {"offset": offset})())
+        return fut
 
     async def send(self, topic, value, key=None, partition=None):
         self.sent.append((topic, partition, key, value))
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(type("Meta", (), {"offset": len(self.sent) - 1})())
-        return fut
+        return self._acked(len(self.sent) - 1)
+
+    def create_batch(self):
+        return FakeBatch(self.batch_capacity)
+
+    async def send_batch(self, batch, topic, *, partition):
+        first = len(self.sent)
+        self.sent.extend((topic, partition, k, v) for k, v in batch.records)
+        return self._acked(first)
 
 
 class FakeConsumer:
@@ -113,3 +142,16 @@ def test_recovery_skips_output_records_vigil_did_not_write():
     dlq = [Rec(value=b'{"offset": 7}'), Rec(value=b'{"offset": 3, "last_offset": 9}'), Rec(value=b"[]"),
            Rec(value=b'{"offset": "x"}')]
     assert published_after_checkpoint(scores, alerts, dlq) == ({"a": 2.0, "b": 5.0}, {"a": 1.5}, 9)
+
+
+def test_outputs_go_out_in_record_batches_and_the_checkpoint_records_their_last_offsets():
+    """A micro-batch of many entities' score records is handed over as record batches per partition,
+    a new batch whenever one is full; the offsets a checkpoint stores are of the last record sent."""
+    r = runner()
+    r.producer = FakeProducer(batch_capacity=3)
+    asyncio.run(r.handle([reading(f"e{i}", 1.0, i) for i in range(7)]))
+    assert [(t, p) for t, p, *_ in r.producer.sent] == [("vigil.scores", 0)] * 7, "every entity's record, in order"
+    assert sorted(orjson.loads(v)["entity"] for *_, v in r.producer.sent) == [f"e{i}" for i in range(7)]
+    assert r.unacked_records == 7 and [n for _, _, n, _ in r.unacked] == [3, 3, 1]
+    asyncio.run(r.settle())
+    assert r.pipeline.partitions[0].out_offsets == {"scores": 6}
