@@ -237,8 +237,65 @@ def latency(broker, model_args, messages, n_points, rate_msgs, partitions, prefi
     return {"score": np.asarray(to_score, float) / 1000.0, "alert": np.asarray(to_alert, float) / 1000.0}
 
 
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def memory_child(n: int, channels: int, points: int = 3) -> None:
+    """In a process of its own: resident bytes per live entity once ``n`` entities of one kind (one
+    shared PCA model) have sent ``points`` readings each, one per message; printed as JSON."""
+    import gc
+
+    hist = normal_history("kind", channels, 4000, START, 1)
+    det = PCADetector(hist.channels).fit(hist.values)
+    settings = Settings()
+    pipe = Pipeline(settings, {"*": det})
+    pipe.prepare()
+    names = list(hist.channels)
+    rng = np.random.default_rng(1)
+    gc.collect()
+    before = rss_bytes()
+    offset = 0
+    for j in range(points):
+        for lo in range(0, n, settings.batch_size):
+            msgs = []
+            for i in range(lo, min(n, lo + settings.batch_size)):
+                entity = f"device-{i:06d}"
+                msgs.append(Message(0, offset, entity.encode(),
+                                    encode_readings(entity, START + j, rng.normal(size=channels), names)))
+                offset += 1
+            asyncio.run(pipe.process(msgs))
+    gc.collect()
+    after = rss_bytes()
+    print(orjson.dumps({"entities": len(pipe.entities), "bytes_per_entity": (after - before) / n,
+                        "rss_mb": after / 2**20}).decode())
+
+
+def memory_table(counts: list[int], channels: int) -> list[dict]:
+    out = []
+    for n in counts:
+        res = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--channels", str(channels)],
+                             capture_output=True, text=True, check=True)
+        out.append(orjson.loads(res.stdout.strip().splitlines()[-1]))
+        print(f"[memory] {n} entities: {out[-1]['bytes_per_entity']:,.0f} B per live entity", file=sys.stderr)
+    return out
+
+
+PRESETS = {
+    # a fleet: many entities of one kind, one reading per entity per message, each at a steady rate
+    "fleet": dict(entities=10000, channels=8, points=64, repeats=1, forms="single", memory="1000,10000,50000"),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="fleet: 10,000 entities x 8 channels x 64 "
+                    "points, single readings, one repetition, memory at 1,000/10,000/50,000 entities "
+                    "(flags given as well override it)")
+    ap.add_argument("--memory", default="", help="also measure memory per live entity at these entity counts "
+                    "(comma-separated; one shared model)")
+    ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--entities", type=int, default=8)
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--points", type=int, default=20000, help="points per entity")
@@ -251,6 +308,15 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, default=None,
                     help="record each worker with py-spy (collapsed stacks) into this folder (pip install -e .[bench])")
     args = ap.parse_args()
+    if args.memory_child is not None:
+        memory_child(args.memory_child, args.channels)
+        return
+    if args.preset:
+        given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
+        for k, v in PRESETS[args.preset].items():
+            if k not in given:
+                setattr(args, k, v)
+    memory = memory_table([int(x) for x in args.memory.split(",") if x], args.channels) if args.memory else []
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
         Worker.profile = args.profile
@@ -318,6 +384,13 @@ def main() -> None:
                       f"{np.percentile(x, 99):.0f} | {x.max():.0f} |")
             else:
                 print(f"| {form} | {rate:,.0f} | {label} | 0 | – | – | – |")
+    if memory:
+        print(f"\nMemory per live entity (one shared PCA model, {args.channels} channels, 3 readings each; "
+              "resident set growth / entities)\n")
+        print("| live entities | bytes per entity | process RSS MB |")
+        print("|---|---|---|")
+        for m in memory:
+            print(f"| {m['entities']:,} | {m['bytes_per_entity']:,.0f} | {m['rss_mb']:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -140,6 +140,20 @@ class Cohort:
         self.free.append(slot)
 
 
+class ChannelMap:
+    """Channel names, where each is, and where each order of them that messages use goes: one per
+    distinct list of names, shared by every entity that has it (a fleet's thousands of entities of one
+    kind hold one between them)."""
+
+    __slots__ = ("names", "index", "layouts")
+    MAX_LAYOUTS = 64  # orders remembered; more (a producer that shuffles its channels) start over
+
+    def __init__(self, names: list[str]):
+        self.names = list(names)
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.layouts: dict[tuple, np.ndarray | slice] = {}  # message channel order -> column indices
+
+
 class Start(NamedTuple):
     """What a detector's training scores give every entity it serves, before its first point: the SPOT
     slot (``SpotColumns.take``) or another threshold's state, the floor, and the level's calibration
@@ -159,10 +173,13 @@ class EntityState:
     without one, by ``streaming``: a ``StreamingDetector`` of its own (``settings.cold_start``)."""
 
     def __init__(self, entity: str, partition: int, names: list[str], detector: Detector | None,
-                 settings: Settings, cohort: Cohort, start: Start | None = None):
+                 settings: Settings, cohort: Cohort, start: Start | None = None, channels: ChannelMap | None = None):
         """``start``: the detector's calibration as computed for another entity (``Pipeline.start``);
-        without it, an entity with a detector calibrates from the detector's training scores itself."""
-        self.entity, self.partition, self.names = entity, partition, names
+        without it, an entity with a detector calibrates from the detector's training scores itself.
+        ``channels``: the shared map of ``names``, if there is one."""
+        channels = channels if channels is not None and channels.names == names else ChannelMap(names)
+        self.entity, self.partition, self.names = entity, partition, channels.names
+        self.index, self.layouts = channels.index, channels.layouts
         self.detector = detector
         self.streaming: StreamingDetector | None = (
             None if detector else artefacts.streaming_class(settings.cold_start)(len(names)))
@@ -193,8 +210,6 @@ class EntityState:
         self.incidents = IncidentTracker(entity, settings.close_after, settings.update_every, settings.top_k,
                                          settings.open_after + extra, settings.open_window + extra)
         self.counts = Counter()
-        self.index = {n: i for i, n in enumerate(names)}
-        self.layouts: dict[tuple, np.ndarray | slice] = {}  # message channel order -> column indices
         # Set by recovery: outputs at or before these timestamps were already published.
         self.suppress_scores_ts = -math.inf
         self.suppress_alerts_ts = -math.inf
@@ -359,6 +374,7 @@ class Pipeline:
         self.stacks: dict[tuple, Stack] = {}  # stack key -> the stacked models of that kind (detectors.base)
         self.starts: dict[int, tuple[Detector, Start]] = {}  # id(detector) -> (it, its calibration)
         self.stack_keys: dict[int, tuple[Detector, tuple]] = {}  # id(detector) -> (it, its stack key)
+        self.channel_maps: dict[tuple, ChannelMap] = {}  # channel names -> the map their entities share
         self.partitions: dict[int, PartitionState] = defaultdict(PartitionState)
         self.metrics = Counter()
         self._suppress: dict[str, tuple[float, float]] = {}  # recovery's findings for entities not in memory
@@ -395,7 +411,13 @@ class Pipeline:
 
     def _state(self, entity: str, partition: int, names: list[str], det: Detector | None) -> EntityState:
         """A new entity's state, in the cohort of its shape."""
-        ent = EntityState(entity, partition, names, det, self.settings, self._cohort(names, det), self.start(det))
+        channels = self.channel_maps.get(tuple(names))
+        if channels is None:
+            if len(self.channel_maps) >= 10_000:  # names of every kind ever seen: start over past that
+                self.channel_maps.clear()
+            channels = self.channel_maps[tuple(names)] = ChannelMap(names)
+        ent = EntityState(entity, partition, names, det, self.settings, self._cohort(names, det), self.start(det),
+                          channels)
         if det is not None and self.models.get(entity) is det:
             self.starts.pop(id(det), None)  # its own model: no other entity starts from it
         return ent
@@ -457,6 +479,8 @@ class Pipeline:
             if unknown:
                 return (f"too_many_values: channel {unknown[0]!r} is not one of entity {ent.entity!r}'s "
                         f"channels")
+            if len(ent.layouts) >= ChannelMap.MAX_LAYOUTS:
+                ent.layouts.clear()
             layout = ent.layouts[tuple(readings.names)] = np.array([ent.index[n] for n in readings.names])
             if len(layout) == c and (layout == np.arange(c)).all():
                 layout = ent.layouts[tuple(readings.names)] = slice(None)

@@ -128,7 +128,7 @@ def create_app(settings: Settings, models: dict | None = None) -> tuple[faust.Ap
 
     @app.timer(interval=settings.checkpoint_interval)
     async def checkpoint():
-        await runner.checkpoint()
+        await runner.tick()
 
     @app.timer(interval=10.0)
     async def report():

@@ -155,3 +155,21 @@ def test_outputs_go_out_in_record_batches_and_the_checkpoint_records_their_last_
     assert r.unacked_records == 7 and [n for _, _, n, _ in r.unacked] == [3, 3, 1]
     asyncio.run(r.settle())
     assert r.pipeline.partitions[0].out_offsets == {"scores": 6}
+
+
+def test_a_checkpoint_goes_a_partition_at_a_time_and_the_next_waits_nine_times_its_length():
+    r = runner()
+    r.recovered = {0, 1}
+    asyncio.run(r.handle([reading("a", 1.0, 0), Message(1, 0, b"b", orjson.dumps(
+        {"entity": "b", "ts": 1.0, "values": [1.0, 2.0]}))]))
+    before = time.monotonic()
+    asyncio.run(r.tick())
+    assert r.consumer.commits == [{0: 1}, {1: 1}], "each partition committed after its own state"
+    spent = r.timings["checkpoint"]
+    assert spent > 0 and r.checkpoint_due >= before + 9 * spent
+    r.checkpoint_due = time.monotonic() + 60
+    asyncio.run(r.handle([reading("a", 2.0, 1)]))
+    asyncio.run(r.tick())
+    assert len(r.consumer.commits) == 2, "not due yet: the timer takes no checkpoint"
+    asyncio.run(r.checkpoint())  # a rebalance or shutdown checkpoints whatever is due
+    assert r.consumer.commits[-1] == {0: 2}
