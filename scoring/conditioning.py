@@ -158,6 +158,11 @@ class LevelOut(NamedTuple):
 NONE = np.iinfo(np.int64).min  # no block yet
 
 
+def _low32(block):
+    """The low 32 bits of block numbers, as int32 (what ``Levels.median_block`` keeps)."""
+    return np.asarray(block, np.int64).astype(np.int32)
+
+
 def level_base(calibration: np.ndarray, threshold: float) -> float:
     """The calibration's level: its median, or its mean where half of it or more is its lowest value."""
     x = np.asarray(calibration, np.float64)
@@ -208,14 +213,16 @@ class Levels:
         self.drifting = np.zeros(capacity, bool)
         self.back_since = np.full(capacity, np.nan)  # while drifting: the time since which it is back under
         # completed blocks' medians, a ring by block number: median of block b at [b % BLOCKS] if there
-        self.medians = np.zeros((capacity, self.BLOCKS))
-        self.median_block = np.full((capacity, self.BLOCKS), NONE, np.int64)
+        # (NaN: none), with the low 32 bits of b (4 bytes, not 8, a slot of 64: a fleet's memory;
+        # blocks a ring holds are never 2**32 apart, so the low bits tell them apart)
+        self.medians = np.full((capacity, self.BLOCKS), np.nan)
+        self.median_block = np.zeros((capacity, self.BLOCKS), np.int32)
 
     def ensure(self, capacity: int) -> None:
         for name, fill in (("on", False), ("window", 1.0), ("base", 1.0), ("base_threshold", 1.0), ("block", NONE),
                            ("kept", 0.0), ("kept_n", 0), ("count", 0), ("step", 1), ("scale", 1.0),
                            ("recent_median", 1.0), ("drifting", False), ("back_since", np.nan), ("medians", 0.0),
-                           ("median_block", NONE)):
+                           ("median_block", 0)):  # medians: ``reset`` marks a slot's empty (NaN) as it is allocated
             setattr(self, name, grow(getattr(self, name), capacity, fill))
 
     def reset(self, slot: int, window: float = 1.0, base: float = 1.0, base_threshold: float = 1.0,
@@ -224,7 +231,7 @@ class Levels:
         self.block[slot], self.kept_n[slot], self.count[slot], self.step[slot] = NONE, 0, 0, 1
         self.scale[slot], self.recent_median[slot] = 1.0, base
         self.drifting[slot], self.back_since[slot] = False, np.nan
-        self.median_block[slot] = NONE
+        self.medians[slot] = np.nan
 
     def calibrate(self, slot: int, window: float, calibration: np.ndarray, threshold: float) -> None:
         """A fresh level for ``slot``: over ``window`` seconds, from its calibration and threshold."""
@@ -234,7 +241,9 @@ class Levels:
         """The upper median of the block medians of the window before ``block`` (missing ones at the base)."""
         blocks = np.arange(block - self.BLOCKS, block)
         ring = blocks % self.BLOCKS
-        values = np.where(self.median_block[slot, ring] == blocks, self.medians[slot, ring], self.base[slot])
+        medians = self.medians[slot, ring]
+        there = (self.median_block[slot, ring] == _low32(blocks)) & ~np.isnan(medians)
+        values = np.where(there, medians, self.base[slot])
         return float(np.partition(values, self.BLOCKS // 2)[self.BLOCKS // 2])
 
     def scales(self, seg: Segments, ts: np.ndarray, scores: np.ndarray) -> LevelOut:
@@ -285,7 +294,7 @@ class Levels:
             kept = self.kept[slot, :self.kept_n[slot]]
             mid = len(kept) // 2
             self.medians[slot, current % self.BLOCKS] = float(np.partition(kept, mid)[mid])
-            self.median_block[slot, current % self.BLOCKS] = current
+            self.median_block[slot, current % self.BLOCKS] = _low32(current)
         self.block[slot], self.kept_n[slot], self.count[slot], self.step[slot] = block, 0, 0, 1
         m = self.level(slot, block)
         self.recent_median[slot], self.scale[slot] = m, max(1.0, m / self.base[slot])
@@ -309,9 +318,11 @@ class Levels:
         self.kept[slot, :len(kept)], self.kept_n[slot] = kept, len(kept)
 
     def to_state(self, slot: int) -> dict:
-        ok = self.median_block[slot] != NONE
-        blocks = self.median_block[slot][ok]
+        ok = ~np.isnan(self.medians[slot])
         block = int(self.block[slot])
+        low = self.median_block[slot][ok].astype(np.int64)
+        # the blocks a ring holds are before the one being filled: each is that less its distance in low bits
+        blocks = block - (int(_low32(block)) - low) % 2**32 if block != NONE else low
         fresh = blocks >= block - self.BLOCKS if block != NONE else np.ones(len(blocks), bool)
         medians = sorted(zip(blocks[fresh].tolist(), self.medians[slot][ok][fresh].tolist()))
         back = float(self.back_since[slot])
@@ -329,7 +340,7 @@ class Levels:
             return False
         self.reset(slot, float(state["window"]), float(state["base"]), float(state["base_threshold"]), on=True)
         for b, m in state["medians"]:
-            self.medians[slot, int(b) % self.BLOCKS], self.median_block[slot, int(b) % self.BLOCKS] = float(m), int(b)
+            self.medians[slot, int(b) % self.BLOCKS], self.median_block[slot, int(b) % self.BLOCKS] = float(m), _low32(int(b))
         self.block[slot] = NONE if state["block"] is None else int(state["block"])
         kept = _unpack(state["kept"])
         self.kept[slot, :len(kept)], self.kept_n[slot] = kept, len(kept)

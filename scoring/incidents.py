@@ -33,6 +33,10 @@ def alert_id(entity: str, start: float) -> str:
 
 
 class IncidentTracker:
+    # one per entity: slots, not a dict (a fleet of 50,000 holds 50,000 of them)
+    __slots__ = ("entity", "close_after", "update_every", "top_k", "open_after", "open_window", "open", "seen",
+                 "candidates")
+
     def __init__(self, entity: str, close_after: int = 10, update_every: int = 30, top_k: int = 3,
                  open_after: int = 2, open_window: int = 10):
         self.entity = entity
@@ -40,7 +44,8 @@ class IncidentTracker:
         self.open_after, self.open_window = open_after, open_window
         self.open: dict | None = None
         self.seen = 0  # points observed so far, to age candidate alarms
-        self.candidates: list[list] = []  # recent alarms while no incident is open: [point no, ts, channels]
+        # recent alarms while no incident is open: [point no, ts, channels] (none: an empty tuple, shared)
+        self.candidates: list[list] | tuple = ()
 
     def observe(self, ts, score, threshold, alarm, channel, recon, divergence, names, model) -> list[Alert]:
         """Feed points in order; return the alert messages they cause. Python visits the alarms only:
@@ -90,7 +95,7 @@ class IncidentTracker:
     def absorb(self, ts: float, drift_id: str, names, model) -> Alert | None:
         """The open incident closed at ``ts`` because the departure became the entity's new level (a
         drift record, ``drift_id``); None when none is open. Its ``detail`` names the drift."""
-        inc, self.open, self.candidates = self.open, None, []
+        inc, self.open, self.candidates = self.open, None, ()
         if inc is None:
             return None
         msg = self._message(inc, "close", ts, names, model)
@@ -106,7 +111,7 @@ class IncidentTracker:
         earlier = self.candidates
         start = earlier[0][1] if earlier else ts
         channel_sum = np.sum([c[2] for c in earlier], axis=0) if earlier else np.zeros(len(channels))
-        self.candidates = []
+        self.candidates = ()
         self.open = {"alert_id": alert_id(self.entity, start), "start": start, "end": ts, "peak": -np.inf,
                      "threshold": None, "recon": None, "div": None, "channel_sum": channel_sum,
                      "quiet": 0, "since_update": 0, "top": [], "alarms": len(earlier)}
@@ -128,5 +133,5 @@ class IncidentTracker:
     def load_state(self, state: dict) -> "IncidentTracker":
         inc = state["open"]
         self.open = None if inc is None else {**inc, "channel_sum": np.asarray(inc["channel_sum"])}
-        self.seen, self.candidates = state["seen"], state["candidates"]
+        self.seen, self.candidates = state["seen"], list(state["candidates"]) or ()
         return self

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import Executor
@@ -120,6 +121,8 @@ class Cohort:
         self.last_ts = np.zeros(0)
         self.threshold_scale = np.zeros(0)  # operators' feedback: the served threshold is the calibrated one x this
         self.floor = np.zeros(0)  # the lowest threshold served: nonzero after a degenerate calibration
+        self.scored = np.zeros(0, np.int64)  # points scored, per entity (its other counts are its own)
+        self.touched = np.zeros(0)  # monotonic time of the last micro-batch with a reading of it (eviction)
         self.size, self.free = 0, []
 
     def alloc(self) -> int:
@@ -127,13 +130,15 @@ class Cohort:
             return self.free.pop()
         slot, self.size = self.size, self.size + 1
         if slot >= len(self.last_ts):
-            capacity = max(16, 2 * len(self.last_ts))
+            capacity = max(16, len(self.last_ts) * 5 // 4)  # a quarter more: copies stay amortised O(1), slack small
             for part in (self.windows, self.smoothing, self.levels, self.spot):
                 if part is not None:
                     part.ensure(capacity)
             self.last_ts = grow(self.last_ts, capacity)
             self.threshold_scale = grow(self.threshold_scale, capacity, 1.0)
             self.floor = grow(self.floor, capacity)
+            self.scored = grow(self.scored, capacity)
+            self.touched = grow(self.touched, capacity)
         return slot
 
     def release(self, slot: int) -> None:
@@ -183,7 +188,7 @@ class EntityState:
         self.detector = detector
         self.streaming: StreamingDetector | None = (
             None if detector else artefacts.streaming_class(settings.cold_start)(len(names)))
-        self.model = (detector or self.streaming).model_id
+        self.model = sys.intern((detector or self.streaming).model_id)  # one string for a model's entities
         # the cold start judges the channels that the worker's --inputs do not name (a model, its own)
         self.cold_judged = judged_mask(names, settings.inputs) if self.streaming is not None else None
         self.cohort, self.slot = cohort, cohort.alloc()
@@ -197,7 +202,7 @@ class EntityState:
         self.floor = 0.0
         # operators' feedback, through the trainer: the served threshold is the calibrated one times this
         self.threshold_scale = float(getattr(detector, "threshold_scale", 1.0)) if detector is not None else 1.0
-        self.calib: list[float] = []
+        self.calib: list[float] | tuple = ()  # its own first scores, while it calibrates on them (a list then)
         if start is not None:
             self.begin(start)
         elif detector is not None and settings.calibration == "train" and len(detector.train_reconstruction):
@@ -209,7 +214,8 @@ class EntityState:
         extra = max(settings.smooth, 1) - 1
         self.incidents = IncidentTracker(entity, settings.close_after, settings.update_every, settings.top_k,
                                          settings.open_after + extra, settings.open_window + extra)
-        self.counts = Counter()
+        self.cohort.scored[self.slot] = 0
+        self._counts: Counter | None = None  # its rarer counts (imputed, dlq), once it has one
         # Set by recovery: outputs at or before these timestamps were already published.
         self.suppress_scores_ts = -math.inf
         self.suppress_alerts_ts = -math.inf
@@ -225,6 +231,14 @@ class EntityState:
     @last_ts.setter
     def last_ts(self, value: float) -> None:
         self.cohort.last_ts[self.slot] = value
+
+    @property
+    def touched(self) -> float:
+        return float(self.cohort.touched[self.slot])
+
+    @touched.setter
+    def touched(self, value: float) -> None:
+        self.cohort.touched[self.slot] = value
 
     @property
     def floor(self) -> float:
@@ -287,6 +301,21 @@ class EntityState:
         else:
             self.cohort.levels.reset(self.slot)
 
+    @property
+    def counts(self) -> Counter:
+        """Its counts other than ``scored`` (which its cohort keeps: every entity, every micro-batch)."""
+        if self._counts is None:
+            self._counts = Counter()
+        return self._counts
+
+    def count_dict(self) -> dict:
+        return {**(self._counts or {}), "scored": int(self.cohort.scored[self.slot])}
+
+    def set_counts(self, counts: dict) -> None:
+        counts = dict(counts)
+        self.cohort.scored[self.slot] = int(counts.pop("scored", 0))
+        self._counts = Counter(counts) if counts else None
+
     def start(self) -> Start:
         """This entity's calibration, for ``begin`` of another entity that the same detector serves."""
         spot, lv, s = self.cohort.spot, self.cohort.levels, self.slot
@@ -314,13 +343,13 @@ class EntityState:
                 "threshold": threshold.to_state() if threshold else None, "floor": self.floor,
                 "level": level.to_state() if level else None, "smoother": self.smoother.to_state(),
                 "calib": self.calib, "streaming": self.streaming.to_state() if self.streaming else None,
-                "incident": self.incidents.to_state(), "counts": dict(self.counts), "drift_start": self.drift_start}
+                "incident": self.incidents.to_state(), "counts": self.count_dict(), "drift_start": self.drift_start}
 
     def load_state(self, state: dict) -> None:
         self.last_ts = state["last_ts"]
         self.window.load_state(state["window"])
         self.incidents.load_state(state["incident"])
-        self.counts = Counter(state["counts"])
+        self.set_counts(state["counts"])
         self.drift_start = state.get("drift_start")
         if state["model"] == self.model:  # a new model version recalibrates from scratch
             if state["threshold"] is not None:
@@ -334,7 +363,7 @@ class EntityState:
                 self.cohort.levels.load_state(self.slot, state["level"])  # an old format keeps the calibrated one
             if state.get("smoother") is not None and state["smoother"]["k"] == self.cohort.smoothing.k:
                 self.smoother.load_state(state["smoother"])
-            self.calib = list(state["calib"])
+            self.calib = list(state["calib"]) if state["calib"] else ()
             streaming = state.get("streaming", state.get("coldstart"))  # "coldstart": before 2026-11-30
             if self.streaming is not None and streaming is not None:
                 self.streaming.load_state(streaming)
@@ -772,11 +801,11 @@ class Pipeline:
             drift_any = np.logical_or.reduceat(drift, seg.start).tolist()
             drift_all = np.logical_and.reduceat(drift, seg.start).tolist()
         bounds = list(zip(seg.start.tolist(), seg.end.tolist()))
+        np.add.at(cohort.scored, seg.slot, seg.length)
         div = rows.divergence
         alerts_of: dict[int, list] = {}
         for s, ent in enumerate(rows.entities):
             a, b = bounds[s]
-            ent.counts["scored"] += b - a
             inc, was = ent.incidents, ent.drift_start is not None
             level = own.get(s)
             if level is not None:
@@ -854,6 +883,8 @@ class Pipeline:
         start = warming
         if ent.threshold is None:
             points = self.settings.calibration_points if ent.streaming is None else self.settings.cold_calibration_points
+            if not isinstance(ent.calib, list):
+                ent.calib = []
             need = points - len(ent.calib)
             # an overflowed score says nothing about the normal range: not a calibration point
             ent.calib.extend(float(s) for s in score[warming:warming + need] if s < SCORE_CAP)
@@ -944,7 +975,8 @@ class Pipeline:
         if old is None:
             return
         new = self._state(entity, old.partition, list(detector.channels), detector)
-        new.last_ts, new.counts, new.incidents = old.last_ts, old.counts, old.incidents
+        new.last_ts, new.incidents = old.last_ts, old.incidents
+        new.set_counts(old.count_dict())
         new.suppress_scores_ts, new.suppress_alerts_ts = old.suppress_scores_ts, old.suppress_alerts_ts
         new.stored_at = old.stored_at
         if new.names == old.names:

@@ -61,6 +61,10 @@ def grow(a: np.ndarray, capacity: int, fill=0) -> np.ndarray:
     """``a`` with its first axis grown to ``capacity`` rows (new rows ``fill``), or ``a`` as it is."""
     if len(a) >= capacity:
         return a
-    out = np.full((capacity, *a.shape[1:]), fill, dtype=a.dtype)
+    if fill == 0:  # zeroed pages are only resident once written: unused capacity costs no memory
+        out = np.zeros((capacity, *a.shape[1:]), dtype=a.dtype)
+    else:
+        out = np.empty((capacity, *a.shape[1:]), dtype=a.dtype)
+        out[len(a):] = fill
     out[:len(a)] = a
     return out

@@ -336,10 +336,13 @@ class SpotColumns:
         return tuple(getattr(self, name)[slot] for name in self.SLOT_FIELDS) + (self.peaks[slot].copy(),)
 
     def put(self, slot: int, state: tuple) -> None:
-        """``slot`` becomes what ``take`` took: a copy, which the two then update apart."""
+        """``slot`` becomes what ``take`` took, which the two then update apart. The peaks are shared
+        until the ring is full: before that a new peak makes a new array (``_push``), so thousands of
+        entities started from one calibration hold one array until each has a peak of its own."""
         for name, value in zip(self.SLOT_FIELDS, state):
             getattr(self, name)[slot] = value
-        self.peaks[slot] = state[-1].copy()
+        peaks = state[-1]
+        self.peaks[slot] = peaks if len(peaks) < self.max_excess[slot] else peaks.copy()
 
     def reset(self, slot: int, q: float = 1e-3, level: float = 0.98, max_excess: int = 1000, refit_every: int = 1,
               min_peaks: int = 0) -> None:

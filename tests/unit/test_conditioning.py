@@ -239,3 +239,21 @@ def test_sustained_faults_of_a_pump_read_each_second_open_one_incident_each_and_
     assert all(a["end"] - a["start"] < 20 for a in others), others  # the rest: blips of the normal noise
     short = alerts_of(Settings(level_window=1000.0))
     assert [a for a in short if a["state"] == "drift"], "a window of 1,000 s takes the faults for a new level"
+
+
+def test_a_level_keeps_block_numbers_past_32_bits_through_its_state():
+    """The ring keeps the low 32 bits of each block's number (memory); a clock in microseconds makes
+    block numbers far beyond that, and the state still names every block exactly."""
+    from scoring.conditioning import Levels
+    from scoring.segments import Segments
+
+    lv = Levels(1)
+    lv.reset(0, 640.0, 1.0, 5.0, on=True)
+    ts = 1.7e15 + np.arange(0, 1920, 3.0)  # 1.7e15 / 10 s blocks: numbers above 2**47
+    lv.scales(Segments.one(len(ts), 0), ts, np.abs(np.random.default_rng(0).normal(size=len(ts))))
+    state = lv.to_state(0)
+    blocks = [b for b, _ in state["medians"]]
+    assert blocks == list(range(state["block"] - 64, state["block"])) and blocks[0] > 2**47
+    again = Levels(1)
+    again.load_state(0, state)
+    assert again.to_state(0) == state and again.level(0, state["block"]) == lv.level(0, state["block"])
