@@ -72,6 +72,9 @@ def main() -> None:
     ap.add_argument("--variants", default="fp32,compile,bf16",
                     help="torch models: which of fp32, compile (torch.compile) and bf16 (autocast) to time")
     ap.add_argument("--json", type=Path, default=None, help="write the rows here as JSON")
+    ap.add_argument("--stacked", type=int, default=200,
+                    help="also: PCA models of this many entities scored as one stack (one call per micro-batch) "
+                         "against one call per entity's model; 0: not measured")
     args = ap.parse_args()
 
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -152,9 +155,47 @@ def main() -> None:
         mine = [r for r in rows if (r["model"], r["device"], r["variant"]) == key]
         note = next((r["note"] for r in mine if r["note"]), "")
         print(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cell(*key, s) for s in sizes) + f" | {note} |")
+    if args.stacked:
+        stacked_rows(args, sizes)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=1))
+
+
+def stacked_rows(args, sizes: list[int]) -> None:
+    """A fleet's micro-batch: one new reading each of ``size`` entities, every entity with a PCA model of
+    its own (``--stacked`` of them). Scored as one ``Stack`` (the pipeline's path: parameters stacked, one
+    batched product) against one ``score`` call per entity's model. The stack is numpy arithmetic on the
+    CPU whatever the device (docs/design.md, "Many entities, one call")."""
+    from detectors.base import Stack
+    from detectors.pca import PCADetector
+
+    n = args.stacked
+    groups: dict = {}  # models stack when they keep as many components: the most common count is used
+    for i in tqdm(range(2 * n), desc="fitting PCA models", file=sys.stderr):
+        h = normal_history(f"e{i}", args.channels, 1000, 1.7e9, 1000 + i)
+        det = PCADetector(h.channels).fit(h.values, progress=False)
+        groups.setdefault(det.stack_key(), []).append(det)
+    dets = max(groups.values(), key=len)[:n]
+    n = len(dets)
+    stack = Stack()
+    for d in dets:
+        stack.row(d)
+    rng = np.random.default_rng(0)
+    print(f"\nA fleet's micro-batch on the CPU: one reading each of W entities, each with a PCA model of its own "
+          f"({n} models, {args.channels} channels); points/s (ratio of stacked to one call per entity)\n")
+    print("| scoring | " + " | ".join(f"{s} readings" for s in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+    cells = {"one call per entity's model": [], "one stacked call (the pipeline)": []}
+    for size in sizes:
+        owner = rng.integers(0, n, size)
+        windows = rng.normal(size=(size, 1, args.channels)).astype(np.float32)
+        one = timed(lambda: [dets[o].score(windows[j:j + 1]) for j, o in enumerate(owner)], args.repeats, args.budget)
+        both = timed(lambda: stack.score(windows, owner), args.repeats, args.budget)
+        cells["one call per entity's model"].append(f"{size / one:,.0f}")
+        cells["one stacked call (the pipeline)"].append(f"{size / both:,.0f} ({one / both:.0f}x)")
+    for label, row in cells.items():
+        print(f"| {label} | " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

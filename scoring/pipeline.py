@@ -471,6 +471,9 @@ class Pipeline:
         dets = list({id(d): d for d in self.models.values()}.values())
         for det in tqdm(dets, desc="calibrating models", unit="model", disable=not progress or len(dets) < 100):
             self.start(det)
+            key = self._stack_key(det)
+            if key[0] != "one" and len(dets) > 1:  # a model of its kind among others: a row of their stack now
+                self.stacks.setdefault(key, Stack()).row(det)
 
     def _entity(self, readings: Readings, partition: int) -> EntityState | None:
         """The entity's state: in memory, or new (None when the worker holds ``max_entities`` already)."""

@@ -68,6 +68,8 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class Runner:
+    BATCH_FROM = 64  # records of one partition in one micro-batch from which they go as a batch of our own
+
     def __init__(self, settings: Settings, pipeline: Pipeline):
         self.settings = settings
         self.pipeline = pipeline
@@ -203,23 +205,31 @@ class Runner:
                 self.pending[m.partition] = max(self.pending.get(m.partition, 0), last + 1)
 
     async def publish(self, out: Outputs) -> None:
-        """Hand a micro-batch's outputs to the producer, a record batch per topic partition (a fleet's
-        micro-batch holds a score record per entity: handing them over one by one cost four times as
-        much). Their acknowledgements are awaited at the next checkpoint (``settle``), before any offset
-        is committed: the next micro-batch is processed while the broker acknowledges this one."""
+        """Hand a micro-batch's outputs to the producer. Where a partition has many records (a fleet's
+        micro-batch holds a score record per entity) they go as record batches of our own: handing them
+        over one by one cost four times as much. A few go one by one, joining the producer's open batch
+        (``send_batch`` waits for the partition's previous batch to leave). Their acknowledgements are
+        awaited at the next checkpoint (``settle``), before any offset is committed: the next
+        micro-batch is processed while the broker acknowledges this one."""
         topics = self.settings.topics
         for kind in BATCH_OUTPUTS:
             name = getattr(topics, kind)
-            batches: dict = {}
+            by_partition: dict[int, list] = defaultdict(list)
             for r in getattr(out, kind):
-                batch = batches.get(r.partition)
-                if batch is None:
-                    batch = batches[r.partition] = self.producer.create_batch()
-                if batch.append(key=r.key, value=r.value, timestamp=None) is None:  # full: send it, begin another
-                    await self._send(kind, name, r.partition, batch)
-                    batch = batches[r.partition] = self.producer.create_batch()
-                    batch.append(key=r.key, value=r.value, timestamp=None)
-            for partition, batch in batches.items():
+                by_partition[r.partition].append(r)
+            for partition, records in by_partition.items():
+                if len(records) < self.BATCH_FROM:
+                    for r in records:
+                        fut = await self.producer.send(name, r.value, key=r.key, partition=partition)
+                        self.unacked.append((kind, partition, 1, fut))
+                    self.unacked_records += len(records)
+                    continue
+                batch = self.producer.create_batch()
+                for r in records:
+                    if batch.append(key=r.key, value=r.value, timestamp=None) is None:  # full: send, begin another
+                        await self._send(kind, name, partition, batch)
+                        batch = self.producer.create_batch()
+                        batch.append(key=r.key, value=r.value, timestamp=None)
                 await self._send(kind, name, partition, batch)
         if self.unacked_records > 10_000:  # bound what a checkpoint has to wait for
             await self.settle()

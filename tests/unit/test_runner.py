@@ -149,12 +149,17 @@ def test_outputs_go_out_in_record_batches_and_the_checkpoint_records_their_last_
     a new batch whenever one is full; the offsets a checkpoint stores are of the last record sent."""
     r = runner()
     r.producer = FakeProducer(batch_capacity=3)
+    r.BATCH_FROM = 5
     asyncio.run(r.handle([reading(f"e{i}", 1.0, i) for i in range(7)]))
     assert [(t, p) for t, p, *_ in r.producer.sent] == [("vigil.scores", 0)] * 7, "every entity's record, in order"
     assert sorted(orjson.loads(v)["entity"] for *_, v in r.producer.sent) == [f"e{i}" for i in range(7)]
     assert r.unacked_records == 7 and [n for _, _, n, _ in r.unacked] == [3, 3, 1]
     asyncio.run(r.settle())
     assert r.pipeline.partitions[0].out_offsets == {"scores": 6}
+    asyncio.run(r.handle([reading(f"e{i}", 2.0, 7 + i) for i in range(2)]))  # a few: one by one
+    assert [n for _, _, n, _ in r.unacked] == [1, 1] and len(r.producer.sent) == 9
+    asyncio.run(r.settle())
+    assert r.pipeline.partitions[0].out_offsets == {"scores": 8}
 
 
 def test_a_checkpoint_goes_a_partition_at_a_time_and_the_next_waits_nine_times_its_length():
