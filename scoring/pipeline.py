@@ -145,6 +145,22 @@ class Cohort:
         self.free.append(slot)
 
 
+class CohortValue:
+    """An entity's number that its cohort keeps in an array (``Cohort.<name>[slot]``), read and set as
+    an attribute of the entity."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, ent, owner=None) -> float:
+        if ent is None:
+            return self
+        return float(getattr(ent.cohort, self.name)[ent.slot])
+
+    def __set__(self, ent, value: float) -> None:
+        getattr(ent.cohort, self.name)[ent.slot] = value
+
+
 class ChannelMap:
     """Channel names, where each is, and where each order of them that messages use goes: one per
     distinct list of names, shared by every entity that has it (a fleet's thousands of entities of one
@@ -224,37 +240,10 @@ class EntityState:
         self.stored_at: int | None = None  # offset of its latest state record in vigil.state
 
     # ---- its slot of the cohort's state ---------------------------------------------------------------
-    @property
-    def last_ts(self) -> float:
-        return float(self.cohort.last_ts[self.slot])
-
-    @last_ts.setter
-    def last_ts(self, value: float) -> None:
-        self.cohort.last_ts[self.slot] = value
-
-    @property
-    def touched(self) -> float:
-        return float(self.cohort.touched[self.slot])
-
-    @touched.setter
-    def touched(self, value: float) -> None:
-        self.cohort.touched[self.slot] = value
-
-    @property
-    def floor(self) -> float:
-        return float(self.cohort.floor[self.slot])
-
-    @floor.setter
-    def floor(self, value: float) -> None:
-        self.cohort.floor[self.slot] = value
-
-    @property
-    def threshold_scale(self) -> float:
-        return float(self.cohort.threshold_scale[self.slot])
-
-    @threshold_scale.setter
-    def threshold_scale(self, value: float) -> None:
-        self.cohort.threshold_scale[self.slot] = value
+    last_ts = CohortValue("last_ts")
+    touched = CohortValue("touched")
+    floor = CohortValue("floor")
+    threshold_scale = CohortValue("threshold_scale")
 
     @property
     def window(self) -> EntityWindow:
