@@ -224,20 +224,25 @@ class Runner:
                         self.unacked.append((kind, partition, 1, fut))
                     self.unacked_records += len(records)
                     continue
-                batch = self.producer.create_batch()
-                for r in records:
-                    if batch.append(key=r.key, value=r.value, timestamp=None) is None:  # full: send, begin another
-                        await self._send(kind, name, partition, batch)
-                        batch = self.producer.create_batch()
-                        batch.append(key=r.key, value=r.value, timestamp=None)
-                await self._send(kind, name, partition, batch)
+                for keys, fut in await self._send_batches(name, partition, ((r.key, r.value) for r in records)):
+                    self.unacked.append((kind, partition, len(keys), fut))
+                    self.unacked_records += len(keys)
         if self.unacked_records > 10_000:  # bound what a checkpoint has to wait for
             await self.settle()
 
-    async def _send(self, kind: str, topic: str, partition: int, batch) -> None:
-        n = batch.record_count()
-        self.unacked.append((kind, partition, n, await self.producer.send_batch(batch, topic, partition=partition)))
-        self.unacked_records += n
+    async def _send_batches(self, topic: str, partition: int, records) -> list[tuple[list[bytes], asyncio.Future]]:
+        """(key, value) records of one partition handed over as record batches, a new one whenever one is
+        full: each batch's keys and its delivery future (which gives the batch's first offset)."""
+        sent, batch, keys = [], self.producer.create_batch(), []
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, begin another
+                sent.append((keys, await self.producer.send_batch(batch, topic, partition=partition)))
+                batch, keys = self.producer.create_batch(), []
+                batch.append(key=key, value=value, timestamp=None)
+            keys.append(key)
+        if keys:
+            sent.append((keys, await self.producer.send_batch(batch, topic, partition=partition)))
+        return sent
 
     async def settle(self) -> None:
         """Wait until the broker has acknowledged every output handed over so far; record their offsets
@@ -321,15 +326,7 @@ class Runner:
         await self.settle()  # the outputs of every micro-batch that the offsets below cover
         if not await self.confirm():
             return False
-        topic, sent, batch, keys = self.settings.topics.state, [], self.producer.create_batch(), []
-        for key, value in self.pipeline.checkpoint(p):
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, begin another
-                sent.append((keys, await self.producer.send_batch(batch, topic, partition=p)))
-                batch, keys = self.producer.create_batch(), []
-                batch.append(key=key, value=value, timestamp=None)
-            keys.append(key)
-        sent.append((keys, await self.producer.send_batch(batch, topic, partition=p)))
-        for keys, fut in sent:
+        for keys, fut in await self._send_batches(self.settings.topics.state, p, self.pipeline.checkpoint(p)):
             first = (await fut).offset
             for i, key in enumerate(keys):
                 self.pipeline.stored(p, key, first + i)
