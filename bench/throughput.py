@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -117,7 +118,8 @@ class Worker:
         self.log_path = log_path
         wrap = []
         if self.profile is not None:
-            wrap = ["py-spy", "record", "--format", "raw", "--rate", "200", "--nonblocking", "--threads",
+            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))  # the venv's, unactivated
+            wrap = [spy, "record", "--format", "raw", "--rate", "200", "--nonblocking", "--threads",
                     "-o", str(self.profile / f"worker-{prefix}.txt"), "--"]
         self.proc = subprocess.Popen(
             [*wrap, sys.executable, "-m", "cli", "worker", "--broker", broker, *model_args, "--partitions",

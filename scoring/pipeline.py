@@ -63,8 +63,11 @@ class Observer(Protocol):
 
     def observe_many(self, entities: list["EntityState"], bounds: list[tuple[int, int]], ts: np.ndarray,
                      score: np.ndarray, threshold: np.ndarray, channel: np.ndarray, raw: np.ndarray,
-                     alerts: dict[int, list[dict]]) -> None:
-        """A cohort's rows of one micro-batch: entity ``s`` has rows ``bounds[s]`` and ``alerts[s]``."""
+                     alerts: dict[int, list[dict]], passable: np.ndarray) -> None:
+        """A cohort's rows of one micro-batch: entity ``s`` has rows ``bounds[s]`` and ``alerts[s]``.
+        ``passable[s]``: entity ``s`` is quiet (no alert, no incident open or pending, not drifting) and
+        not watched (``EntityState.watched``): an observer that keeps only some entities may pass it over
+        without a look."""
 
     def inference(self, seconds: float) -> None: ...
 
@@ -123,6 +126,10 @@ class Cohort:
         self.floor = np.zeros(0)  # the lowest threshold served: nonzero after a degenerate calibration
         self.scored = np.zeros(0, np.int64)  # points scored, per entity (its other counts are its own)
         self.touched = np.zeros(0)  # monotonic time of the last micro-batch with a reading of it (eviction)
+        # its incidents need a visit whatever its scores: one is open or pending, or it drifts (the others'
+        # quiet points pass in one step: ``Pipeline._finish``)
+        self.busy = np.zeros(0, bool)
+        self.watched = np.zeros(0, bool)  # an observer keeps its points (the dashboard's traces: ``Observer``)
         self.size, self.free = 0, []
 
     def alloc(self) -> int:
@@ -139,6 +146,9 @@ class Cohort:
             self.floor = grow(self.floor, capacity)
             self.scored = grow(self.scored, capacity)
             self.touched = grow(self.touched, capacity)
+            self.busy = grow(self.busy, capacity)
+            self.watched = grow(self.watched, capacity)
+        self.busy[slot] = self.watched[slot] = False
         return slot
 
     def release(self, slot: int) -> None:
@@ -242,6 +252,7 @@ class EntityState:
     # ---- its slot of the cohort's state ---------------------------------------------------------------
     last_ts = CohortValue("last_ts")
     touched = CohortValue("touched")
+    watched = CohortValue("watched")  # set by an observer that keeps this entity's points (``Observer``)
     floor = CohortValue("floor")
     threshold_scale = CohortValue("threshold_scale")
 
@@ -340,6 +351,8 @@ class EntityState:
         self.incidents.load_state(state["incident"])
         self.set_counts(state["counts"])
         self.drift_start = state.get("drift_start")
+        inc = self.incidents
+        self.cohort.busy[self.slot] = inc.open is not None or bool(inc.candidates) or self.drift_start is not None
         if state["model"] == self.model:  # a new model version recalibrates from scratch
             if state["threshold"] is not None:
                 saved = state["threshold"]
@@ -788,36 +801,33 @@ class Pipeline:
             thr[sl], alarm[sl], own[s] = self._threshold(ent, ts[sl], score[sl], int(rows.warming[s]))
         # Per entity, only what is its own: Python visits an entity's incidents only where it alarms, has
         # one open or pending, or its level starts or stops drifting; every other entity is one count.
-        alarmed = np.logical_or.reduceat(alarm, seg.start).tolist()
+        # Per entity, only what is its own: Python visits an entity's incidents only where it alarms, has
+        # one open or pending, drifts or its level starts drifting (``Cohort.busy``); the others' quiet
+        # points pass without a visit (their trackers need no clock while nothing is pending).
+        visit = np.logical_or.reduceat(alarm, seg.start) | cohort.busy[seg.slot]
         if drift is not None:
-            drift_any = np.logical_or.reduceat(drift, seg.start).tolist()
-            drift_all = np.logical_and.reduceat(drift, seg.start).tolist()
+            visit |= np.logical_or.reduceat(drift, seg.start) & with_level
+        visit[list(own)] = True
         bounds = list(zip(seg.start.tolist(), seg.end.tolist()))
         np.add.at(cohort.scored, seg.slot, seg.length)
         div = rows.divergence
         alerts_of: dict[int, list] = {}
-        for s, ent in enumerate(rows.entities):
-            a, b = bounds[s]
-            inc, was = ent.incidents, ent.drift_start is not None
+        for s in np.flatnonzero(visit).tolist():
+            ent, (a, b) = rows.entities[s], bounds[s]
             level = own.get(s)
-            if level is not None:
-                moved = bool((level.drift != was).any())
-            elif drift is not None and with_level[s]:
-                moved = not drift_all[s] if was else drift_any[s]
-                if moved:
-                    level = LevelOut(np.ones(b - a), drift[a:b], median[a:b])
-            else:
-                moved = False
-            if not (alarmed[s] or moved or inc.open is not None or inc.candidates):
-                inc.seen += b - a
-                continue
+            if level is None and drift is not None and with_level[s]:
+                level = LevelOut(np.ones(b - a), drift[a:b], median[a:b])
             sl = slice(a, b)
             scores = Scores(rows.reconstruction[sl], channel[sl], None if div is None or np.isnan(div[a]) else div[sl])
             alerts = self._alerts(ent, ts[sl], score[sl], thr[sl], alarm[sl], channel[sl], scores, level)
             if alerts:
                 alerts_of[s] = alerts
+            inc = ent.incidents
+            cohort.busy[ent.slot] = inc.open is not None or bool(inc.candidates) or ent.drift_start is not None
         if self.board is not None:
-            self.board.observe_many(rows.entities, bounds, ts, score, thr, channel, rows.values, alerts_of)
+            passable = ~(cohort.busy[seg.slot] | cohort.watched[seg.slot])
+            passable[list(alerts_of)] = False
+            self.board.observe_many(rows.entities, bounds, ts, score, thr, channel, rows.values, alerts_of, passable)
         self._publish(rows, bounds, score, thr, channel, alerts_of, out)
 
     def _publish(self, rows: Rows, bounds: list, score: np.ndarray, thr: np.ndarray, channel: np.ndarray,
@@ -832,10 +842,12 @@ class Pipeline:
         channels = channel if self.settings.score_channels else None
         records = encode_score_records([e.entity for e in rows.entities], [e.model for e in rows.entities],
                                        bounds, ts, score, thr, channels, fresh)
+        scores = out.scores
         for s, values in records:
             ent = rows.entities[s]
             key = ent.entity.encode()
-            out.scores.extend(Record(ent.partition, key, value) for value in values)
+            for value in values:
+                scores.append(Record(ent.partition, key, value))
         for s, alerts in alerts_of.items():
             ent = rows.entities[s]
             key = ent.entity.encode()

@@ -37,6 +37,7 @@ class EntityTrace:
         self.seen = 0.0  # wall clock of the last reading scored
         self.models: list[dict] = []  # the models that served it here, oldest first (at most 20)
         self.why: str | None = None  # why its model: auto's record (training.selection), None for a named one
+        self.ent = None  # the entity's state (scoring.pipeline.EntityState) as last observed
 
     def extend(self, ts, score, threshold, channel, raw=None) -> None:
         k = len(ts)
@@ -113,18 +114,17 @@ class Board:
         self.labels: dict[str, str] = {}  # alert id -> label given on this dashboard (bounded)
 
     # ---- writers (hot path) --------------------------------------------------------------------
-    def observe_many(self, entities, bounds, ts, score, threshold, channel, raw, alerts: dict) -> None:
+    def observe_many(self, entities, bounds, ts, score, threshold, channel, raw, alerts: dict, passable) -> None:
         """A cohort's micro-batch (``scoring.pipeline.Observer``). When ``max_traces`` entities already
-        have a trace, a quiet entity without one is passed over: a fleet of ten thousand costs a lookup
-        each, and the traces go to the entities that alert (they displace the longest-quiet ones)."""
+        have a trace, the quiet entities without one (``passable``) are passed over in one step: a fleet
+        of ten thousand costs nothing each, and the traces go to the entities that alert (they displace
+        the longest-quiet ones)."""
         room = len(self.entities) < self.max_traces
-        for s, ent in enumerate(entities):
-            mine = alerts.get(s, ())
-            if not room and ent.entity not in self.entities and not mine and ent.incidents.open is None \
-                    and ent.drift_start is None:
+        for s in range(len(entities)) if room else np.flatnonzero(~passable).tolist():
+            if not room and passable[s]:
                 continue
             a, b = bounds[s]
-            self.observe(ent, ts[a:b], score[a:b], threshold[a:b], channel[a:b], mine, raw[a:b])
+            self.observe(entities[s], ts[a:b], score[a:b], threshold[a:b], channel[a:b], alerts.get(s, ()), raw[a:b])
             room = len(self.entities) < self.max_traces
 
     def observe(self, ent, ts, score, threshold, channel, alerts: list[dict], raw=None) -> None:
@@ -134,6 +134,7 @@ class Board:
             while len(self.entities) >= self.max_traces:
                 self._drop_one()
         self.entities[ent.entity] = t  # now the most recent
+        t.ent, ent.watched = ent, True
         if ent.model != t.model and len(ts):  # a new model (first seen, or swapped in by the trainer)
             t.models.append({"model": ent.model, "since": float(ts[0])})
             del t.models[:-20]
@@ -162,9 +163,12 @@ class Board:
         else the oldest (looking no further keeps this O(1) when most traces are alerting)."""
         for name, t in itertools.islice(self.entities.items(), 16):
             if t.state in ("normal", "warming up", "no model", "no model, warming up"):
-                del self.entities[name]
-                return
-        self.entities.pop(next(iter(self.entities)))
+                break
+        else:
+            name = next(iter(self.entities))
+        t = self.entities.pop(name)
+        if self.pipeline is None or self.pipeline.entities.get(name) is t.ent:  # not a slot another has now
+            t.ent.watched = False
 
     def forget(self, entity: str) -> None:
         """The entity left the worker's memory (evicted, or its partition went to another worker)."""
