@@ -253,6 +253,13 @@ class Levels:
         span = self.window[seg.row_slot] / self.BLOCKS
         blocks = np.floor(np.asarray(ts, np.float64) / span).astype(np.int64)
         slot = seg.row_slot
+        if len(x):
+            # entities whose rows all lie in one block after the one they fill (every entity's first
+            # reading, and the hour-to-hour turn of a fleet): that block begins in one step for all of them
+            first, last = blocks[seg.start], blocks[seg.end - 1]
+            turn = np.flatnonzero((first != self.block[seg.slot]) & (first == last))
+            if len(turn):
+                self._begin_many(seg.slot[turn], first[turn], np.asarray(ts, np.float64)[seg.start[turn]])
         # the fast rows: every row of the segment in the block its entity is filling, and room for the
         # scores kept (every step-th of the block's), so no entity needs a visit of its own
         at = self.count[slot] + seg.pos
@@ -305,6 +312,33 @@ class Levels:
                 self.back_since[slot] = t
             if t - self.back_since[slot] >= self.window[slot]:
                 self.drifting[slot], self.back_since[slot] = False, np.nan
+
+    def _begin_many(self, slots: np.ndarray, blocks: np.ndarray, t: np.ndarray) -> None:
+        """``_begin`` of many slots (distinct) at once: the same medians, levels and drift states."""
+        current = self.block[slots]
+        n = self.kept_n[slots]
+        close = np.flatnonzero((current != NONE) & (n > 0))
+        if len(close):  # the block being filled closes: the upper median of its kept scores
+            cs, cn = slots[close], n[close]
+            kept = np.where(np.arange(self.KEEP) < cn[:, None], self.kept[cs], np.inf)
+            ring = current[close] % self.BLOCKS
+            self.medians[cs, ring] = np.sort(kept, axis=1)[np.arange(len(cs)), cn // 2]
+            self.median_block[cs, ring] = _low32(current[close])
+        self.block[slots], self.kept_n[slots], self.count[slots], self.step[slots] = blocks, 0, 0, 1
+        window = blocks[:, None] - self.BLOCKS + np.arange(self.BLOCKS)  # the blocks before each
+        ring = window % self.BLOCKS
+        medians = self.medians[slots[:, None], ring]
+        there = (self.median_block[slots[:, None], ring] == _low32(window)) & ~np.isnan(medians)
+        values = np.where(there, medians, self.base[slots][:, None])
+        m = np.partition(values, self.BLOCKS // 2, axis=1)[:, self.BLOCKS // 2]
+        self.recent_median[slots], self.scale[slots] = m, np.maximum(1.0, m / self.base[slots])
+        up = m > self.base_threshold[slots]
+        drifting, back = self.drifting[slots], self.back_since[slots]
+        under = ~up & drifting  # drifting, and its level back at or under the threshold
+        back = np.where(up, np.nan, np.where(under & np.isnan(back), t, back))
+        over = under & (t - back >= self.window[slots])  # back under for a whole window: no longer drifting
+        self.drifting[slots] = (drifting | up) & ~over
+        self.back_since[slots] = np.where(over, np.nan, back)
 
     def _keep(self, slot: int, x: np.ndarray) -> None:
         """Add a run of the current block's scores: those at multiples of ``step`` are kept, and the step

@@ -65,9 +65,9 @@ class Observer(Protocol):
                      score: np.ndarray, threshold: np.ndarray, channel: np.ndarray, raw: np.ndarray,
                      alerts: dict[int, list[dict]], passable: np.ndarray) -> None:
         """A cohort's rows of one micro-batch: entity ``s`` has rows ``bounds[s]`` and ``alerts[s]``.
-        ``passable[s]``: entity ``s`` is quiet (no alert, no incident open or pending, not drifting) and
-        not watched (``EntityState.watched``): an observer that keeps only some entities may pass it over
-        without a look."""
+        ``passable[s]``: entity ``s`` has no alert in this micro-batch and is not watched
+        (``EntityState.watched``): an observer that keeps only some entities may pass it over without a
+        look (an entity gets a trace as it alerts, not at every point of a long incident)."""
 
     def inference(self, seconds: float) -> None: ...
 
@@ -130,6 +130,10 @@ class Cohort:
         # quiet points pass in one step: ``Pipeline._finish``)
         self.busy = np.zeros(0, bool)
         self.watched = np.zeros(0, bool)  # an observer keeps its points (the dashboard's traces: ``Observer``)
+        # where its windows are scored (``Pipeline._place``): its detector's group (-1: a streaming detector
+        # of its own) and that detector's row in the group's stack
+        self.stack_group = np.zeros(0, np.int32)
+        self.stack_row = np.zeros(0, np.int32)
         self.size, self.free = 0, []
 
     def alloc(self) -> int:
@@ -148,6 +152,8 @@ class Cohort:
             self.touched = grow(self.touched, capacity)
             self.busy = grow(self.busy, capacity)
             self.watched = grow(self.watched, capacity)
+            self.stack_group = grow(self.stack_group, capacity, -1)
+            self.stack_row = grow(self.stack_row, capacity)
         self.busy[slot] = self.watched[slot] = False
         return slot
 
@@ -220,8 +226,9 @@ class EntityState:
         self.cohort, self.slot = cohort, cohort.alloc()
         cohort.windows.reset(self.slot, getattr(detector, "mean", None))
         cohort.smoothing.reset(self.slot)
-        cohort.levels.reset(self.slot)
-        if cohort.spot is not None:
+        if start is None:  # else ``begin`` sets them
+            cohort.levels.reset(self.slot)
+        if cohort.spot is not None and (start is None or start.spot is None):
             cohort.spot.reset(self.slot, **settings.threshold_config())
         self.last_ts = -math.inf
         self.other_threshold = None  # a threshold of another kind than SPOT (per entity), once calibrated
@@ -405,6 +412,8 @@ class Pipeline:
         self.stacks: dict[tuple, Stack] = {}  # stack key -> the stacked models of that kind (detectors.base)
         self.starts: dict[int, tuple[Detector, Start]] = {}  # id(detector) -> (it, its calibration)
         self.stack_keys: dict[int, tuple[Detector, tuple]] = {}  # id(detector) -> (it, its stack key)
+        self.groups: dict[tuple, int] = {}  # stack key -> its number (``Cohort.stack_group``)
+        self.group_keys: list[tuple] = []  # number -> stack key
         self.channel_maps: dict[tuple, ChannelMap] = {}  # channel names -> the map their entities share
         self.partitions: dict[int, PartitionState] = defaultdict(PartitionState)
         self.metrics = Counter()
@@ -449,6 +458,7 @@ class Pipeline:
             channels = self.channel_maps[tuple(names)] = ChannelMap(names)
         ent = EntityState(entity, partition, names, det, self.settings, self._cohort(names, det), self.start(det),
                           channels)
+        ent.cohort.stack_group[ent.slot], ent.cohort.stack_row[ent.slot] = self._place(det)
         if det is not None and self.models.get(entity) is det:
             self.starts.pop(id(det), None)  # its own model: no other entity starts from it
         return ent
@@ -473,9 +483,7 @@ class Pipeline:
         dets = list({id(d): d for d in self.models.values()}.values())
         for det in tqdm(dets, desc="calibrating models", unit="model", disable=not progress or len(dets) < 100):
             self.start(det)
-            key = self._stack_key(det)
-            if key[0] != "one" and len(dets) > 1:  # a model of its kind among others: a row of their stack now
-                self.stacks.setdefault(key, Stack()).row(det)
+            self._place(det)  # its row of its kind's stack, now
 
     def _entity(self, readings: Readings, partition: int) -> EntityState | None:
         """The entity's state: in memory, or new (None when the worker holds ``max_entities`` already)."""
@@ -700,7 +708,7 @@ class Pipeline:
             rows.reconstruction = np.zeros(r, np.float32)
             rows.channel = np.zeros((r, cohort.channels), np.float32)
             rows.warming = np.zeros(len(seg.slot), np.int64)
-            streaming = np.array([e.streaming is not None for e in rows.entities])
+            streaming = cohort.stack_group[seg.slot] < 0
             if streaming.any():
                 cold = seg.select(streaming)
                 cohort.windows.extend(cold, rows.values[seg.rows_of(streaming)])
@@ -719,22 +727,21 @@ class Pipeline:
             # each window's new rows are its last ``count`` rows, in row order: its rows in the batch
             ends = np.cumsum(counts) - 1
             owner = mseg.row_seg[ends]  # the (model) segment of each window
-            dets = [rows.entities[s].detector for s in np.flatnonzero(model).tolist()]
-            groups: dict = {}
-            for i, det in enumerate(dets):
-                groups.setdefault(self._stack_key(det), []).append(i)
-            for key, members in groups.items():
-                take = np.isin(owner, members)
+            of_model = np.flatnonzero(model)  # model segment -> segment
+            group, stack_row = cohort.stack_group[mseg.slot], cohort.stack_row[mseg.slot]
+            for g in np.unique(group).tolist():
+                members = np.flatnonzero(group == g)
+                key = self.group_keys[g]
+                take = np.isin(owner, members) if len(members) < len(group) else np.ones(len(owner), bool)
                 w, c = windows[take], counts[take]
-                dets_here = {id(dets[i]): dets[i] for i in members}
-                det = dets[members[0]]
+                det = rows.entities[int(of_model[members[0]])].detector
                 if det.context is not None:  # a point-wise model needs only the rows it scores
                     w = w[:, -max(det.context, int(c.max())):]
-                if len(dets_here) == 1:
+                at = stack_row[owner[take]]
+                if key[0] == "one" or (at == at[0]).all():  # one detector
                     jobs.append((det, w, None))
                 else:
-                    stack = self.stacks.setdefault(key, Stack())
-                    jobs.append((stack, w, np.array([stack.row(dets[i]) for i in owner[take].tolist()])))
+                    jobs.append((self.stacks[key], w, at))
                 mask = np.arange(w.shape[1]) >= w.shape[1] - c[:, None]
                 places.append((rows, mrows[np.flatnonzero(np.repeat(take, counts))], mask))
         if not jobs:
@@ -749,6 +756,19 @@ class Pipeline:
             rows.channel[at] = scores.channel[mask]
             if scores.divergence is not None:
                 self._divergence(rows)[at] = scores.divergence[mask]
+
+    def _place(self, det: Detector | None) -> tuple[int, int]:
+        """Where ``det``'s windows are scored: the number of its stack key and its row in that key's stack
+        (``Stack``); (-1, 0) without a detector (a streaming detector of the entity's own). Asked once per
+        entity, so that a micro-batch groups its entities' windows in numpy steps."""
+        if det is None:
+            return -1, 0
+        key = self._stack_key(det)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = len(self.group_keys)
+            self.group_keys.append(key)
+        return group, 0 if key[0] == "one" else self.stacks.setdefault(key, Stack()).row(det)
 
     def _stack_key(self, det: Detector) -> tuple:
         """The group ``det``'s windows are scored in (``Detector.stack_key``, or its own), asked once."""
@@ -825,7 +845,7 @@ class Pipeline:
             inc = ent.incidents
             cohort.busy[ent.slot] = inc.open is not None or bool(inc.candidates) or ent.drift_start is not None
         if self.board is not None:
-            passable = ~(cohort.busy[seg.slot] | cohort.watched[seg.slot])
+            passable = ~cohort.watched[seg.slot]
             passable[list(alerts_of)] = False
             self.board.observe_many(rows.entities, bounds, ts, score, thr, channel, rows.values, alerts_of, passable)
         self._publish(rows, bounds, score, thr, channel, alerts_of, out)
@@ -980,6 +1000,8 @@ class Pipeline:
             return
         new = self._state(entity, old.partition, list(detector.channels), detector)
         new.last_ts, new.incidents = old.last_ts, old.incidents
+        new.cohort.busy[new.slot] = old.incidents.open is not None or bool(old.incidents.candidates)
+        new.watched = old.watched
         new.set_counts(old.count_dict())
         new.suppress_scores_ts, new.suppress_alerts_ts = old.suppress_scores_ts, old.suppress_alerts_ts
         new.stored_at = old.stored_at

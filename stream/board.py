@@ -116,9 +116,9 @@ class Board:
     # ---- writers (hot path) --------------------------------------------------------------------
     def observe_many(self, entities, bounds, ts, score, threshold, channel, raw, alerts: dict, passable) -> None:
         """A cohort's micro-batch (``scoring.pipeline.Observer``). When ``max_traces`` entities already
-        have a trace, the quiet entities without one (``passable``) are passed over in one step: a fleet
-        of ten thousand costs nothing each, and the traces go to the entities that alert (they displace
-        the longest-quiet ones)."""
+        have a trace, the entities without one and without an alert now (``passable``) are passed over in
+        one step: a fleet of ten thousand costs nothing each, and the traces go to the entities as they
+        alert (they displace the longest-quiet ones)."""
         room = len(self.entities) < self.max_traces
         for s in range(len(entities)) if room else np.flatnonzero(~passable).tolist():
             if not room and passable[s]:
