@@ -348,6 +348,10 @@ def encode_score_records(entities: list[str], models: list[str], bounds: list[tu
     step = SCORE_MESSAGE_VALUES // 3
     if plain:
         t, sc, th = (c.tolist() for c in columns)
+        if keep is None and all(b - a <= step for a, b in bounds):
+            dumps = orjson.dumps
+            return [(s, [dumps({"entity": entities[s], "ts": t[a:b], "score": sc[a:b], "threshold": th[a:b],
+                                "model": models[s]})]) for s, (a, b) in enumerate(bounds)]
     out = []
     for s, (a, b) in enumerate(bounds):
         pick = slice(a, b)

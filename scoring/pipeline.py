@@ -126,6 +126,7 @@ class Cohort:
         self.floor = np.zeros(0)  # the lowest threshold served: nonzero after a degenerate calibration
         self.scored = np.zeros(0, np.int64)  # points scored, per entity (its other counts are its own)
         self.touched = np.zeros(0)  # monotonic time of the last micro-batch with a reading of it (eviction)
+        self.suppress_scores_ts = np.zeros(0)  # set by recovery: its score records up to this ts were published
         # its incidents need a visit whatever its scores: one is open or pending, or it drifts (the others'
         # quiet points pass in one step: ``Pipeline._finish``)
         self.busy = np.zeros(0, bool)
@@ -151,6 +152,7 @@ class Cohort:
             self.scored = grow(self.scored, capacity)
             self.touched = grow(self.touched, capacity)
             self.busy = grow(self.busy, capacity)
+            self.suppress_scores_ts = grow(self.suppress_scores_ts, capacity, -math.inf)
             self.watched = grow(self.watched, capacity)
             self.stack_group = grow(self.stack_group, capacity, -1)
             self.stack_row = grow(self.stack_row, capacity)
@@ -259,6 +261,7 @@ class EntityState:
     # ---- its slot of the cohort's state ---------------------------------------------------------------
     last_ts = CohortValue("last_ts")
     touched = CohortValue("touched")
+    suppress_scores_ts = CohortValue("suppress_scores_ts")
     watched = CohortValue("watched")  # set by an observer that keeps this entity's points (``Observer``)
     floor = CohortValue("floor")
     threshold_scale = CohortValue("threshold_scale")
@@ -502,7 +505,6 @@ class Pipeline:
                 readings.entity, (-math.inf, -math.inf))
             self.metrics["entities"] += 1
         ent.partition = partition
-        ent.touched = time.monotonic()
         return ent
 
     def _align(self, ent: EntityState, readings: Readings) -> np.ndarray | str:
@@ -618,6 +620,7 @@ class Pipeline:
                 return None
             seg = Segments(np.array([e.slot for e in ents]), per_ent[alive])
         cohort.last_ts[seg.slot] = ts[seg.last()]
+        cohort.touched[seg.slot] = time.monotonic()
         missing = np.add.reduceat(np.isnan(values).sum(1), seg.start)
         for ent, m, n in zip(ents, missing.tolist(), seg.length.tolist()):
             if m:
@@ -853,21 +856,13 @@ class Pipeline:
     def _publish(self, rows: Rows, bounds: list, score: np.ndarray, thr: np.ndarray, channel: np.ndarray,
                  alerts_of: dict[int, list], out: Outputs) -> None:
         """Each entity's score record and alerts, less what a recovery found already published."""
-        ts = rows.ts
-        suppress = [e.suppress_scores_ts for e in rows.entities]
-        if max(suppress) > -math.inf:
-            fresh = ts > np.repeat(suppress, rows.seg.length)
-        else:
-            fresh = None
+        ts, ents = rows.ts, rows.entities
+        suppress = rows.cohort.suppress_scores_ts[rows.seg.slot]
+        fresh = ts > np.repeat(suppress, rows.seg.length) if (suppress > -math.inf).any() else None
         channels = channel if self.settings.score_channels else None
-        records = encode_score_records([e.entity for e in rows.entities], [e.model for e in rows.entities],
-                                       bounds, ts, score, thr, channels, fresh)
-        scores = out.scores
-        for s, values in records:
-            ent = rows.entities[s]
-            key = ent.entity.encode()
-            for value in values:
-                scores.append(Record(ent.partition, key, value))
+        names = [e.entity for e in ents]
+        records = encode_score_records(names, [e.model for e in ents], bounds, ts, score, thr, channels, fresh)
+        out.scores += [Record(ents[s].partition, names[s].encode(), v) for s, values in records for v in values]
         for s, alerts in alerts_of.items():
             ent = rows.entities[s]
             key = ent.entity.encode()
@@ -944,9 +939,9 @@ class Pipeline:
             sl = slice(lo, hi)
             return ent.incidents.observe(ts[sl], score[sl], threshold[sl], alarm[sl], channel[sl], s.reconstruction[sl],
                                          None if s.divergence is None else s.divergence[sl], ent.names, ent.model)
-        if level is None:
-            return incidents(0, len(ts))
         was = ent.drift_start is not None
+        if level is None or not was and not level.drift.any():  # no drift edge
+            return incidents(0, len(ts))
         out, lo = [], 0
         for i in np.flatnonzero(level.drift != np.r_[was, level.drift[:-1]]).tolist():
             out += incidents(lo, i)
@@ -1077,6 +1072,8 @@ class Pipeline:
 
     async def _load_evicted(self, by_entity: dict[str, list]) -> None:
         """Bring the batch's evicted entities back into memory, from their last state records."""
+        if not any(part.evicted for part in self.partitions.values()):
+            return
         wanted: dict[int, list[str]] = defaultdict(list)
         for name, items in by_entity.items():
             if name not in self.entities:
