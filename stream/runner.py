@@ -74,6 +74,7 @@ class Runner:
         self.settings = settings
         self.pipeline = pipeline
         self.lock = asyncio.Lock()
+        self.checkpointing = asyncio.Lock()  # one checkpoint at a time (the timer's, a rebalance's, the last)
         self.producer = None
         self.consumer = None
         self.recovered: set[int] = set()
@@ -292,58 +293,73 @@ class Runner:
     async def checkpoint(self) -> None:
         """Make entity state durable, then commit the offsets it covers; then evict idle entities.
 
-        A partition at a time, each under the lock: a partition's state and offsets are taken at one
-        instant between micro-batches, and the other partitions' readings are scored in between, so a
-        checkpoint of many entities holds scoring up for a partition's share of it, not all of it."""
-        async with self.lock:
-            if self.producer is None or not self.recovered:
-                return
-            await self.settle()
-            if not await self.confirm():
-                return
-            parts = set(self.pending) | {p for p, s in self.pipeline.partitions.items() if s.dirty}
-            parts &= self.recovered
-        spent = 0.0
-        for p in sorted(parts):
+        A partition at a time, and only its snapshot under the lock: its outputs acknowledged, its state
+        records and offset taken at one instant between micro-batches. Handing the records to the
+        producer, the broker's acknowledgements and the offset commit happen while micro-batches are
+        scored: a fleet's checkpoint is megabytes, and waiting for them under the lock held every
+        reading up for a second."""
+        async with self.checkpointing:
+            async with self.lock:
+                if self.producer is None or not self.recovered:
+                    return
+                await self.settle()
+                if not await self.confirm():
+                    return
+                parts = set(self.pending) | {p for p, s in self.pipeline.partitions.items() if s.dirty}
+                parts &= self.recovered
+            spent = 0.0
+            for p in sorted(parts):
+                async with self.lock:
+                    t0 = time.perf_counter()
+                    if p not in self.recovered:
+                        continue
+                    snapshot = await self._snapshot(p)
+                    spent += time.perf_counter() - t0
+                if snapshot is None:
+                    return
+                t0 = time.perf_counter()
+                sent = await self._send_batches(self.settings.topics.state, p, snapshot[0])
+                spent += time.perf_counter() - t0
+                if not await self._commit_partition(p, sent, snapshot[1]):
+                    return
             async with self.lock:
                 t0 = time.perf_counter()
-                if p not in self.recovered:
-                    continue
-                ok = await self._checkpoint_partition(p)
+                self.pipeline.evict()
                 spent += time.perf_counter() - t0
-                if not ok:
-                    return
-        async with self.lock:
-            t0 = time.perf_counter()
-            self.pipeline.evict()
-            spent += time.perf_counter() - t0
-        self.timings["checkpoint"] += spent
-        self.checkpoint_due = time.monotonic() + 9 * spent
+            self.timings["checkpoint"] += spent
+            self.checkpoint_due = time.monotonic() + 9 * spent
 
-    async def _checkpoint_partition(self, p: int) -> bool:
-        """One partition's state records, then its offset commit (outputs acknowledged first); False when
-        the group has moved on (the partitions are then dropped)."""
+    async def _snapshot(self, p: int) -> tuple[list[tuple[bytes, bytes]], int | None] | None:
+        """Under the lock: partition ``p``'s state records and the offset they cover, once the outputs of
+        every micro-batch before them are acknowledged; None when the group has moved on."""
         await self.settle()  # the outputs of every micro-batch that the offsets below cover
         if not await self.confirm():
-            return False
-        for keys, fut in await self._send_batches(self.settings.topics.state, p, self.pipeline.checkpoint(p)):
+            return None
+        return self.pipeline.checkpoint(p), self.pending.get(p)
+
+    async def _commit_partition(self, p: int, sent: list, offset: int | None) -> bool:
+        """Once the state records of a snapshot are acknowledged, commit the offset it covers; False when
+        the group has moved on (the partitions are then dropped)."""
+        for keys, fut in sent:
             first = (await fut).offset
             for i, key in enumerate(keys):
                 self.pipeline.stored(p, key, first + i)
-        if p not in self.pending:
+        if offset is None or p not in self.recovered:
             return True
-        commit = {self.tp(p): OffsetAndMetadata(self.pending[p], "")}
         try:
-            await self.consumer.commit(commit)
+            await self.consumer.commit({self.tp(p): OffsetAndMetadata(offset, "")})
         except (CommitFailedError, IllegalStateError) as exc:
             # The state written is correct for its offsets; the new owner replays from its
             # own view of the commits and suppresses what was already published.
             log.warning("offset commit refused (%s); partitions %s go to their new owner",
                         type(exc).__name__, sorted(self.recovered))
-            self._forget(sorted(self.recovered))
+            async with self.lock:
+                self._forget(sorted(self.recovered))
             return False
         self.confirmed_at = time.monotonic()
-        self.committed[p] = self.pending.pop(p)
+        self.committed[p] = offset
+        if self.pending.get(p) == offset:  # no micro-batch of p since the snapshot
+            del self.pending[p]
         return True
 
     def _lag(self) -> dict[int, int]:
