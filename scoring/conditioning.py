@@ -352,13 +352,16 @@ class Levels:
         self.kept[slot, :len(kept)], self.kept_n[slot] = kept, len(kept)
 
     def to_state(self, slot: int) -> dict:
-        ok = ~np.isnan(self.medians[slot])
+        ok = np.flatnonzero(~np.isnan(self.medians[slot]))
         block = int(self.block[slot])
-        low = self.median_block[slot][ok].astype(np.int64)
-        # the blocks a ring holds are before the one being filled: each is that less its distance in low bits
-        blocks = block - (int(_low32(block)) - low) % 2**32 if block != NONE else low
-        fresh = blocks >= block - self.BLOCKS if block != NONE else np.ones(len(blocks), bool)
-        medians = sorted(zip(blocks[fresh].tolist(), self.medians[slot][ok][fresh].tolist()))
+        if len(ok):
+            low = self.median_block[slot, ok].astype(np.int64)
+            # the blocks a ring holds are before the one being filled: each is that less its distance in low bits
+            blocks = block - (int(_low32(block)) - low) % 2**32 if block != NONE else low
+            fresh = blocks >= block - self.BLOCKS if block != NONE else np.ones(len(blocks), bool)
+            medians = sorted(zip(blocks[fresh].tolist(), self.medians[slot, ok][fresh].tolist()))
+        else:  # a young entity: no block completed yet
+            medians = []
         back = float(self.back_since[slot])
         return {"window": float(self.window[slot]), "base": float(self.base[slot]),
                 "base_threshold": float(self.base_threshold[slot]), "medians": [[b, m] for b, m in medians],

@@ -158,7 +158,7 @@ class Windows:
         n = int(self.count[slot])
         kept = self.history[slot, self.history.shape[1] - n:] if n else self.history[slot, :0]
         rows = base64.b64encode(np.ascontiguousarray(kept, "<f4").tobytes()).decode() if history else None
-        return {"history": rows, "last": [None if np.isnan(v) else float(v) for v in self.last[slot]]}
+        return {"history": rows, "last": [None if v != v else v for v in self.last[slot].tolist()]}  # NaN: none
 
     def load_state(self, slot: int, state: dict) -> None:
         rows = state["history"]
