@@ -285,6 +285,11 @@ class EntityState:
     def level(self) -> Level | None:
         return Level(0, 0, 0, columns=self.cohort.levels, slot=self.slot) if self.cohort.levels.on[self.slot] else None
 
+    def note_busy(self) -> None:
+        """Tell the cohort whether its incidents need a visit whatever its scores (``Cohort.busy``)."""
+        inc = self.incidents
+        self.cohort.busy[self.slot] = inc.open is not None or bool(inc.candidates) or self.drift_start is not None
+
     def release(self) -> None:
         """The entity leaves this worker's memory: its slot goes to the next entity."""
         self.cohort.release(self.slot)
@@ -361,8 +366,7 @@ class EntityState:
         self.incidents.load_state(state["incident"])
         self.set_counts(state["counts"])
         self.drift_start = state.get("drift_start")
-        inc = self.incidents
-        self.cohort.busy[self.slot] = inc.open is not None or bool(inc.candidates) or self.drift_start is not None
+        self.note_busy()
         if state["model"] == self.model:  # a new model version recalibrates from scratch
             if state["threshold"] is not None:
                 saved = state["threshold"]
@@ -845,8 +849,7 @@ class Pipeline:
             alerts = self._alerts(ent, ts[sl], score[sl], thr[sl], alarm[sl], channel[sl], scores, level)
             if alerts:
                 alerts_of[s] = alerts
-            inc = ent.incidents
-            cohort.busy[ent.slot] = inc.open is not None or bool(inc.candidates) or ent.drift_start is not None
+            ent.note_busy()
         if self.board is not None:
             passable = ~cohort.watched[seg.slot]
             passable[list(alerts_of)] = False
@@ -995,7 +998,7 @@ class Pipeline:
             return
         new = self._state(entity, old.partition, list(detector.channels), detector)
         new.last_ts, new.incidents = old.last_ts, old.incidents
-        new.cohort.busy[new.slot] = old.incidents.open is not None or bool(old.incidents.candidates)
+        new.note_busy()
         new.watched = old.watched
         new.set_counts(old.count_dict())
         new.suppress_scores_ts, new.suppress_alerts_ts = old.suppress_scores_ts, old.suppress_alerts_ts
