@@ -348,10 +348,13 @@ def encode_score_records(entities: list[str], models: list[str], bounds: list[tu
     step = SCORE_MESSAGE_VALUES // 3
     if plain:
         t, sc, th = (c.tolist() for c in columns)
+
+        def record(s: int, a: int, b: int) -> bytes:
+            return orjson.dumps({"entity": entities[s], "ts": t[a:b], "score": sc[a:b], "threshold": th[a:b],
+                                 "model": models[s]})
+
         if keep is None and all(b - a <= step for a, b in bounds):
-            dumps = orjson.dumps
-            return [(s, [dumps({"entity": entities[s], "ts": t[a:b], "score": sc[a:b], "threshold": th[a:b],
-                                "model": models[s]})]) for s, (a, b) in enumerate(bounds)]
+            return [(s, [record(s, a, b)]) for s, (a, b) in enumerate(bounds)]
     out = []
     for s, (a, b) in enumerate(bounds):
         pick = slice(a, b)
@@ -362,8 +365,7 @@ def encode_score_records(entities: list[str], models: list[str], bounds: list[tu
             if len(rows) < b - a:
                 pick = a + rows
         if plain and type(pick) is slice and b - a <= step:
-            out.append((s, [orjson.dumps({"entity": entities[s], "ts": t[a:b], "score": sc[a:b],
-                                          "threshold": th[a:b], "model": models[s]})]))
+            out.append((s, [record(s, a, b)]))
             continue
         out.append((s, encode_scores(entities[s], ts[pick], score[pick], threshold[pick], models[s],
                                      None if channels is None else channels[pick])))
