@@ -827,8 +827,6 @@ class Pipeline:
             ent, sl = rows.entities[s], slice(int(seg.start[s]), int(seg.end[s]))
             thr[sl], alarm[sl], own[s] = self._threshold(ent, ts[sl], score[sl], int(rows.warming[s]))
         # Per entity, only what is its own: Python visits an entity's incidents only where it alarms, has
-        # one open or pending, or its level starts or stops drifting; every other entity is one count.
-        # Per entity, only what is its own: Python visits an entity's incidents only where it alarms, has
         # one open or pending, drifts or its level starts drifting (``Cohort.busy``); the others' quiet
         # points pass without a visit (their trackers need no clock while nothing is pending).
         visit = np.logical_or.reduceat(alarm, seg.start) | cohort.busy[seg.slot]

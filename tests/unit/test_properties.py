@@ -142,3 +142,33 @@ def test_pipeline_scores_or_dead_letters_every_message_and_replays_identically(i
         restored.restore(0, orjson.loads(dict(log)[META_KEY]), {k: i for i, (k, _) in enumerate(log) if k != META_KEY})
         rest = [asyncio.run(restored.process(b)) for b in batches[cut:]]
         assert _bytes(rest) == _bytes(outs[cut:])
+
+
+_floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+@given(st.lists(st.tuples(st.text(max_size=12), st.text(max_size=12),
+                          st.lists(st.tuples(_floats, _floats, _floats), min_size=1, max_size=4)), max_size=6),
+       st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_score_records_are_the_json_of_their_dicts(entities, with_keep):
+    """The joined score records (``encode_score_records``) are byte for byte ``orjson.dumps`` of each
+    record's dict, whatever the entity and model names (quotes, escapes, any unicode) and the numbers
+    (NaN, infinities, subnormals), with and without rows left out."""
+    from scoring.codec import encode_score_records
+
+    bounds, rows = [], []
+    for _, _, points in entities:
+        bounds.append((len(rows), len(rows) + len(points)))
+        rows += points
+    ts, score, thr = (np.array([r[i] for r in rows], np.float64) for i in range(3))
+    keep = np.arange(len(rows)) % 3 != 1 if with_keep else None
+    got = encode_score_records([e[0] for e in entities], [e[1] for e in entities], bounds, ts, score, thr,
+                               keep=keep)
+    want = []
+    for s, ((name, model, _), (a, b)) in enumerate(zip(entities, bounds)):
+        pick = [i for i in range(a, b) if keep is None or keep[i]]
+        if pick:
+            want.append((s, [orjson.dumps({"entity": name, "ts": ts[pick].tolist(), "score": score[pick].tolist(),
+                                           "threshold": thr[pick].tolist(), "model": model})]))
+    assert got == want
