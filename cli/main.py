@@ -31,6 +31,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share above 0 and at most 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {value}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -185,10 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "cold start: learnt from, never judged or blamed (a trained model carries its own)")
     p.add_argument("--detector", default=None, metavar="HOST:PORT",
                    help="score in a `vigil detector` process (e.g. one per GPU) instead of in this process")
-    p.add_argument("--batch-size", type=_positive, default=d.batch_size, help="messages per micro-batch")
+    p.add_argument("--batch-size", type=_positive, default=d.batch_size, help="messages per micro-batch, at most")
+    p.add_argument("--batch-seconds", type=_positive_seconds, default=d.batch_seconds,
+                   help="when behind, micro-batches hold as many messages as score in about this long")
     p.add_argument("--batch-wait", type=float, default=d.batch_wait, help="seconds a micro-batch waits")
     _scoring_args(p)
-    p.add_argument("--checkpoint-interval", type=float, default=d.checkpoint_interval)
+    p.add_argument("--checkpoint-interval", type=float, default=d.checkpoint_interval,
+                   help="seconds between checkpoints, at least")
+    p.add_argument("--checkpoint-share", type=_share, default=d.checkpoint_share,
+                   help="the most of the worker's time checkpoints may take (a fleet's are long: the next "
+                        "waits until the share is kept)")
     p.add_argument("--max-message-bytes", type=_positive, default=d.max_message_bytes,
                    help="larger readings messages are dead-lettered (oversized)")
     p.add_argument("--max-future", type=_duration, default=d.max_future,
@@ -370,9 +396,9 @@ def settings_from_args(args) -> Settings:
     from scoring import thresholds
 
     s = Settings(broker=broker_from_env(args.broker))
-    for name in ("partitions", "replication", "group", "window", "hop", "batch_size", "batch_wait", "threshold",
+    for name in ("partitions", "replication", "group", "window", "hop", "batch_size", "batch_seconds", "batch_wait", "threshold",
                  "calibration", "calibration_points", "cold_calibration_points", "fusion", "smooth", "level_window", "top_k", "open_after", "open_window", "close_after",
-                 "checkpoint_interval", "session_timeout", "rebalance_timeout", "device", "score_channels",
+                 "checkpoint_interval", "checkpoint_share", "session_timeout", "rebalance_timeout", "device", "score_channels",
                  "web_host", "web_port", "web_token", "detector", "max_message_bytes", "max_future",
                  "entity_ttl", "max_live_entities", "max_entities", "torch_threads"):
         setattr(s, name, getattr(args, name, getattr(s, name)))

@@ -51,9 +51,19 @@ class Settings:
     # windows and micro-batches
     window: int = 32
     hop: int = 16
-    batch_size: int = 5000  # messages per micro-batch (at most: a fetch may hold fewer)
+    # Micro-batches are sized by time: when the worker is behind, each is as many messages as score in
+    # about batch_seconds (the last full batches' cost per message), up to batch_size. Large batches pay
+    # per-entity costs once for several readings of each entity (a fleet of 10,000 needs ~15,000
+    # messages); short ones keep the event loop answering (heartbeats, /metrics) whatever the form.
+    batch_size: int = 50_000  # messages per micro-batch, at most
+    batch_seconds: float = 0.25
     batch_wait: float = 0.1  # seconds a micro-batch waits for more messages
-    checkpoint_interval: float = 1.0
+    checkpoint_interval: float = 1.0  # seconds between checkpoints, at least (see checkpoint_share)
+    # Checkpoints take at most this share of a worker's time: after one that took d seconds the next waits
+    # at least d (1 / share - 1). A fleet's entities all change every second and cost tens of
+    # microseconds each to write, so 10,000 of them checkpoint every 8 s or so rather than every second;
+    # the price is replay after a crash (the readings since the last checkpoint are scored again).
+    checkpoint_share: float = 0.05
     # models: entity -> artefact directory; "*" is the default for entities with matching channels
     models: dict[str, str] = field(default_factory=dict)
     device: str = "auto"

@@ -69,6 +69,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
 class Runner:
     BATCH_FROM = 64  # records of one partition in one micro-batch from which they go as a batch of our own
+    FIRST_BATCH = 1000  # messages in the first micro-batches, until their cost is known (``_size_batches``)
 
     def __init__(self, settings: Settings, pipeline: Pipeline):
         self.settings = settings
@@ -88,6 +89,7 @@ class Runner:
         self.unacked_records = 0
         self.checkpoint_due = 0.0  # monotonic time before which the timer takes no checkpoint (``tick``)
         self.first_fetch: float | None = None  # wall clock of the first readings this process fetched
+        self.batch_limit = min(settings.batch_size, self.FIRST_BATCH)  # messages the next fetch may return
         pipeline.loader = self.load_states
 
     def tp(self, partition: int) -> TopicPartition:
@@ -138,7 +140,7 @@ class Runner:
         that say so (``Message.undecodable``), in offset order with the others."""
         s = self.settings
         try:
-            batch = await self.consumer.getmany(timeout_ms=int(s.batch_wait * 1000), max_records=s.batch_size)
+            batch = await self.consumer.getmany(timeout_ms=int(s.batch_wait * 1000), max_records=self.batch_limit)
         except Exception as exc:  # noqa: BLE001 - classified below
             if not undecodable(exc):
                 raise
@@ -185,7 +187,7 @@ class Runner:
     async def handle(self, messages: list[Message]) -> None:
         """Process one micro-batch and publish its outputs; its offsets commit at the next checkpoint."""
         async with self.lock:
-            mine = self.recovered
+            mine, fetched = self.recovered, len(messages)
             messages = [m for m in messages if m.partition in mine]  # fetched before a rebalance
             if messages and self.first_fetch is None:
                 self.first_fetch = time.time()
@@ -194,6 +196,7 @@ class Runner:
             t0 = time.perf_counter()
             out = await self.pipeline.process(messages)
             t1 = time.perf_counter()
+            self._size_batches(fetched, t1 - t0)
             if not await self.confirm():
                 return
             if self.pipeline.board is not None:
@@ -204,6 +207,16 @@ class Runner:
             for m in messages:
                 last = m.offset if m.undecodable is None else m.undecodable[0]
                 self.pending[m.partition] = max(self.pending.get(m.partition, 0), last + 1)
+
+    def _size_batches(self, fetched: int, seconds: float) -> None:
+        """After a full micro-batch (the worker is behind), size the next ones to score in about
+        ``settings.batch_seconds``: growing at most fourfold a step (a larger batch costs less per
+        message, so the estimate from a smaller one is pessimistic), shrinking at once, up to
+        ``settings.batch_size``. A batch that was not full says nothing of the backlog's pace."""
+        if fetched < self.batch_limit or seconds <= 0:
+            return
+        fit = int(self.settings.batch_seconds * fetched / seconds)
+        self.batch_limit = max(1, min(self.settings.batch_size, 4 * self.batch_limit, fit))
 
     async def publish(self, out: Outputs) -> None:
         """Hand a micro-batch's outputs to the producer. Where a partition has many records (a fleet's
@@ -284,9 +297,9 @@ class Runner:
 
     # ---- checkpoints ----------------------------------------------------------------------------
     async def tick(self) -> None:
-        """The checkpoint timer: a checkpoint when one is due. Checkpoints take at most a tenth of the
-        worker's time: after one that took d seconds the next waits at least 9 d (a fleet of 10,000
-        entities changes them all every second, and each costs tens of microseconds to write)."""
+        """The checkpoint timer: a checkpoint when one is due. Checkpoints take at most
+        ``settings.checkpoint_share`` of the worker's time (a fleet of 10,000 entities changes them all
+        every second, and each costs tens of microseconds to write)."""
         if time.monotonic() >= self.checkpoint_due:
             await self.checkpoint()
 
@@ -327,7 +340,7 @@ class Runner:
                 self.pipeline.evict()
                 spent += time.perf_counter() - t0
             self.timings["checkpoint"] += spent
-            self.checkpoint_due = time.monotonic() + 9 * spent
+            self.checkpoint_due = time.monotonic() + spent * (1 / self.settings.checkpoint_share - 1)
 
     async def _snapshot(self, p: int) -> tuple[list[tuple[bytes, bytes]], int | None] | None:
         """Under the lock: partition ``p``'s state records and the offset they cover, once the outputs of

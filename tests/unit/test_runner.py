@@ -162,7 +162,7 @@ def test_outputs_go_out_in_record_batches_and_the_checkpoint_records_their_last_
     assert r.pipeline.partitions[0].out_offsets == {"scores": 8}
 
 
-def test_a_checkpoint_goes_a_partition_at_a_time_and_the_next_waits_nine_times_its_length():
+def test_a_checkpoint_goes_a_partition_at_a_time_and_the_next_waits_out_its_share():
     r = runner()
     r.recovered = {0, 1}
     asyncio.run(r.handle([reading("a", 1.0, 0), Message(1, 0, b"b", orjson.dumps(
@@ -171,10 +171,32 @@ def test_a_checkpoint_goes_a_partition_at_a_time_and_the_next_waits_nine_times_i
     asyncio.run(r.tick())
     assert r.consumer.commits == [{0: 1}, {1: 1}], "each partition committed after its own state"
     spent = r.timings["checkpoint"]
-    assert spent > 0 and r.checkpoint_due >= before + 9 * spent
+    assert spent > 0 and r.checkpoint_due >= before + spent * (1 / r.settings.checkpoint_share - 1)
+    assert r.settings.checkpoint_share <= 0.1
     r.checkpoint_due = time.monotonic() + 60
     asyncio.run(r.handle([reading("a", 2.0, 1)]))
     asyncio.run(r.tick())
     assert len(r.consumer.commits) == 2, "not due yet: the timer takes no checkpoint"
     asyncio.run(r.checkpoint())  # a rebalance or shutdown checkpoints whatever is due
     assert r.consumer.commits[-1] == {0: 2}
+
+
+def test_micro_batches_are_sized_to_score_in_about_batch_seconds_when_behind():
+    r = runner()
+    r.settings.batch_seconds, r.settings.batch_size = 0.25, 50_000
+    assert r.batch_limit == Runner.FIRST_BATCH
+    r._size_batches(Runner.FIRST_BATCH, 0.01)  # full and fast: grows, at most fourfold a step
+    assert r.batch_limit == 4 * Runner.FIRST_BATCH
+    for _ in range(5):
+        r._size_batches(r.batch_limit, r.batch_limit * 20e-6)  # 20 us a message
+    assert r.batch_limit == 12_500, "converges on 0.25 s of scoring"
+    r._size_batches(100, 5.0)  # not full: the worker is not behind, nothing learnt
+    assert r.batch_limit == 12_500
+    r._size_batches(12_500, 2.5)  # a slow model or a larger form: shrinks at once
+    assert r.batch_limit == 1250
+    r._size_batches(1250, 100.0)
+    assert r.batch_limit == 3, "a batch of messages that each take long"
+    r.settings.batch_size = 2000
+    for _ in range(5):
+        r._size_batches(r.batch_limit, 1e-6)
+    assert r.batch_limit == 2000, "never beyond batch_size"
