@@ -184,6 +184,7 @@ def test_a_checkpoint_goes_a_partition_at_a_time_and_the_next_waits_out_its_shar
 def test_micro_batches_are_sized_to_score_in_about_batch_seconds_when_behind():
     r = runner()
     r.settings.batch_seconds, r.settings.batch_size = 0.25, 50_000
+    r.pipeline.entities = {f"e{i}": None for i in range(10_000)}  # a fleet: up to 2 readings each
     assert r.batch_limit == Runner.FIRST_BATCH
     r._size_batches(Runner.FIRST_BATCH, 0.01)  # full and fast: grows, at most fourfold a step
     assert r.batch_limit == 4 * Runner.FIRST_BATCH
@@ -200,3 +201,8 @@ def test_micro_batches_are_sized_to_score_in_about_batch_seconds_when_behind():
     for _ in range(5):
         r._size_batches(r.batch_limit, 1e-6)
     assert r.batch_limit == 2000, "never beyond batch_size"
+    r.settings.batch_size = 50_000
+    r.pipeline.entities = {"a": None, "b": None}
+    for _ in range(5):
+        r._size_batches(r.batch_limit, 1e-6)
+    assert r.batch_limit == Runner.ENOUGH, "a few entities: what amortises them is enough"
