@@ -41,16 +41,6 @@ def _share(text: str) -> float:
     return value
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {value}")
-    return value
-
-
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -206,8 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default=None, metavar="HOST:PORT",
                    help="score in a `vigil detector` process (e.g. one per GPU) instead of in this process")
     p.add_argument("--batch-size", type=_positive, default=d.batch_size, help="messages per micro-batch, at most")
-    p.add_argument("--batch-seconds", type=_positive_seconds, default=d.batch_seconds,
-                   help="when behind, micro-batches hold as many messages as score in about this long")
     p.add_argument("--batch-wait", type=float, default=d.batch_wait, help="seconds a micro-batch waits")
     _scoring_args(p)
     p.add_argument("--checkpoint-interval", type=float, default=d.checkpoint_interval,
@@ -396,7 +384,7 @@ def settings_from_args(args) -> Settings:
     from scoring import thresholds
 
     s = Settings(broker=broker_from_env(args.broker))
-    for name in ("partitions", "replication", "group", "window", "hop", "batch_size", "batch_seconds", "batch_wait", "threshold",
+    for name in ("partitions", "replication", "group", "window", "hop", "batch_size", "batch_wait", "threshold",
                  "calibration", "calibration_points", "cold_calibration_points", "fusion", "smooth", "level_window", "top_k", "open_after", "open_window", "close_after",
                  "checkpoint_interval", "checkpoint_share", "session_timeout", "rebalance_timeout", "device", "score_channels",
                  "web_host", "web_port", "web_token", "detector", "max_message_bytes", "max_future",

@@ -51,12 +51,9 @@ class Settings:
     # windows and micro-batches
     window: int = 32
     hop: int = 16
-    # Micro-batches are sized by time: when the worker is behind, each is as many messages as score in
-    # about batch_seconds (the last full batches' cost per message), up to batch_size. Large batches pay
-    # per-entity costs once for several readings of each entity (a fleet of 10,000 needs ~15,000
-    # messages); short ones keep the event loop answering (heartbeats, /metrics) whatever the form.
-    batch_size: int = 50_000  # messages per micro-batch, at most
-    batch_seconds: float = 0.25
+    # messages per micro-batch, at most: the worker takes two readings an entity held (a fleet's
+    # per-entity costs amortised), at least 5,000 (stream.runner.Runner.batch_limit)
+    batch_size: int = 50_000
     batch_wait: float = 0.1  # seconds a micro-batch waits for more messages
     checkpoint_interval: float = 1.0  # seconds between checkpoints, at least (see checkpoint_share)
     # Checkpoints take at most this share of a worker's time: after one that took d seconds the next waits

@@ -69,10 +69,10 @@ class _Rebalance(ConsumerRebalanceListener):
 
 class Runner:
     BATCH_FROM = 64  # records of one partition in one micro-batch from which they go as a batch of our own
-    FIRST_BATCH = 1000  # messages in the first micro-batches, until their cost is known (``_size_batches``)
-    # A micro-batch pays each entity's costs once (its score record, its rows' bookkeeping): two readings
-    # an entity amortise them; more only lengthens the pause and the arrays (8 entities score no faster
-    # in batches of 20,000 than of 5,000).
+    # A micro-batch pays each entity's costs once (its score record, its rows' bookkeeping): a fleet's
+    # batches hold two readings an entity to amortise them; a few entities' hold ENOUGH messages (8
+    # entities score no faster in batches of 20,000 than of 5,000, and a batch form's 5,000 messages
+    # are already 500,000 rows).
     READINGS_PER_ENTITY, ENOUGH = 2, 5000
 
     def __init__(self, settings: Settings, pipeline: Pipeline):
@@ -93,7 +93,6 @@ class Runner:
         self.unacked_records = 0
         self.checkpoint_due = 0.0  # monotonic time before which the timer takes no checkpoint (``tick``)
         self.first_fetch: float | None = None  # wall clock of the first readings this process fetched
-        self.batch_limit = min(settings.batch_size, self.FIRST_BATCH)  # messages the next fetch may return
         pipeline.loader = self.load_states
 
     def tp(self, partition: int) -> TopicPartition:
@@ -144,7 +143,7 @@ class Runner:
         that say so (``Message.undecodable``), in offset order with the others."""
         s = self.settings
         try:
-            batch = await self.consumer.getmany(timeout_ms=int(s.batch_wait * 1000), max_records=self.batch_limit)
+            batch = await self.consumer.getmany(timeout_ms=int(s.batch_wait * 1000), max_records=self.batch_limit())
         except Exception as exc:  # noqa: BLE001 - classified below
             if not undecodable(exc):
                 raise
@@ -191,7 +190,7 @@ class Runner:
     async def handle(self, messages: list[Message]) -> None:
         """Process one micro-batch and publish its outputs; its offsets commit at the next checkpoint."""
         async with self.lock:
-            mine, fetched = self.recovered, len(messages)
+            mine = self.recovered
             messages = [m for m in messages if m.partition in mine]  # fetched before a rebalance
             if messages and self.first_fetch is None:
                 self.first_fetch = time.time()
@@ -200,7 +199,6 @@ class Runner:
             t0 = time.perf_counter()
             out = await self.pipeline.process(messages)
             t1 = time.perf_counter()
-            self._size_batches(fetched, t1 - t0)
             if not await self.confirm():
                 return
             if self.pipeline.board is not None:
@@ -212,17 +210,10 @@ class Runner:
                 last = m.offset if m.undecodable is None else m.undecodable[0]
                 self.pending[m.partition] = max(self.pending.get(m.partition, 0), last + 1)
 
-    def _size_batches(self, fetched: int, seconds: float) -> None:
-        """After a full micro-batch (the worker is behind), size the next ones to score in about
-        ``settings.batch_seconds``: growing at most fourfold a step (a larger batch costs less per
-        message, so the estimate from a smaller one is pessimistic), shrinking at once, up to
-        ``settings.batch_size`` and to what amortises the entities held (``READINGS_PER_ENTITY``). A
-        batch that was not full says nothing of the backlog's pace."""
-        if fetched < self.batch_limit or seconds <= 0:
-            return
-        fit = int(self.settings.batch_seconds * fetched / seconds)
-        enough = max(self.ENOUGH, self.READINGS_PER_ENTITY * len(self.pipeline.entities))
-        self.batch_limit = max(1, min(self.settings.batch_size, enough, 4 * self.batch_limit, fit))
+    def batch_limit(self) -> int:
+        """Messages the next micro-batch may hold: two readings an entity held, at least ENOUGH, at most
+        ``settings.batch_size``."""
+        return min(self.settings.batch_size, max(self.ENOUGH, self.READINGS_PER_ENTITY * len(self.pipeline.entities)))
 
     async def publish(self, out: Outputs) -> None:
         """Hand a micro-batch's outputs to the producer. Where a partition has many records (a fleet's

@@ -181,28 +181,13 @@ def test_a_checkpoint_goes_a_partition_at_a_time_and_the_next_waits_out_its_shar
     assert r.consumer.commits[-1] == {0: 2}
 
 
-def test_micro_batches_are_sized_to_score_in_about_batch_seconds_when_behind():
+def test_a_micro_batch_holds_two_readings_an_entity_held_at_least_enough_at_most_batch_size():
     r = runner()
-    r.settings.batch_seconds, r.settings.batch_size = 0.25, 50_000
-    r.pipeline.entities = {f"e{i}": None for i in range(10_000)}  # a fleet: up to 2 readings each
-    assert r.batch_limit == Runner.FIRST_BATCH
-    r._size_batches(Runner.FIRST_BATCH, 0.01)  # full and fast: grows, at most fourfold a step
-    assert r.batch_limit == 4 * Runner.FIRST_BATCH
-    for _ in range(5):
-        r._size_batches(r.batch_limit, r.batch_limit * 20e-6)  # 20 us a message
-    assert r.batch_limit == 12_500, "converges on 0.25 s of scoring"
-    r._size_batches(100, 5.0)  # not full: the worker is not behind, nothing learnt
-    assert r.batch_limit == 12_500
-    r._size_batches(12_500, 2.5)  # a slow model or a larger form: shrinks at once
-    assert r.batch_limit == 1250
-    r._size_batches(1250, 100.0)
-    assert r.batch_limit == 3, "a batch of messages that each take long"
-    r.settings.batch_size = 2000
-    for _ in range(5):
-        r._size_batches(r.batch_limit, 1e-6)
-    assert r.batch_limit == 2000, "never beyond batch_size"
     r.settings.batch_size = 50_000
-    r.pipeline.entities = {"a": None, "b": None}
-    for _ in range(5):
-        r._size_batches(r.batch_limit, 1e-6)
-    assert r.batch_limit == Runner.ENOUGH, "a few entities: what amortises them is enough"
+    assert r.batch_limit() == Runner.ENOUGH, "a few entities"
+    r.pipeline.entities = {f"e{i}": None for i in range(10_000)}
+    assert r.batch_limit() == 20_000, "a fleet: two readings each"
+    r.pipeline.entities = {f"e{i}": None for i in range(40_000)}
+    assert r.batch_limit() == 50_000, "never beyond batch_size"
+    r.settings.batch_size = 1000
+    assert r.batch_limit() == 1000
