@@ -50,7 +50,7 @@ from stream.kafka import ensure_topics, producer, read_partition  # noqa: E402
 
 START = 1_700_000_000.0
 # Micro-batches of the runs without Kafka (the pipeline row, memory): 5,000 messages, a live fleet's
-# 100 ms micro-batch at 50,000 entities a reading a second (the worker sizes its own by time).
+# 100 ms micro-batch at 50,000 entities a reading a second (the worker takes two messages an entity).
 BATCH = 5000
 FIRST_FETCH = re.compile(r"first readings fetched at ([0-9.]+)")
 

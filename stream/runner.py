@@ -161,7 +161,7 @@ class Runner:
                   type(exc).__name__, exc)
         messages, bad = [], []  # bad: (partition, offset, reason)
         for tp in sorted(self.consumer.assignment()):
-            for _ in range(self.settings.batch_size):
+            for _ in range(self.batch_limit()):
                 try:
                     got = await self.consumer.getmany(tp, timeout_ms=500, max_records=1)
                 except Exception as err:  # noqa: BLE001 - classified below
