@@ -257,3 +257,40 @@ def test_a_level_keeps_block_numbers_past_32_bits_through_its_state():
     again = Levels(1)
     again.load_state(0, state)
     assert again.to_state(0) == state and again.level(0, state["block"]) == lv.level(0, state["block"])
+
+
+def test_many_levels_begin_a_block_in_one_step_exactly_as_each_on_its_own():
+    """``Levels._begin_many`` (a fleet's first readings, an hour's turn) is ``_begin`` for each slot:
+    the same closed medians, levels, scales and drift states, from random states of every kind (no
+    block yet, empty or full kept sets, drifting or back under, NaN medians)."""
+    import copy
+
+    from scoring.conditioning import NONE, Levels
+
+    rng = np.random.default_rng(7)
+    n = 300
+    levels = Levels(n)
+    levels.on[:] = True
+    levels.window[:] = rng.choice([100.0, 640.0, 3600.0], n)
+    levels.base[:] = rng.uniform(0.5, 2.0, n)
+    levels.base_threshold[:] = levels.base * rng.uniform(1.5, 4.0, n)
+    levels.block[:] = np.where(rng.random(n) < 0.2, NONE, rng.integers(0, 5000, n))
+    levels.kept_n[:] = rng.integers(0, Levels.KEEP + 1, n)
+    levels.kept[:] = rng.exponential(size=(n, Levels.KEEP)) * rng.uniform(0.5, 8.0, (n, 1))
+    levels.medians[:] = np.where(rng.random((n, Levels.BLOCKS)) < 0.3, np.nan,
+                                 rng.exponential(size=(n, Levels.BLOCKS)) * 3)
+    levels.median_block[:] = rng.integers(0, 5100, (n, Levels.BLOCKS)).astype(np.int32)
+    levels.drifting[:] = rng.random(n) < 0.4
+    levels.back_since[:] = np.where(levels.drifting & (rng.random(n) < 0.5), rng.uniform(0, 2000, n), np.nan)
+    slots = rng.permutation(n)[:200]
+    blocks = np.where(levels.block[slots] == NONE, 4000, levels.block[slots] + rng.integers(1, 80, 200))
+    t = rng.uniform(1000, 5000, 200)
+    edge = slots[:40]  # back under for exactly a window by now: no longer drifting
+    levels.drifting[edge], levels.back_since[edge] = True, t[:40] - levels.window[edge]
+    one, many = levels, copy.deepcopy(levels)
+    for s, b, at in zip(slots.tolist(), blocks.tolist(), t.tolist()):
+        one._begin(s, b, at)
+    many._begin_many(slots, blocks, t)
+    for name, value in vars(one).items():
+        if isinstance(value, np.ndarray):
+            assert np.array_equal(value, getattr(many, name), equal_nan=value.dtype.kind == "f"), name
