@@ -110,6 +110,18 @@ class PartitionState:
     evicted: dict = field(default_factory=dict)  # entity -> offset of its state record, not in memory
 
 
+@dataclass
+class Snapshot:
+    """A partition's checkpoint under way: its changed entities and offsets as of one instant, the
+    entities' records written a slice at a time between micro-batches (a fleet's are seconds of work)."""
+
+    order: list  # the entities changed before the instant, in record order
+    meta: bytes  # the partition's offsets at the instant
+    pending: set  # those whose record is still to write: written before anything changes them
+    records: dict = field(default_factory=dict)  # entity -> its record as of the instant (None: none)
+    next: int = 0  # position in ``order`` of the next slice
+
+
 class Cohort:
     """The state of every entity of one shape (channels, model window), a slot each: its windows,
     smoothing, level and SPOT as arrays with a row per slot, and the scalars the threshold in force
@@ -425,6 +437,7 @@ class Pipeline:
         self.partitions: dict[int, PartitionState] = defaultdict(PartitionState)
         self.metrics = Counter()
         self._suppress: dict[str, tuple[float, float]] = {}  # recovery's findings for entities not in memory
+        self.snapshots: dict[int, Snapshot] = {}  # partition -> its checkpoint under way
         # ``await loader(partition, offsets) -> [state bytes | None]`` reads evicted entities' state
         # records back (the runner reads them from vigil.state); None: nothing is ever evicted.
         self.loader = None
@@ -560,6 +573,8 @@ class Pipeline:
                 self._reject(out, msg, readings.reason)
             else:
                 by_entity.setdefault(readings.entity, []).append((msg, readings))
+        if self.snapshots:
+            self._keep(by_entity)
         await self._load_evicted(by_entity)
         by_cohort: dict[Cohort, list] = {}
         for items in by_entity.values():
@@ -985,6 +1000,7 @@ class Pipeline:
         model's training scores (or its next points, with ``calibration="first"``). An evicted
         entity picks the new model up when it is loaded again.
         """
+        self._keep((entity,))
         replaced = self.models.get(entity)
         self.models[entity] = detector
         if replaced is not None and not any(d is replaced for d in self.models.values()):
@@ -1011,18 +1027,52 @@ class Pipeline:
 
     # ---- checkpoints, eviction and recovery -----------------------------------------------------
     def checkpoint(self, partition: int) -> list[tuple[bytes, bytes]]:
-        """State records for a partition's changed entities, then its offsets; clears the dirty set."""
+        """State records for a partition's changed entities, then its offsets, written at once."""
+        self.begin_checkpoint(partition)
+        return self.checkpoint_step(partition)
+
+    def begin_checkpoint(self, partition: int) -> None:
+        """Fix the instant of a partition's checkpoint: its changed entities and its offsets now (the
+        dirty set starts afresh). Their records are then written by ``checkpoint_step``, a slice at a
+        time between micro-batches, and an entity that a micro-batch or a swap is about to change is
+        written first (``_keep``): the records are exactly those of this instant, while scoring goes on."""
         part = self.partitions[partition]
-        records = []
-        for e in sorted(part.dirty):
-            if e in self.entities:
-                value = self._state_record(self.entities[e])
-                if value is not None:
-                    records.append((e.encode(), value))
-        part.dirty.clear()
-        meta = {"input_offset": part.input_offset, "out": part.out_offsets}
-        records.append((META_KEY, orjson.dumps(meta)))
+        order = sorted(part.dirty)
+        part.dirty = set()
+        meta = orjson.dumps({"input_offset": part.input_offset, "out": part.out_offsets})
+        self.snapshots[partition] = Snapshot(order, meta, set(order))
+
+    def checkpoint_step(self, partition: int, seconds: float = math.inf) -> list[tuple[bytes, bytes]] | None:
+        """Write the records of a checkpoint under way for about ``seconds`` (at least one); its state
+        records, then its offsets, once all are written, else None."""
+        snap = self.snapshots[partition]
+        deadline = time.perf_counter() + seconds
+        while snap.next < len(snap.order):
+            name = snap.order[snap.next]
+            snap.next += 1
+            if name in snap.pending:
+                self._write(snap, name)
+                if time.perf_counter() >= deadline:
+                    break
+        if snap.next < len(snap.order):
+            return None
+        del self.snapshots[partition]
+        records = [(e.encode(), snap.records[e]) for e in snap.order if snap.records[e] is not None]
+        records.append((META_KEY, snap.meta))
         return records
+
+    def _keep(self, names) -> None:
+        """Entities about to change: a checkpoint under way that still owes their record writes it now."""
+        for snap in self.snapshots.values():
+            if snap.pending:
+                for name in names:
+                    if name in snap.pending:
+                        self._write(snap, name)
+
+    def _write(self, snap: Snapshot, name: str) -> None:
+        snap.pending.discard(name)
+        ent = self.entities.get(name)
+        snap.records[name] = self._state_record(ent) if ent is not None else None
 
     def _state_record(self, ent: EntityState) -> bytes | None:
         """An entity's checkpoint, under OUTPUT_LIMIT: the codec's limits keep it there (a test checks
@@ -1053,8 +1103,9 @@ class Pipeline:
         ttl, cap = self.settings.entity_ttl, self.settings.max_live_entities
         if len(self.entities) <= cap and (ttl <= 0 or not any(now - e.touched > ttl for e in self.entities.values())):
             return 0
-        clean = [e for e in self.entities.values()
-                 if e.stored_at is not None and e.entity not in self.partitions[e.partition].dirty]
+        owed = set().union(*(snap.pending for snap in self.snapshots.values()))
+        clean = [e for e in self.entities.values() if e.stored_at is not None
+                 and e.entity not in self.partitions[e.partition].dirty and e.entity not in owed]
         clean.sort(key=lambda e: e.touched)
         go = [e for e in clean if ttl > 0 and now - e.touched > ttl]
         over = len(self.entities) - len(go) - cap
@@ -1125,6 +1176,7 @@ class Pipeline:
         """Start a partition from its last checkpoint: ``meta`` (offsets) and ``index`` (entity key ->
         offset of its latest state record). Entities stay on the broker until they read again."""
         part = self.partitions[partition] = PartitionState()
+        self.snapshots.pop(partition, None)
         if meta is not None:
             part.input_offset, part.out_offsets = meta["input_offset"], dict(meta["out"])
         for key, offset in index.items():
@@ -1149,6 +1201,7 @@ class Pipeline:
     def drop(self, partition: int) -> None:
         """Forget a partition's state after it was revoked (its new owner restores it)."""
         part = self.partitions.pop(partition, None)
+        self.snapshots.pop(partition, None)
         for name in [e for e, s in self.entities.items() if s.partition == partition]:
             self.entities.pop(name).release()
             if self.board is not None:

@@ -74,6 +74,9 @@ class Runner:
     # entities score no faster in batches of 20,000 than of 5,000, and a batch form's 5,000 messages
     # are already 500,000 rows).
     READINGS_PER_ENTITY, ENOUGH = 2, 5000
+    # Seconds of checkpoint records written at a time: a micro-batch fetched meanwhile waits at most
+    # this long (a tenth of the fetch wait), and ~250 entities' records amortise the lock's round trip.
+    CHECKPOINT_SLICE = 0.01
 
     def __init__(self, settings: Settings, pipeline: Pipeline):
         self.settings = settings
@@ -303,11 +306,12 @@ class Runner:
     async def checkpoint(self) -> None:
         """Make entity state durable, then commit the offsets it covers; then evict idle entities.
 
-        A partition at a time, and only its snapshot under the lock: its outputs acknowledged, its state
-        records and offset taken at one instant between micro-batches. Handing the records to the
-        producer, the broker's acknowledgements and the offset commit happen while micro-batches are
-        scored: a fleet's checkpoint is megabytes, and waiting for them under the lock held every
-        reading up for a second."""
+        A partition at a time. Its snapshot's instant is fixed under the lock, between micro-batches,
+        once its outputs are acknowledged; its records are written in slices of ``CHECKPOINT_SLICE``
+        seconds with micro-batches scored between them (an entity a micro-batch changes is written
+        first: ``Pipeline.begin_checkpoint``). Handing the records to the producer, the broker's
+        acknowledgements and the offset commit happen while micro-batches are scored: a fleet's
+        checkpoint is megabytes, and writing it in one piece held every reading up for a second."""
         async with self.checkpointing:
             async with self.lock:
                 if self.producer is None or not self.recovered:
@@ -323,14 +327,25 @@ class Runner:
                     t0 = time.perf_counter()
                     if p not in self.recovered:
                         continue
-                    snapshot = await self._snapshot(p)
+                    offset = await self._begin(p)
                     spent += time.perf_counter() - t0
-                if snapshot is None:
+                if offset is False:
                     return
+                records = None
+                while records is None:
+                    await asyncio.sleep(0)  # a micro-batch fetched meanwhile goes first
+                    async with self.lock:
+                        if p not in self.recovered:  # revoked meanwhile: its new owner restores it
+                            break
+                        t0 = time.perf_counter()
+                        records = self.pipeline.checkpoint_step(p, self.CHECKPOINT_SLICE)
+                        spent += time.perf_counter() - t0
+                if records is None:
+                    continue
                 t0 = time.perf_counter()
-                sent = await self._send_batches(self.settings.topics.state, p, snapshot[0])
+                sent = await self._send_batches(self.settings.topics.state, p, records)
                 spent += time.perf_counter() - t0
-                if not await self._commit_partition(p, sent, snapshot[1]):
+                if not await self._commit_partition(p, sent, offset):
                     return
             async with self.lock:
                 t0 = time.perf_counter()
@@ -339,13 +354,14 @@ class Runner:
             self.timings["checkpoint"] += spent
             self.checkpoint_due = time.monotonic() + spent * (1 / self.settings.checkpoint_share - 1)
 
-    async def _snapshot(self, p: int) -> tuple[list[tuple[bytes, bytes]], int | None] | None:
-        """Under the lock: partition ``p``'s state records and the offset they cover, once the outputs of
-        every micro-batch before them are acknowledged; None when the group has moved on."""
+    async def _begin(self, p: int) -> int | None | bool:
+        """Under the lock: fix partition ``p``'s snapshot once the outputs of every micro-batch before it
+        are acknowledged; the offset it covers (None: nothing new), or False when the group has moved on."""
         await self.settle()  # the outputs of every micro-batch that the offsets below cover
         if not await self.confirm():
-            return None
-        return self.pipeline.checkpoint(p), self.pending.get(p)
+            return False
+        self.pipeline.begin_checkpoint(p)
+        return self.pending.get(p)
 
     async def _commit_partition(self, p: int, sent: list, offset: int | None) -> bool:
         """Once the state records of a snapshot are acknowledged, commit the offset it covers; False when

@@ -287,3 +287,37 @@ def test_entities_of_one_model_start_from_its_calibration_computed_once(monkeypa
             for x in (1e3, 2e3):  # a peak each: a's tail moves, b's does not
                 spot.observe(a.slot, x)
             assert a.threshold.to_state() != b.threshold.to_state() == alone.threshold.to_state()
+
+
+def test_a_checkpoint_written_in_slices_is_the_instant_it_began_while_scoring_goes_on():
+    """Records written a slice at a time, with micro-batches and a model swap between the slices, are
+    byte for byte those of the instant the checkpoint began; what changed meanwhile is dirty again."""
+    fleet = [simulate_entity(f"e{i:02d}", 8, 120, START, seed=i) for i in range(12)]
+    hist = normal_history("e00", 8, 2000, START, 1)
+    det = PCADetector(hist.channels).fit(hist.values)
+    other = PCADetector(hist.channels, max_components=2).fit(hist.values)
+
+    def batch(lo, hi, entities):
+        out = []
+        for j in range(lo, hi):
+            for s in entities:
+                out.append(Message(0, len(out) + 10_000 * j, s.entity.encode(),
+                                   encode_readings(s.entity, s.ts[j], s.values[j], s.channels)))
+        return out
+
+    pipe = Pipeline(Settings(), {"*": det})
+    run(pipe, batch(0, 60, fleet), size=50)
+    at_instant = {e.encode(): pipe._state_record(pipe.entities[e]) for e in sorted(pipe.partitions[0].dirty)}
+    meta = {"input_offset": pipe.partitions[0].input_offset, "out": {}}
+    pipe.begin_checkpoint(0)
+    assert pipe.checkpoint_step(0, 0.0) is None, "one entity a slice here: more to write"
+    run(pipe, batch(60, 62, fleet[3:7]))  # changes entities not yet written: they are written first
+    pipe.swap("e09", other)
+    written = None
+    while written is None:
+        run(pipe, batch(62, 63, fleet[8:]))
+        written = pipe.checkpoint_step(0, 0.0)
+    assert dict(written[:-1]) == at_instant and [k for k, _ in written[:-1]] == sorted(at_instant)
+    assert written[-1] == (META_KEY, orjson.dumps(meta))
+    assert pipe.partitions[0].dirty == {s.entity for s in fleet[3:7] + fleet[8:]}
+    assert not pipe.snapshots

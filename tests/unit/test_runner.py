@@ -8,7 +8,7 @@ import orjson
 import pytest
 from aiokafka.errors import CommitFailedError, CorruptRecordException, UnsupportedCodecError
 
-from scoring.pipeline import Message, Pipeline
+from scoring.pipeline import META_KEY, Message, Pipeline
 from scoring.settings import Settings
 from stream.runner import Runner, undecodable
 
@@ -191,3 +191,25 @@ def test_a_micro_batch_holds_two_readings_an_entity_held_at_least_enough_at_most
     assert r.batch_limit() == 50_000, "never beyond batch_size"
     r.settings.batch_size = 1000
     assert r.batch_limit() == 1000
+
+
+def test_micro_batches_are_scored_between_the_slices_of_a_checkpoint():
+    """A checkpoint of many entities is written in slices; a micro-batch that arrives meanwhile is
+    scored between two of them, and the checkpoint still commits the offset of its instant."""
+    r = runner()
+    r.CHECKPOINT_SLICE = 0.0  # one entity a slice
+    asyncio.run(r.handle([reading(f"e{i}", 1.0, i) for i in range(40)]))
+    order = []
+
+    async def both():
+        async def batch():
+            await asyncio.sleep(0)
+            await r.handle([reading("e3", 2.0, 40)])
+            order.append(("batch", len(r.pipeline.snapshots)))
+        await asyncio.gather(r.checkpoint(), batch())
+    asyncio.run(both())
+    assert order == [("batch", 1)], "scored while the checkpoint was under way"
+    states = {k: orjson.loads(v) for t, _, k, v in r.producer.sent if t == "vigil.state" and k != META_KEY}
+    assert len(states) == 40 and states[b"e3"]["last_ts"] == 1.0, "e3 as of the instant, before its new reading"
+    assert r.consumer.commits == [{0: 40}] and r.pending == {0: 41}
+    assert r.pipeline.partitions[0].dirty == {"e3"}
