@@ -21,7 +21,7 @@ import base64
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import orjson
@@ -316,6 +316,7 @@ class Alert(TypedDict):
     channels: list[dict]  # [{"channel": name, "score": summed score}], highest first
     model: str
     detail: dict  # {"reconstruction": float, "divergence": float | None} at the peak
+    age_s: NotRequired[float]  # seconds from its reading's Kafka timestamp to the alert (where known)
 
 
 def encode_scores(entity: str, ts: np.ndarray, score: np.ndarray, threshold: np.ndarray, model: str,

@@ -409,6 +409,7 @@ class Rows:
     values: np.ndarray  # [R, C] imputed
     lengths: np.ndarray  # [M] rows of each message, in row order
     msg_seg: np.ndarray  # [M] the segment each message belongs to
+    written: np.ndarray  # [M] each message's Kafka timestamp (NaN: not known)
     reconstruction: np.ndarray | None = None  # [R] scores, once scored
     channel: np.ndarray | None = None  # [R, C]
     divergence: np.ndarray | None = None  # [R] (NaN where the model has none), or None: no model has one
@@ -618,6 +619,7 @@ class Pipeline:
             return None
         ts, values = np.concatenate(ts).astype(np.float64), np.concatenate(values)
         lengths = np.array(lengths, np.int64)
+        written = np.array([np.nan if m.timestamp is None else m.timestamp for m in msgs])
         msg_seg = np.repeat(np.arange(len(ents)), counts)
         seg = Segments(np.array([e.slot for e in ents]), np.bincount(msg_seg, weights=lengths,
                                                                         minlength=len(ents)).astype(np.int64))
@@ -627,7 +629,7 @@ class Pipeline:
             lengths = np.bincount(owner[keep], minlength=len(msgs))
             ts, values = ts[keep], values[keep]
             used = lengths > 0
-            lengths, msg_seg = lengths[used], msg_seg[used]
+            lengths, msg_seg, written = lengths[used], msg_seg[used], written[used]
             per_ent = np.bincount(msg_seg, weights=lengths, minlength=len(ents)).astype(np.int64)
             for i in np.flatnonzero(per_ent == 0).tolist():  # none of its rows could be used
                 if any(e is ents[i] and new for e, _, new in members):
@@ -647,7 +649,7 @@ class Pipeline:
             self.partitions[ent.partition].dirty.add(ent.entity)
         self.metrics["imputed"] += int(missing.sum())
         self.metrics["points"] += len(ts)
-        return Rows(cohort, ents, seg, ts, cohort.windows.impute(seg, values), lengths, msg_seg)
+        return Rows(cohort, ents, seg, ts, cohort.windows.impute(seg, values), lengths, msg_seg, written)
 
     def _forget_new(self, ent: EntityState) -> None:
         """A new entity none of whose rows could be used: not worth a place among max_entities."""
@@ -879,11 +881,18 @@ class Pipeline:
         names = [e.entity for e in ents]
         records = encode_score_records(names, [e.model for e in ents], bounds, ts, score, thr, channels, fresh)
         out.scores += [Record(ents[s].partition, names[s].encode(), v) for s, values in records for v in values]
+        if alerts_of:
+            ends, now = np.cumsum(rows.lengths), time.time()
         for s, alerts in alerts_of.items():
-            ent = rows.entities[s]
+            ent, (a, b) = rows.entities[s], bounds[s]
             key = ent.entity.encode()
             for alert in alerts:
                 if alert["ts"] > ent.suppress_alerts_ts:
+                    # the age of the reading that raised it: live, under a second; caught up late, more
+                    row = min(a + int(np.searchsorted(ts[a:b], alert["ts"])), b - 1)
+                    written = rows.written[int(np.searchsorted(ends, row, side="right"))]
+                    if written == written:
+                        alert["age_s"] = round(now - float(written), 3)
                     out.alerts.append(Record(ent.partition, key, encode_alert(alert)))
                     self.metrics[f"alerts_{alert['state']}"] += 1
 

@@ -110,6 +110,8 @@ class Board:
         self.inference_calls = 0
         self.last_inference = 0.0
         self.lag: dict[int, int] = {}
+        self.lag_seconds: dict[int, float] = {}
+        self.lag_samples: deque[tuple[float, int]] = deque(maxlen=256)  # (monotonic time, total lag)
         self.pipeline = None  # set by the pipeline that feeds the board: its counters are the totals
         self.labels: dict[str, str] = {}  # alert id -> label given on this dashboard (bounded)
 
@@ -179,10 +181,14 @@ class Board:
         self.inference_calls += 1
         self.last_inference = seconds
 
-    def batch(self, events: int, lag: dict[int, int]) -> None:
+    def batch(self, events: int, lag: dict[int, int], lag_seconds: dict[int, float] | None = None) -> None:
+        """A micro-batch done: its size, and how far behind each partition is (messages, and seconds that
+        its oldest unprocessed reading has waited)."""
         self.last_batch, self.batches = events, self.batches + 1
-        self.lag = lag
-        self.samples.append((time.monotonic(), self._count("points")))
+        self.lag, self.lag_seconds = lag, lag_seconds or {}
+        now = time.monotonic()
+        self.samples.append((now, self._count("points")))
+        self.lag_samples.append((now, sum(lag.values())))
 
     # ---- readers -------------------------------------------------------------------------------
     def _count(self, name: str) -> int:
@@ -197,6 +203,19 @@ class Board:
                 base = (t, n)
         return (self._count("points") - base[1]) / max(now - base[0], 1e-3)
 
+    def catch_up_seconds(self, horizon: float = 30.0) -> float:
+        """Seconds until the lag is gone at the rate it shrank over the last ``horizon`` seconds: 0 when
+        there is none, infinite while it does not shrink."""
+        if not self.lag_samples or self.lag_samples[-1][1] == 0:
+            return 0.0
+        now, lag = self.lag_samples[-1]
+        base = self.lag_samples[0]
+        for t, n in self.lag_samples:
+            if now - t >= horizon:
+                base = (t, n)
+        shrink = (base[1] - lag) / max(now - base[0], 1e-3)
+        return lag / shrink if shrink > 0 else math.inf
+
     def dlq_by_reason(self) -> dict[str, int]:
         m = self.pipeline.metrics if self.pipeline is not None else {}
         return {k[4:]: int(v) for k, v in m.items() if k.startswith("dlq_")}
@@ -205,6 +224,8 @@ class Board:
         return {"readings_per_second": round(self.readings_per_second(), 1), "readings": self._count("points"),
                 "messages": self._count("messages"), "dlq": self.dlq_by_reason(), "dlq_total": self._count("dlq"),
                 "consumer_lag": {str(p): n for p, n in sorted(self.lag.items())},
+                "consumer_lag_seconds": {str(p): round(x, 1) for p, x in sorted(self.lag_seconds.items())},
+                "catch_up_s": _finite_or_none(self.catch_up_seconds()),
                 "batch_size": self.last_batch, "batches": self.batches,
                 "inference_ms": round(1000 * self.last_inference, 2),
                 "inference_ms_mean": round(1000 * self.inference_seconds / max(self.inference_calls, 1), 2),
@@ -304,9 +325,20 @@ class Board:
         for p, n in sorted(self.lag.items()):
             lag.add_metric([str(p)], n)
         yield lag
+        behind = GaugeMetricFamily("vigil_consumer_lag_seconds", "Seconds the oldest unprocessed readings message "
+                                   "has waited (its Kafka timestamp; 0 when none waits)", labels=["partition"])
+        for p, x in sorted(self.lag_seconds.items()):
+            behind.add_metric([str(p)], x)
+        yield behind
+        yield GaugeMetricFamily("vigil_catch_up_seconds", "Estimated seconds until the lag is gone, at the rate it "
+                                "shrank over the last 30 s (+Inf while it does not shrink)", value=self.catch_up_seconds())
         yield GaugeMetricFamily("vigil_batch_size", "Messages in the last micro-batch", value=self.last_batch)
         yield CounterMetricFamily("vigil_inference_seconds", "Time in detector calls", value=self.inference_seconds)
         yield CounterMetricFamily("vigil_inference_calls", "Detector calls", value=self.inference_calls)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return round(x, 1) if math.isfinite(x) else None
 
 
 def _finite_list(x: np.ndarray) -> list:

@@ -86,6 +86,7 @@ class Runner:
         self.producer = None
         self.consumer = None
         self.recovered: set[int] = set()
+        self.written_at: dict[int, float] = {}  # partition -> Kafka timestamp of its last message processed
         self.pending: dict[int, int] = {}  # partition -> next offset to commit after the next checkpoint
         self.committed: dict[int, int] = {}  # partition -> last offset committed (or found committed)
         self.confirmed_at = time.monotonic()  # when the broker last accepted this member's commit
@@ -204,8 +205,15 @@ class Runner:
             t1 = time.perf_counter()
             if not await self.confirm():
                 return
+            for m in messages:
+                if m.timestamp is not None:
+                    self.written_at[m.partition] = m.timestamp
             if self.pipeline.board is not None:
-                self.pipeline.board.batch(len(messages), self._lag())
+                lag = self._lag()
+                now = time.time()
+                waited = {p: max(0.0, now - self.written_at[p]) if n and p in self.written_at else 0.0
+                          for p, n in lag.items()}
+                self.pipeline.board.batch(len(messages), lag, waited)
             await self.publish(out)
             self.timings["process"] += t1 - t0
             self.timings["publish"] += time.perf_counter() - t1
@@ -294,6 +302,7 @@ class Runner:
             self.recovered.discard(p)
             self.pending.pop(p, None)
             self.committed.pop(p, None)
+            self.written_at.pop(p, None)
 
     # ---- checkpoints ----------------------------------------------------------------------------
     async def tick(self) -> None:

@@ -19,9 +19,11 @@ function stateClass(s) { return s.startsWith("no model") ? "nomodel" : s.startsW
 
 function drawHealth(h) {
   const lag = Object.values(h.consumer_lag).reduce((a, b) => a + b, 0);
+  const behind = Math.max(0, ...Object.values(h.consumer_lag_seconds || {}));
+  const eta = !lag ? "" : h.catch_up_s === null ? ", not shrinking" : `, caught up in ~${fmt(h.catch_up_s, 0)} s`;
   document.getElementById("health").innerHTML =
     `<span id="rate">${fmt(h.readings_per_second, 0)} readings/s</span><span>${h.readings} readings</span>` +
-    `<span id="lag">lag ${lag}</span><span>batch ${h.batch_size}</span>` +
+    `<span id="lag">lag ${lag}${lag ? ` (${fmt(behind, 1)} s behind${eta})` : ""}</span><span>batch ${h.batch_size}</span>` +
     `<span>inference ${fmt(h.inference_ms)} ms</span><span id="dlq-total">${h.dlq_total} dead letters</span>`;
   const rows = Object.entries(h.dlq).map(([k, n]) => `<tr><td>${k}</td><td>${n}</td></tr>`).join("");
   document.getElementById("dlq").innerHTML = rows || '<tr><td class="muted">none</td></tr>';

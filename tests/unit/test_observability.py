@@ -54,3 +54,27 @@ def test_promtool_accepts_the_rules():
 def test_rules_cover_lag_dead_letters_a_dead_worker_and_a_silent_entity():
     names = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
     assert {"VigilWorkerDown", "VigilConsumerLagGrowing", "VigilDeadLetters", "VigilEntitySilent"} <= names
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+def test_the_lag_rule_fires_on_a_growing_backlog_and_not_on_one_that_drains():
+    out = subprocess.run(["promtool", "test", "rules", str(RULES.with_suffix(".test.yaml"))], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+
+
+def test_lag_in_seconds_and_the_time_to_catch_up_are_served():
+    board = Board()
+    board.lag_samples.clear()
+    board.lag_samples.extend([(100.0, 9000), (110.0, 6000)])  # 300 messages a second less
+    board.lag, board.lag_seconds = {0: 6000}, {0: 42.0}
+    assert board.catch_up_seconds() == pytest.approx(20.0)
+    assert board.health()["consumer_lag_seconds"] == {"0": 42.0} and board.health()["catch_up_s"] == 20.0
+    text = get(board, "/metrics")[1].decode()
+    assert 'vigil_consumer_lag_seconds{partition="0"} 42.0' in text and "vigil_catch_up_seconds 20.0" in text
+    board.lag_samples.append((120.0, 7000))  # growing again over the horizon's last 10 s
+    board.lag_samples.popleft()
+    assert board.catch_up_seconds() == float("inf") and board.health()["catch_up_s"] is None
+    assert "vigil_catch_up_seconds +Inf" in get(board, "/metrics")[1].decode()
+    board.lag_samples.append((121.0, 0))
+    assert board.catch_up_seconds() == 0.0

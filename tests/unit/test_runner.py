@@ -213,3 +213,18 @@ def test_micro_batches_are_scored_between_the_slices_of_a_checkpoint():
     assert len(states) == 40 and states[b"e3"]["last_ts"] == 1.0, "e3 as of the instant, before its new reading"
     assert r.consumer.commits == [{0: 40}] and r.pending == {0: 41}
     assert r.pipeline.partitions[0].dirty == {"e3"}
+
+
+def test_the_board_hears_how_long_the_oldest_unprocessed_reading_has_waited():
+    from stream.board import Board
+    r = runner()
+    r.pipeline.board = Board()
+    r.pipeline.board.pipeline = r.pipeline
+    r.consumer.highwater = lambda tp: 10  # the partition's head: offsets 0..9
+    written = time.time() - 30.0
+    msgs = [m._replace(timestamp=written + i) for i, m in enumerate(reading("a", 1.0 + i, i) for i in range(4))]
+    asyncio.run(r.handle(msgs))
+    assert r.pipeline.board.lag == {0: 6}
+    assert r.pipeline.board.lag_seconds[0] == pytest.approx(27.0, abs=1.0), "behind: the last one done waited 27 s"
+    asyncio.run(r.handle([reading("a", 10.0 + i, 4 + i)._replace(timestamp=time.time()) for i in range(6)]))
+    assert r.pipeline.board.lag == {0: 0} and r.pipeline.board.lag_seconds == {0: 0.0}, "caught up"
