@@ -167,18 +167,28 @@ def test_a_checkpoint_goes_a_partition_at_a_time_and_the_next_waits_out_its_shar
     r.recovered = {0, 1}
     asyncio.run(r.handle([reading("a", 1.0, 0), Message(1, 0, b"b", orjson.dumps(
         {"entity": "b", "ts": 1.0, "values": [1.0, 2.0]}))]))
-    before = time.monotonic()
+    assert r.checkpoint_due() > r.checkpointed_at, "two entities changed: not free"
+    r.checkpointed_at -= 1.0  # a tick later: due (two entities at 100 us each, 5%: 4 ms)
     asyncio.run(r.tick())
     assert r.consumer.commits == [{0: 1}, {1: 1}], "each partition committed after its own state"
     spent = r.timings["checkpoint"]
-    assert spent > 0 and r.checkpoint_due >= before + spent * (1 / r.settings.checkpoint_share - 1)
+    assert spent > 0 and r.entity_seconds == pytest.approx(spent / 2), "what each record cost"
     assert r.settings.checkpoint_share <= 0.1
-    r.checkpoint_due = time.monotonic() + 60
     asyncio.run(r.handle([reading("a", 2.0, 1)]))
+    assert r.checkpoint_due() == pytest.approx(r.checkpointed_at + spent / 2 * (1 / r.settings.checkpoint_share - 1))
+    r.entity_seconds = 1.0  # as if each record took a second: the next waits 19 s
     asyncio.run(r.tick())
     assert len(r.consumer.commits) == 2, "not due yet: the timer takes no checkpoint"
     asyncio.run(r.checkpoint())  # a rebalance or shutdown checkpoints whatever is due
     assert r.consumer.commits[-1] == {0: 2}
+
+
+def test_a_fleet_s_first_checkpoint_waits_out_its_share_too():
+    r = runner()
+    asyncio.run(r.handle([reading(f"e{i}", 1.0, i) for i in range(10_000)]))
+    wait = r.checkpoint_due() - r.checkpointed_at
+    assert wait == pytest.approx(10_000 * Runner.FIRST_ENTITY_SECONDS * (1 / r.settings.checkpoint_share - 1))
+    assert 10 < wait < 60, "a fleet's first checkpoint is not taken on top of its first readings"
 
 
 def test_a_micro_batch_holds_two_readings_an_entity_held_at_least_enough_at_most_batch_size():
