@@ -659,7 +659,10 @@ def cmd_alerts(args) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `vigil alerts | head` ends quietly
 
     async def run():
-        async for msg in tail_json(broker, args.topic or Topics.named(args.topic_prefix).alerts, args.follow):
+        async for msg, at in tail_json(broker, args.topic or Topics.named(args.topic_prefix).alerts, args.follow,
+                                       stamped=True):
+            if isinstance(msg, dict) and isinstance(msg.get("sent"), (int, float)):
+                msg["age_s"] = round(at - msg["sent"], 3)  # a late alert (raised catching up) says so
             sys.stdout.buffer.write(orjson.dumps(msg) + b"\n")
             sys.stdout.flush()
 

@@ -316,7 +316,7 @@ class Alert(TypedDict):
     channels: list[dict]  # [{"channel": name, "score": summed score}], highest first
     model: str
     detail: dict  # {"reconstruction": float, "divergence": float | None} at the peak
-    age_s: NotRequired[float]  # seconds from its reading's Kafka timestamp to the alert (where known)
+    sent: NotRequired[float]  # the Kafka timestamp (s) of the readings message that carried ``ts``, where known
 
 
 def encode_scores(entity: str, ts: np.ndarray, score: np.ndarray, threshold: np.ndarray, model: str,

@@ -726,6 +726,7 @@ class Pipeline:
         windows, one detector call per model, or per stack of models of one kind (``Stack``): all of a
         micro-batch's calls in one trip off the event loop (a trip per call cost more than small calls)."""
         jobs, places = [], []  # (detector or stack, windows, rows or None); (rows batch, window -> row mask)
+        streams = []  # (rows batch, its rows of one entity, the entity) of streaming detectors
         for rows in batches:
             cohort, seg = rows.cohort, rows.seg
             r = len(rows.ts)
@@ -739,10 +740,7 @@ class Pipeline:
                 for s in np.flatnonzero(streaming).tolist():
                     ent, sl = rows.entities[s], slice(int(seg.start[s]), int(seg.end[s]))
                     rows.warming[s] = min(int(seg.length[s]), ent.streaming.ready_from())
-                    sc = judge_scores(Scores(*ent.streaming.score_learn(rows.values[sl])), ent.cold_judged)
-                    rows.reconstruction[sl], rows.channel[sl] = sc.reconstruction, sc.channel
-                    if sc.divergence is not None:
-                        self._divergence(rows)[sl] = sc.divergence
+                    streams.append((rows, sl, ent))
             if streaming.all():
                 continue
             model = ~streaming
@@ -768,9 +766,17 @@ class Pipeline:
                     jobs.append((self.stacks[key], w, at))
                 mask = np.arange(w.shape[1]) >= w.shape[1] - c[:, None]
                 places.append((rows, mrows[np.flatnonzero(np.repeat(take, counts))], mask))
-        if not jobs:
+        if not jobs and not streams:
             return
-        results = await asyncio.get_running_loop().run_in_executor(self.executor, _score_all, jobs)
+        # off the event loop: a streaming detector learns row by row in Python (a backlog's micro-batch
+        # of cold-start entities is seconds of it), and heartbeats and /metrics must still be answered
+        results, learnt = await asyncio.get_running_loop().run_in_executor(
+            self.executor, _score_all, jobs, [(ent.streaming, rows.values[sl]) for rows, sl, ent in streams])
+        for (rows, sl, ent), sc in zip(streams, learnt):
+            sc = judge_scores(sc, ent.cold_judged)
+            rows.reconstruction[sl], rows.channel[sl] = sc.reconstruction, sc.channel
+            if sc.divergence is not None:
+                self._divergence(rows)[sl] = sc.divergence
         for (rows, at, mask), (_, windows, _), (scores, seconds) in zip(places, jobs, results):
             if self.board is not None:
                 self.board.inference(seconds)
@@ -882,17 +888,18 @@ class Pipeline:
         records = encode_score_records(names, [e.model for e in ents], bounds, ts, score, thr, channels, fresh)
         out.scores += [Record(ents[s].partition, names[s].encode(), v) for s, values in records for v in values]
         if alerts_of:
-            ends, now = np.cumsum(rows.lengths), time.time()
+            ends = np.cumsum(rows.lengths)
         for s, alerts in alerts_of.items():
             ent, (a, b) = rows.entities[s], bounds[s]
             key = ent.entity.encode()
             for alert in alerts:
                 if alert["ts"] > ent.suppress_alerts_ts:
-                    # the age of the reading that raised it: live, under a second; caught up late, more
+                    # when the reading that raised it reached Kafka: the alert record's own timestamp
+                    # minus this is its age (live, under a second; raised catching up, the backlog's)
                     row = min(a + int(np.searchsorted(ts[a:b], alert["ts"])), b - 1)
                     written = rows.written[int(np.searchsorted(ends, row, side="right"))]
                     if written == written:
-                        alert["age_s"] = round(now - float(written), 3)
+                        alert["sent"] = float(written)
                     out.alerts.append(Record(ent.partition, key, encode_alert(alert)))
                     self.metrics[f"alerts_{alert['state']}"] += 1
 
@@ -1219,11 +1226,12 @@ class Pipeline:
             self._suppress.pop(name, None)
 
 
-def _score_all(jobs: list) -> list:
+def _score_all(jobs: list, streams: list) -> tuple[list, list]:
     """Each job scored in turn, with its duration (runs in the executor): (detector, windows, None), or
-    (stack, windows, the stack row of each window)."""
+    (stack, windows, the stack row of each window); then each streaming detector's rows, scored and
+    learnt (``StreamingDetector.score_learn``)."""
     out = []
     for det, windows, rows in jobs:
         t0 = time.perf_counter()
         out.append((det.score(windows) if rows is None else det.score(windows, rows), time.perf_counter() - t0))
-    return out
+    return out, [Scores(*det.score_learn(values)) for det, values in streams]

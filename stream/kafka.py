@@ -195,8 +195,10 @@ async def offsets_for_time(broker: str, topic: str, since_wall: float | None) ->
         await c.stop()
 
 
-async def tail_json(broker: str, topic: str, follow: bool, from_beginning: bool = True, idle: float = 2.0):
-    """Yield decoded JSON messages of a topic; without ``follow``, stop when it has been idle for ``idle`` s."""
+async def tail_json(broker: str, topic: str, follow: bool, from_beginning: bool = True, idle: float = 2.0,
+                    stamped: bool = False):
+    """Yield decoded JSON messages of a topic (with ``stamped``, as (message, the record's Kafka timestamp
+    in seconds)); without ``follow``, stop when it has been idle for ``idle`` s."""
     c = consumer(broker, topic, auto_offset_reset="earliest" if from_beginning else "latest")
     await c.start()
     try:
@@ -208,9 +210,10 @@ async def tail_json(broker: str, topic: str, follow: bool, from_beginning: bool 
                 for rec in records:
                     got = True
                     try:
-                        yield orjson.loads(rec.value)
+                        msg = orjson.loads(rec.value)
                     except orjson.JSONDecodeError:
                         continue
+                    yield (msg, rec.timestamp / 1000.0) if stamped else msg
             if got:
                 last = time.monotonic()
             elif not follow and time.monotonic() - last > idle:
