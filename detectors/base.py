@@ -201,6 +201,12 @@ class StreamingDetector:
         (about 1 when normal)."""
         raise NotImplementedError
 
+    @classmethod
+    def score_learn_many(cls, dets: list, rows: list) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``score_learn`` of many detectors of this class, each on its rows (a micro-batch's cold-start
+        entities); a subclass may do them together."""
+        return [d.score_learn(r) for d, r in zip(dets, rows)]
+
     def to_state(self) -> dict:
         raise NotImplementedError
 

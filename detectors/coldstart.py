@@ -61,51 +61,36 @@ class ColdStartDetector(StreamingDetector):
         """How many more rows until ``ready``."""
         return max(0, self.warmup - self.n)
 
-    def _precision(self) -> np.ndarray:
-        """The shrunk, floored inverse covariance (full), or the inverse variances (diagonal)."""
-        var = np.diag(self.cov) if self.full else self.cov
-        floor = 1e-6 * (float(var.mean()) if var.size else 1.0) + 1e-12
-        if not self.full:
-            return 1.0 / np.maximum(var, floor)
-        n_eff = min(self.n, 2.0 / self.alpha)
-        beta = self.channels / (n_eff + self.channels)
-        s = (1.0 - beta) * self.cov
-        s[np.diag_indices_from(s)] = np.maximum(var, floor)
-        return np.linalg.inv(s)
-
-    def _z2(self, d: np.ndarray) -> np.ndarray:
-        p = self._precision()
-        if not self.full:
-            return d * d * p
-        u = p @ d
-        return u * u / np.diag(p)
-
     def score_learn(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Score each row of ``[n, C]`` against the state before it, then learn it.
 
         Returns point scores ``[n]`` and channel scores ``[n, C]`` (conditional squared z, about 1 when
         normal; 0 for the first two rows, before any spread is known).
         """
-        rows = np.asarray(rows, dtype=np.float64)
-        channel = np.zeros_like(rows)
-        for i, x in enumerate(rows):
-            d = x - self.mean
-            if self.n >= 2:
-                channel[i] = self._z2(d)
-            self._learn(d, channel[i])
-        return channel.mean(1), channel
+        return type(self).score_learn_many([self], [rows])[0]
 
-    def _learn(self, d: np.ndarray, z2: np.ndarray) -> None:
-        a = max(self.alpha, 1.0 / (self.n + 1))  # a plain running average until 1/alpha rows
-        top = float(z2.max()) if z2.size else 0.0
-        if self.n >= self.warmup and top > self.clip ** 2:
-            a *= self.clip ** 2 / top
-        self.mean = self.mean + a * d
-        if self.full:
-            self.cov = (1.0 - a) * (self.cov + a * np.outer(d, d))
-        else:
-            self.cov = (1.0 - a) * (self.cov + a * d * d)
-        self.n += 1
+    @classmethod
+    def score_learn_many(cls, dets: list, rows: list) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``score_learn`` of many entities' detectors at once, a row step for all of them together:
+        a backlog of cold-start entities learns in numpy steps over the entities, not in a Python loop
+        per entity (70 us a row before). Only elementwise operations and reductions along the channels
+        are used, so each entity's scores and state are bit for bit what it alone would give (a single
+        ``score_learn`` is this with one entity)."""
+        out: list = [None] * len(dets)
+        kinds: dict[tuple, list[int]] = {}
+        for i, d in enumerate(dets):
+            kinds.setdefault((d.channels, d.alpha, d.clip, d.full, d.warmup), []).append(i)
+        for (c, alpha, clip, full, warmup), idx in kinds.items():
+            group = [dets[i] for i in idx]
+            lens = np.array([len(rows[i]) for i in idx], np.int64)
+            x = np.zeros((len(idx), int(lens.max(initial=0)), c))
+            for k, i in enumerate(idx):
+                x[k, :lens[k]] = rows[i]
+            channel = _step(x, lens, group, alpha, clip, full, warmup)
+            for k, i in enumerate(idx):
+                z = channel[k, :lens[k]]
+                out[i] = (z.mean(1), z)
+        return out
 
     def to_state(self) -> dict:
         cov = base64.b64encode(np.ascontiguousarray(self.cov, "<f8").tobytes()).decode()  # exact, compact
@@ -120,3 +105,51 @@ class ColdStartDetector(StreamingDetector):
             var = np.asarray(state["var"], dtype=np.float64)
             self.cov = np.diag(var) if self.full else var
         return self
+
+
+def _step(x: np.ndarray, lens: np.ndarray, dets: list, alpha: float, clip: float, full: bool,
+          warmup: int) -> np.ndarray:
+    """Rows ``x`` [E, T, C] (entity e's first ``lens[e]``) scored and learnt, a row of every entity per
+    step; the detectors' states updated in place. Channel scores [E, T, C]."""
+    e, t_max, c = x.shape
+    n = np.array([d.n for d in dets], np.int64)
+    mean = np.stack([d.mean for d in dets]).astype(np.float64)
+    cov = np.stack([d.cov for d in dets]).astype(np.float64)
+    channel = np.zeros_like(x)
+    diag = np.arange(c)
+    for t in range(t_max):
+        live = lens > t
+        d = x[:, t] - mean
+        var = np.ascontiguousarray(cov[:, diag, diag] if full else cov)
+        floor = 1e-6 * var.mean(-1) + 1e-12
+        if full:
+            n_eff = np.minimum(n, 2.0 / alpha)
+            beta = c / (n_eff + c)
+            s = (1.0 - beta)[:, None, None] * cov
+            s[:, diag, diag] = np.maximum(var, floor[:, None])
+            p = np.linalg.inv(s)
+            u = (p * d[:, None, :]).sum(-1)
+            z2 = u * u / np.ascontiguousarray(p[:, diag, diag])
+        else:
+            z2 = d * d * (1.0 / np.maximum(var, floor[:, None]))
+        if n.min() < 2:  # no spread known yet: no score
+            z2 = np.where((n >= 2)[:, None], z2, 0.0)
+        channel[:, t] = z2
+        a = np.maximum(alpha, 1.0 / (n + 1))  # a plain running average until 1/alpha rows
+        top = z2.max(-1)
+        robust = (n >= warmup) & (top > clip ** 2)  # a fault is learnt slowly: it is not the new normal
+        if robust.any():
+            a = np.where(robust, a * (clip ** 2 / np.where(robust, top, 1.0)), a)
+        every = live.all()  # else those without a row at this step keep their state
+        new_mean = mean + a[:, None] * d
+        mean = new_mean if every else np.where(live[:, None], new_mean, mean)
+        if full:
+            new = (1.0 - a)[:, None, None] * (cov + a[:, None, None] * (d[:, :, None] * d[:, None, :]))
+            cov = new if every else np.where(live[:, None, None], new, cov)
+        else:
+            new = (1.0 - a)[:, None] * (cov + a[:, None] * d * d)
+            cov = new if every else np.where(live[:, None], new, cov)
+        n = n + live
+    for k, det in enumerate(dets):
+        det.n, det.mean, det.cov = int(n[k]), mean[k].copy(), cov[k].copy()
+    return channel

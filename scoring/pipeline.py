@@ -1228,10 +1228,17 @@ class Pipeline:
 
 def _score_all(jobs: list, streams: list) -> tuple[list, list]:
     """Each job scored in turn, with its duration (runs in the executor): (detector, windows, None), or
-    (stack, windows, the stack row of each window); then each streaming detector's rows, scored and
-    learnt (``StreamingDetector.score_learn``)."""
+    (stack, windows, the stack row of each window); then the streaming detectors' rows, scored and
+    learnt, those of a class together (``StreamingDetector.score_learn_many``)."""
     out = []
     for det, windows, rows in jobs:
         t0 = time.perf_counter()
         out.append((det.score(windows) if rows is None else det.score(windows, rows), time.perf_counter() - t0))
-    return out, [Scores(*det.score_learn(values)) for det, values in streams]
+    learnt: list = [None] * len(streams)
+    by_class: dict[type, list[int]] = {}
+    for i, (det, _) in enumerate(streams):
+        by_class.setdefault(type(det), []).append(i)
+    for kind, idx in by_class.items():
+        for i, got in zip(idx, kind.score_learn_many([streams[i][0] for i in idx], [streams[i][1] for i in idx])):
+            learnt[i] = Scores(*got)
+    return out, learnt

@@ -99,6 +99,29 @@ def test_coldstart_flags_a_jump_on_the_right_channel_and_restores_exactly():
     assert np.array_equal(a[1], b[1])
 
 
+def test_coldstart_entities_learnt_together_are_bit_for_bit_each_learnt_alone():
+    """A micro-batch's cold-start entities step together (``score_learn_many``): each one's scores and
+    state are exactly what it alone gives, whatever the others, their row counts or their warm-up."""
+    rng = np.random.default_rng(3)
+    shapes = [(4, 0), (4, 7), (4, 90), (4, 3), (6, 40), (200, 5)]  # (channels, rows learnt before); 200: diagonal
+    alone, together, rows = [], [], []
+    for k, (c, before) in enumerate(shapes):
+        pair = [ColdStartDetector(c), ColdStartDetector(c)]
+        past = rng.normal(size=(before, c)) @ rng.normal(size=(c, c))
+        for det in pair:
+            det.score_learn(past)
+        alone.append(pair[0])
+        together.append(pair[1])
+        x = rng.normal(size=(int(rng.integers(0, 60)), c)) * (1 + k)
+        x[len(x) // 2:, 0] += 9.0 * (k % 2)  # a fault, learnt robustly, in some
+        rows.append(x)
+    expected = [det.score_learn(x) for det, x in zip(alone, rows)]
+    got = ColdStartDetector.score_learn_many(together, rows)
+    for (p1, c1), (p2, c2), a, b in zip(expected, got, alone, together):
+        assert np.array_equal(c1, c2) and np.array_equal(p1, p2)
+        assert a.n == b.n and np.array_equal(a.mean, b.mean) and np.array_equal(a.cov, b.cov)
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 def test_pca_on_cuda_matches_cpu():
     det = PCADetector([f"c{i}" for i in range(6)]).fit(correlated(2000))
