@@ -357,7 +357,7 @@ class Runner:
                 while records is None:
                     await asyncio.sleep(0)  # a micro-batch fetched meanwhile goes first
                     async with self.lock:
-                        if p not in self.recovered:  # revoked meanwhile: its new owner restores it
+                        if p not in self.pipeline.snapshots:  # lost meanwhile: its new owner restores it
                             break
                         t0 = time.perf_counter()
                         records = self.pipeline.checkpoint_step(p, self.CHECKPOINT_SLICE)

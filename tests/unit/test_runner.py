@@ -238,3 +238,22 @@ def test_the_board_hears_how_long_the_oldest_unprocessed_reading_has_waited():
     assert r.pipeline.board.lag_seconds[0] == pytest.approx(27.0, abs=1.0), "behind: the last one done waited 27 s"
     asyncio.run(r.handle([reading("a", 10.0 + i, 4 + i)._replace(timestamp=time.time()) for i in range(6)]))
     assert r.pipeline.board.lag == {0: 0} and r.pipeline.board.lag_seconds == {0: 0.0}, "caught up"
+
+
+def test_a_partition_lost_and_regained_in_the_middle_of_its_checkpoint_abandons_it():
+    """A stall loses the partitions (their snapshot goes with their state) and a rebalance gives one
+    back before the checkpoint's next slice: that checkpoint writes and commits nothing for it."""
+    r = runner()
+    r.CHECKPOINT_SLICE = 0.0
+    asyncio.run(r.handle([reading(f"e{i}", 1.0, i) for i in range(20)]))
+
+    async def both():
+        async def lose_and_regain():
+            await asyncio.sleep(0)
+            async with r.lock:
+                r._forget([0])
+                r.pipeline.restore(0, None, {})
+                r.recovered.add(0)
+        await asyncio.gather(r.checkpoint(), lose_and_regain())
+    asyncio.run(both())
+    assert not [k for t, _, k, _ in r.producer.sent if t == "vigil.state"] and r.consumer.commits == []
