@@ -18,6 +18,18 @@ pytestmark = pytest.mark.integration
 ENTITIES, CHANNELS, POINTS, SEED, START, PARTITIONS = 12, 6, 2000, 13, 1_700_200_000.0, 6
 
 
+def scored_once(broker, partitions, total) -> list[dict]:
+    """Assert that every point was scored once and no incident opened or closed twice; the alerts."""
+    counts = collections.Counter(scored_points(read_topic(broker, "vigil.scores", partitions)))
+    assert len(counts) == total, "every point scored"
+    dupes = [k for k, v in counts.items() if v > 1]
+    assert not dupes, f"{len(dupes)} points scored twice, e.g. {dupes[:3]}"
+    alerts = read_topic(broker, "vigil.alerts", partitions)
+    per_state = collections.Counter((a["alert_id"], a["state"]) for a in alerts)
+    assert all(v == 1 for (_, st), v in per_state.items() if st in ("open", "close")), "no incident doubles"
+    return alerts
+
+
 def test_workers_come_and_go_and_every_point_is_scored_once(broker, procs, tmp_path):
     entities = [f"plant-{i:02d}" for i in range(1, ENTITIES + 1)]
     models = train_models(entities, CHANNELS, START, SEED, tmp_path / "models")
@@ -44,13 +56,7 @@ def test_workers_come_and_go_and_every_point_is_scored_once(broker, procs, tmp_p
     wait_until(lambda: scored() >= total, 300, 2,
                lambda: "\n".join(procs.log(f"worker{i}")[-1500:] for i in (1, 3, 4)))
 
-    counts = collections.Counter(scored_points(read_topic(broker, "vigil.scores", PARTITIONS)))
-    assert len(counts) == total, "every point scored"
-    dupes = [k for k, v in counts.items() if v > 1]
-    assert not dupes, f"{len(dupes)} points scored twice, e.g. {dupes[:3]}"
-    alerts = read_topic(broker, "vigil.alerts", PARTITIONS)
-    per_state = collections.Counter((a["alert_id"], a["state"]) for a in alerts)
-    assert all(v == 1 for (_, st), v in per_state.items() if st in ("open", "close")), "no incident doubles"
+    alerts = scored_once(broker, PARTITIONS, total)
     labels = [a.to_json() for s in simulate_plant(ENTITIES, CHANNELS, POINTS, START, SEED) for a in s.anomalies]
     recall, precision, hit, n_open = match_events(alerts, labels)
     owners = {i: [line.split("assigned partitions ")[1].split(" of")[0] for line in procs.log(f"worker{i}").splitlines()
@@ -93,13 +99,7 @@ def test_a_worker_joining_a_group_behind_on_its_backlog_loses_and_doubles_nothin
     joined_at = scored()
     wait_until(lambda: scored() >= total, 300, 2, lambda: procs.log("worker1")[-1500:] + procs.log("worker2")[-1500:])
 
-    counts = collections.Counter(scored_points(read_topic(broker, "vigil.scores", parts)))
-    assert len(counts) == total, "every point scored"
-    dupes = [k for k, v in counts.items() if v > 1]
-    assert not dupes, f"{len(dupes)} points scored twice, e.g. {dupes[:3]}"
-    alerts = read_topic(broker, "vigil.alerts", parts)
-    per_state = collections.Counter((a["alert_id"], a["state"]) for a in alerts)
-    assert all(v == 1 for (_, st), v in per_state.items() if st in ("open", "close")), "no incident doubles"
+    alerts = scored_once(broker, parts, total)
     assert alerts and all(isinstance(a.get("sent"), float) for a in alerts), "each says when its reading came"
     owners = {name: assigned(name) for name in ("worker1", "worker2")}
     print(f"\nworker2 took partitions at {joined_at} of {total} points; assignments {owners}")
