@@ -111,7 +111,7 @@ def _step(x: np.ndarray, lens: np.ndarray, dets: list, alpha: float, clip: float
           warmup: int) -> np.ndarray:
     """Rows ``x`` [E, T, C] (entity e's first ``lens[e]``) scored and learnt, a row of every entity per
     step; the detectors' states updated in place. Channel scores [E, T, C]."""
-    e, t_max, c = x.shape
+    _, t_max, c = x.shape
     n = np.array([d.n for d in dets], np.int64)
     mean = np.stack([d.mean for d in dets]).astype(np.float64)
     cov = np.stack([d.cov for d in dets]).astype(np.float64)
