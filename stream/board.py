@@ -197,10 +197,7 @@ class Board:
     def readings_per_second(self, horizon: float = 10.0) -> float:
         """Points scored since the last sample at least ``horizon`` seconds old, per second."""
         now = time.monotonic()
-        base = self.samples[0]
-        for t, n in self.samples:
-            if now - t >= horizon:
-                base = (t, n)
+        base = _sample_before(self.samples, now - horizon)
         return (self._count("points") - base[1]) / max(now - base[0], 1e-3)
 
     def catch_up_seconds(self, horizon: float = 30.0) -> float:
@@ -209,10 +206,7 @@ class Board:
         if not self.lag_samples or self.lag_samples[-1][1] == 0:
             return 0.0
         now, lag = self.lag_samples[-1]
-        base = self.lag_samples[0]
-        for t, n in self.lag_samples:
-            if now - t >= horizon:
-                base = (t, n)
+        base = _sample_before(self.lag_samples, now - horizon)
         shrink = (base[1] - lag) / max(now - base[0], 1e-3)
         return lag / shrink if shrink > 0 else math.inf
 
@@ -335,6 +329,15 @@ class Board:
         yield GaugeMetricFamily("vigil_batch_size", "Messages in the last micro-batch", value=self.last_batch)
         yield CounterMetricFamily("vigil_inference_seconds", "Time in detector calls", value=self.inference_seconds)
         yield CounterMetricFamily("vigil_inference_calls", "Detector calls", value=self.inference_calls)
+
+
+def _sample_before(samples, when: float) -> tuple[float, int]:
+    """The last (time, count) sample taken at or before ``when``, else the oldest."""
+    base = samples[0]
+    for t, n in samples:
+        if t <= when:
+            base = (t, n)
+    return base
 
 
 def _finite_or_none(x: float) -> float | None:

@@ -209,10 +209,10 @@ class Runner:
             t1 = time.perf_counter()
             if not await self.confirm():
                 return
-            for m in messages:
-                if m.timestamp is not None:
-                    self.written_at[m.partition] = m.timestamp
-            if self.pipeline.board is not None:
+            if self.pipeline.board is not None:  # only the board reads how long readings waited
+                for m in messages:
+                    if m.timestamp is not None:
+                        self.written_at[m.partition] = m.timestamp
                 lag = self._lag()
                 now = time.time()
                 waited = {p: max(0.0, now - self.written_at[p]) if n and p in self.written_at else 0.0
