@@ -67,7 +67,7 @@ class Smoothing:
         self.prev = grow(self.prev, capacity)
         self.prev_channel = grow(self.prev_channel, capacity)
 
-    def reset(self, slot: int) -> None:
+    def reset(self, slot: int | np.ndarray) -> None:
         self.count[slot] = 0
         self.prev[slot] = 0.0
         self.prev_channel[slot] = 0.0
@@ -225,7 +225,7 @@ class Levels:
                            ("median_block", 0)):  # medians: ``reset`` marks a slot's empty (NaN) as it is allocated
             setattr(self, name, grow(getattr(self, name), capacity, fill))
 
-    def reset(self, slot: int, window: float = 1.0, base: float = 1.0, base_threshold: float = 1.0,
+    def reset(self, slot: int | np.ndarray, window: float = 1.0, base: float = 1.0, base_threshold: float = 1.0,
               on: bool = False) -> None:
         self.on[slot], self.window[slot], self.base[slot], self.base_threshold[slot] = on, window, base, base_threshold
         self.block[slot], self.kept_n[slot], self.count[slot], self.step[slot] = NONE, 0, 0, 1

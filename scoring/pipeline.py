@@ -150,11 +150,17 @@ class Cohort:
         self.size, self.free = 0, []
 
     def alloc(self) -> int:
-        if self.free:
-            return self.free.pop()
-        slot, self.size = self.size, self.size + 1
-        if slot >= len(self.last_ts):
-            capacity = max(16, len(self.last_ts) * 5 // 4)  # a quarter more: copies stay amortised O(1), slack small
+        return int(self.alloc_many(1)[0])
+
+    def alloc_many(self, n: int) -> np.ndarray:
+        """``n`` slots: freed ones first (last freed first), then new ones, the arrays grown once."""
+        reused = [self.free.pop() for _ in range(min(n, len(self.free)))]
+        fresh = n - len(reused)
+        slots = np.array(reused + list(range(self.size, self.size + fresh)), np.int64)
+        self.size += fresh
+        if self.size > len(self.last_ts):
+            # a quarter more: copies stay amortised O(1), slack small
+            capacity = max(16, len(self.last_ts) * 5 // 4, self.size)
             for part in (self.windows, self.smoothing, self.levels, self.spot):
                 if part is not None:
                     part.ensure(capacity)
@@ -168,8 +174,8 @@ class Cohort:
             self.watched = grow(self.watched, capacity)
             self.stack_group = grow(self.stack_group, capacity, -1)
             self.stack_row = grow(self.stack_row, capacity)
-        self.busy[slot] = self.watched[slot] = False
-        return slot
+        self.busy[slots] = self.watched[slots] = False
+        return slots
 
     def release(self, slot: int) -> None:
         self.free.append(slot)
@@ -224,10 +230,12 @@ class EntityState:
     without one, by ``streaming``: a ``StreamingDetector`` of its own (``settings.cold_start``)."""
 
     def __init__(self, entity: str, partition: int, names: list[str], detector: Detector | None,
-                 settings: Settings, cohort: Cohort, start: Start | None = None, channels: ChannelMap | None = None):
+                 settings: Settings, cohort: Cohort, start: Start | None = None, channels: ChannelMap | None = None,
+                 slot: int | None = None):
         """``start``: the detector's calibration as computed for another entity (``Pipeline.start``);
         without it, an entity with a detector calibrates from the detector's training scores itself.
-        ``channels``: the shared map of ``names``, if there is one."""
+        ``channels``: the shared map of ``names``, if there is one. ``slot``: its slot, already set up
+        by ``setup_slots`` (``many``); else one is allocated and set up here."""
         channels = channels if channels is not None and channels.names == names else ChannelMap(names)
         self.entity, self.partition, self.names = entity, partition, channels.names
         self.index, self.layouts = channels.index, channels.layouts
@@ -237,21 +245,15 @@ class EntityState:
         self.model = sys.intern((detector or self.streaming).model_id)  # one string for a model's entities
         # the cold start judges the channels that the worker's --inputs do not name (a model, its own)
         self.cold_judged = judged_mask(names, settings.inputs) if self.streaming is not None else None
-        self.cohort, self.slot = cohort, cohort.alloc()
-        cohort.windows.reset(self.slot, getattr(detector, "mean", None))
-        cohort.smoothing.reset(self.slot)
-        if start is None:  # else ``begin`` sets them
-            cohort.levels.reset(self.slot)
-        if cohort.spot is not None and (start is None or start.spot is None):
-            cohort.spot.reset(self.slot, **settings.threshold_config())
-        self.last_ts = -math.inf
+        if slot is None:
+            slot = cohort.alloc()
+            self.setup_slots(cohort, np.array([slot]), [detector], [start], settings)
+        self.cohort, self.slot = cohort, slot
         self.other_threshold = None  # a threshold of another kind than SPOT (per entity), once calibrated
-        self.floor = 0.0
-        # operators' feedback, through the trainer: the served threshold is the calibrated one times this
-        self.threshold_scale = float(getattr(detector, "threshold_scale", 1.0)) if detector is not None else 1.0
         self.calib: list[float] | tuple = ()  # its own first scores, while it calibrates on them (a list then)
         if start is not None:
-            self.begin(start)
+            if start.spot is None and start.other is not None:
+                self.other_threshold = threshold_from_state(start.other)
         elif detector is not None and settings.calibration == "train" and len(detector.train_reconstruction):
             train = Scores(detector.train_reconstruction, None, detector.train_divergence)
             self.calibrate(fuse(train, settings.fusion, settings.fusion_weight).astype(np.float64), settings)
@@ -261,14 +263,53 @@ class EntityState:
         extra = max(settings.smooth, 1) - 1
         self.incidents = IncidentTracker(entity, settings.close_after, settings.update_every, settings.top_k,
                                          settings.open_after + extra, settings.open_window + extra)
-        self.cohort.scored[self.slot] = 0
         self._counts: Counter | None = None  # its rarer counts (imputed, dlq), once it has one
-        # Set by recovery: outputs at or before these timestamps were already published.
-        self.suppress_scores_ts = -math.inf
+        # Set by recovery: alerts at or before this timestamp were already published (scores: the cohort's
+        # ``suppress_scores_ts``).
         self.suppress_alerts_ts = -math.inf
         self.drift_start: float | None = None  # ts of its current drift event, if drifting
-        self.touched = time.monotonic()  # last micro-batch with a reading of it (for eviction)
         self.stored_at: int | None = None  # offset of its latest state record in vigil.state
+
+    @staticmethod
+    def setup_slots(cohort: Cohort, slots: np.ndarray, detectors: list[Detector | None], starts: list[Start | None],
+                    settings: Settings) -> None:
+        """The cohort's rows of new entities, each as its ``start`` says: exactly what ``calibrate`` of the
+        same scores would give (without one: uncalibrated); no history, their clocks unset. A fleet's
+        first readings set up their entities' slots in one step (``many``)."""
+        nan = np.full(cohort.channels, np.nan)
+        cohort.windows.reset(slots, np.array([nan if d is None or getattr(d, "mean", None) is None
+                                              else np.asarray(d.mean, np.float64) for d in detectors]))
+        cohort.smoothing.reset(slots)
+        level = [st.level if st is not None and st.level is not None else (1.0, 1.0, 1.0) for st in starts]
+        window, base, threshold = (np.array(c, np.float64) for c in zip(*level))
+        cohort.levels.reset(slots, window, base, threshold,
+                            on=np.array([st is not None and st.level is not None for st in starts]))
+        if cohort.spot is not None:
+            calibrated = np.array([st is not None and st.spot is not None for st in starts])
+            if calibrated.any():
+                cohort.spot.put_many(slots[calibrated], [st.spot for st in starts if st is not None and st.spot is not None])
+            if not calibrated.all():
+                cohort.spot.reset(slots[~calibrated], **settings.threshold_config())
+        cohort.last_ts[slots] = -math.inf
+        cohort.floor[slots] = [0.0 if st is None else st.floor for st in starts]
+        # operators' feedback, through the trainer: the served threshold is the calibrated one times this
+        cohort.threshold_scale[slots] = [1.0 if d is None else float(getattr(d, "threshold_scale", 1.0))
+                                         for d in detectors]
+        cohort.scored[slots] = 0
+        cohort.suppress_scores_ts[slots] = -math.inf
+        cohort.touched[slots] = time.monotonic()  # last micro-batch with a reading of it (for eviction)
+
+    @classmethod
+    def many(cls, entities: list[str], partitions: list[int], names: list[str], detectors: list[Detector | None],
+             starts: list[Start | None], settings: Settings, cohort: Cohort,
+             channels: ChannelMap | None = None) -> list["EntityState"]:
+        """New entities of one shape (``names``), each as ``EntityState(entity, partition, names, detector,
+        settings, cohort, start, channels)`` would be, their slots set up together: one by one, a fleet's
+        first contact cost more than its readings."""
+        slots = cohort.alloc_many(len(entities))
+        cls.setup_slots(cohort, slots, detectors, starts, settings)
+        return [cls(*a, names, d, settings, cohort, st, channels, slot)
+                for a, d, st, slot in zip(zip(entities, partitions), detectors, starts, slots.tolist())]
 
     # ---- its slot of the cohort's state ---------------------------------------------------------------
     last_ts = CohortValue("last_ts")
@@ -344,24 +385,12 @@ class EntityState:
         self._counts = Counter(counts) if counts else None
 
     def start(self) -> Start:
-        """This entity's calibration, for ``begin`` of another entity that the same detector serves."""
+        """This entity's calibration, for ``setup_slots`` of other entities that the same detector serves."""
         spot, lv, s = self.cohort.spot, self.cohort.levels, self.slot
         level = (float(lv.window[s]), float(lv.base[s]), float(lv.base_threshold[s])) if lv.on[s] else None
         return Start(spot.take(s) if spot is not None else None,
                      self.other_threshold.to_state() if spot is None and self.other_threshold else None,
                      self.floor, level)
-
-    def begin(self, start: Start) -> None:
-        """Calibrated as ``start`` says: exactly what ``calibrate`` of the same scores would give."""
-        if start.spot is not None:
-            self.cohort.spot.put(self.slot, start.spot)
-        elif start.other is not None:
-            self.other_threshold = threshold_from_state(start.other)
-        self.floor = start.floor
-        if start.level is not None:
-            self.cohort.levels.reset(self.slot, *start.level, on=True)
-        else:
-            self.cohort.levels.reset(self.slot)
 
     def to_state(self, history: bool = True) -> dict:
         threshold, level = self.threshold, self.level
@@ -471,18 +500,34 @@ class Pipeline:
         return cohort
 
     def _state(self, entity: str, partition: int, names: list[str], det: Detector | None) -> EntityState:
-        """A new entity's state, in the cohort of its shape."""
+        """A new entity's state, in the cohort of its shape (``_states``)."""
+        return self._states([(entity, partition, det)], names)[0]
+
+    def _states(self, new: list[tuple[str, int, Detector | None]], names: list[str]) -> list[EntityState]:
+        """New entities' states, (entity, partition, detector) each, all of channels ``names``: in the
+        cohort of each one's shape, a cohort's set up together (``EntityState.many``)."""
         channels = self.channel_maps.get(tuple(names))
         if channels is None:
             if len(self.channel_maps) >= 10_000:  # names of every kind ever seen: start over past that
                 self.channel_maps.clear()
             channels = self.channel_maps[tuple(names)] = ChannelMap(names)
-        ent = EntityState(entity, partition, names, det, self.settings, self._cohort(names, det), self.start(det),
-                          channels)
-        ent.cohort.stack_group[ent.slot], ent.cohort.stack_row[ent.slot] = self._place(det)
-        if det is not None and self.models.get(entity) is det:
-            self.starts.pop(id(det), None)  # its own model: no other entity starts from it
-        return ent
+        by_cohort: dict[int, tuple[Cohort, list]] = {}
+        for item in new:
+            cohort = self._cohort(names, item[2])
+            by_cohort.setdefault(id(cohort), (cohort, []))[1].append(item)
+        made = {}
+        for cohort, members in by_cohort.values():
+            entities, partitions, dets = (list(c) for c in zip(*members))
+            starts = [self.start(d) for d in dets]
+            ents = EntityState.many(entities, partitions, names, dets, starts, self.settings, cohort, channels)
+            slots = np.array([e.slot for e in ents])
+            places = np.array([self._place(d) for d in dets]).reshape(-1, 2)
+            cohort.stack_group[slots], cohort.stack_row[slots] = places[:, 0], places[:, 1]
+            for ent, det in zip(ents, dets):
+                if det is not None and self.models.get(ent.entity) is det:
+                    self.starts.pop(id(det), None)  # its own model: no other entity starts from it
+                made[ent.entity] = ent
+        return [made[entity] for entity, _, _ in new]
 
     def start(self, det: Detector | None) -> Start | None:
         """The calibration that ``det``'s training scores give (None: it has none to give), computed once
@@ -506,24 +551,28 @@ class Pipeline:
             self.start(det)
             self._place(det)  # its row of its kind's stack, now
 
-    def _entity(self, readings: Readings, partition: int) -> EntityState | None:
-        """The entity's state: in memory, or new (None when the worker holds ``max_entities`` already)."""
-        ent = self.entities.get(readings.entity)
-        if ent is None:
-            if self.known_entities() >= self.settings.max_entities:
-                return None
+    def _new_entities(self, firsts: list[tuple[Readings, int]]) -> set[str]:
+        """States for the entities of a micro-batch not in memory (each one's first readings and their
+        partition), as many as ``max_entities`` leaves room for; the names of those made. Those of one
+        list of channels are made together (``_states``)."""
+        room = max(0, self.settings.max_entities - self.known_entities())
+        by_names: dict[tuple, list] = {}
+        for readings, partition in firsts[:room]:
             width = readings.values.shape[1]
             det = self._model_for(readings.entity, readings.names, width)
             if det is not None:
-                names = list(det.channels)
+                names = det.channels
             else:
-                names = list(readings.names) if readings.names else [f"ch{i}" for i in range(width)]
-            ent = self.entities[readings.entity] = self._state(readings.entity, partition, names, det)
-            ent.suppress_scores_ts, ent.suppress_alerts_ts = self._suppress.pop(
-                readings.entity, (-math.inf, -math.inf))
-            self.metrics["entities"] += 1
-        ent.partition = partition
-        return ent
+                names = readings.names if readings.names else [f"ch{i}" for i in range(width)]
+            by_names.setdefault(tuple(names), []).append((readings.entity, partition, det))
+        for names, new in by_names.items():
+            for ent in self._states(new, list(names)):
+                self.entities[ent.entity] = ent
+                suppress = self._suppress.pop(ent.entity, None)
+                if suppress is not None:
+                    ent.suppress_scores_ts, ent.suppress_alerts_ts = suppress
+        self.metrics["entities"] += min(room, len(firsts))
+        return {readings.entity for readings, _ in firsts[:room]}
 
     def _align(self, ent: EntityState, readings: Readings) -> np.ndarray | str:
         """The readings' values in the entity's channel order, NaN where missing; or a reason."""
@@ -577,17 +626,18 @@ class Pipeline:
         if self.snapshots:
             self._keep(by_entity)
         await self._load_evicted(by_entity)
+        made = self._new_entities([(items[0][1], items[0][0].partition) for entity, items in by_entity.items()
+                                   if entity not in self.entities])
         by_cohort: dict[Cohort, list] = {}
-        for items in by_entity.values():
-            name = items[0][1].entity
-            new = name not in self.entities
-            ent = self._entity(items[0][1], items[0][0].partition)
+        for entity, items in by_entity.items():
+            ent = self.entities.get(entity)
             if ent is None:
                 for msg, _ in items:
                     self._reject(out, msg, f"too_many_entities: this worker already holds "
                                  f"{self.settings.max_entities} entities (--max-entities)")
                 continue
-            by_cohort.setdefault(ent.cohort, []).append((ent, items, new))
+            ent.partition = items[0][0].partition
+            by_cohort.setdefault(ent.cohort, []).append((ent, items, entity in made))
         batches = [b for b in (self._rows(c, members, out) for c, members in by_cohort.items()) if b is not None]
         await self._score(batches)
         for rows in batches:
@@ -798,7 +848,12 @@ class Pipeline:
         if group is None:
             group = self.groups[key] = len(self.group_keys)
             self.group_keys.append(key)
-        return group, 0 if key[0] == "one" else self.stacks.setdefault(key, Stack()).row(det)
+        if key[0] == "one":
+            return group, 0
+        stack = self.stacks.get(key)
+        if stack is None:
+            stack = self.stacks[key] = Stack()
+        return group, stack.row(det)
 
     def _stack_key(self, det: Detector) -> tuple:
         """The group ``det``'s windows are scored in (``Detector.stack_key``, or its own), asked once."""

@@ -336,17 +336,23 @@ class SpotColumns:
         return tuple(getattr(self, name)[slot] for name in self.SLOT_FIELDS) + (self.peaks[slot].copy(),)
 
     def put(self, slot: int, state: tuple) -> None:
-        """``slot`` becomes what ``take`` took, which the two then update apart. The peaks are shared
-        until the ring is full: before that a new peak makes a new array (``_push``), so thousands of
-        entities started from one calibration hold one array until each has a peak of its own."""
-        for name, value in zip(self.SLOT_FIELDS, state):
-            getattr(self, name)[slot] = value
-        peaks = state[-1]
-        self.peaks[slot] = peaks if len(peaks) < self.max_excess[slot] else peaks.copy()
+        """``slot`` becomes what ``take`` took, which the two then update apart (``put_many``)."""
+        self.put_many(np.array([slot]), [state])
 
-    def reset(self, slot: int, q: float = 1e-3, level: float = 0.98, max_excess: int = 1000, refit_every: int = 1,
-              min_peaks: int = 0) -> None:
-        """An uncalibrated SPOT with these parameters in ``slot``."""
+    def put_many(self, slots: np.ndarray, states: list[tuple]) -> None:
+        """Each of ``slots`` becomes what ``take`` took (its own of ``states``), which they then update
+        apart. The peaks are shared until the ring is full: before that a new peak makes a new array
+        (``_push``), so thousands of entities started from one calibration hold one array until each
+        has a peak of its own."""
+        for i, name in enumerate(self.SLOT_FIELDS):
+            getattr(self, name)[slots] = [state[i] for state in states]
+        for s, state in zip(slots.tolist(), states):
+            peaks = state[-1]
+            self.peaks[s] = peaks if len(peaks) < self.max_excess[s] else peaks.copy()
+
+    def reset(self, slot: int | np.ndarray, q: float = 1e-3, level: float = 0.98, max_excess: int = 1000,
+              refit_every: int = 1, min_peaks: int = 0) -> None:
+        """An uncalibrated SPOT with these parameters in ``slot`` (or each of an array of slots)."""
         self.q[slot], self.level[slot] = _prob("q", q, 0.0, 1.0 - _prob("level", level)), level
         self.max_excess[slot] = _count("max_excess", max_excess)
         self.refit_every[slot] = _count("refit_every", refit_every)
@@ -354,7 +360,8 @@ class SpotColumns:
         self.t[slot] = self.z[slot] = np.nan
         self.gamma[slot] = self.sigma[slot] = self.scale[slot] = 0.0
         self.n[slot] = self.nt[slot] = self.head[slot] = self.pending[slot] = 0
-        self.peaks[slot] = _NO_PEAKS
+        for s in np.atleast_1d(slot).tolist():
+            self.peaks[s] = _NO_PEAKS
 
     def params(self, slot: int) -> dict:
         return {"q": float(self.q[slot]), "level": float(self.level[slot]), "max_excess": int(self.max_excess[slot]),

@@ -70,8 +70,9 @@ class Windows:
         self.count = grow(self.count, capacity)
         self.last = grow(self.last, capacity, np.nan)
 
-    def reset(self, slot: int, fill: np.ndarray | None = None) -> None:
-        """A new entity in ``slot``: no history; imputes with ``fill`` before any value (else 0)."""
+    def reset(self, slot: int | np.ndarray, fill: np.ndarray | None = None) -> None:
+        """A new entity in ``slot`` (or in each of an array of slots): no history; imputes with ``fill``
+        before any value (else 0)."""
         self.history[slot] = 0.0
         self.count[slot] = 0
         self.last[slot] = np.nan if fill is None else np.asarray(fill, np.float64)

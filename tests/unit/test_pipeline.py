@@ -175,12 +175,18 @@ def test_a_model_trained_on_longer_windows_is_served_windows_of_its_length():
     assert pipe.entities["plant-01"].window.window == 20
 
 
+def new_entities(pipe: Pipeline, *names: str) -> list:
+    """States for entities of 8 unnamed channels, made as a micro-batch makes them (together)."""
+    pipe._new_entities([(type("R", (), {"entity": e, "values": np.zeros((1, 8)), "names": None})(), 0) for e in names])
+    return [pipe.entities[e] for e in names]
+
+
 def test_threshold_calibrates_on_training_scores_fused_by_the_served_rule():
     _, det = setup(10)
     det.train_divergence = np.full(len(det.train_reconstruction), 3.0, np.float32)
     for rule, expected in (("sum", det.train_reconstruction + 3.0), ("product", det.train_reconstruction * 3.0)):
         pipe = Pipeline(Settings(fusion=rule, threshold="percentile"), {"*": det})
-        ent = pipe._entity(type("R", (), {"entity": "plant-01", "values": np.zeros((1, 8)), "names": None})(), 0)
+        ent = new_entities(pipe, "plant-01")[0]
         expected = ent.smoother.smooth(expected)  # served scores are smoothed: so are the calibration scores
         window = expected[-ent.threshold.window:]
         assert np.isclose(ent.threshold.threshold, np.quantile(window, ent.threshold.q), rtol=1e-4)
@@ -275,8 +281,7 @@ def test_entities_of_one_model_start_from_its_calibration_computed_once(monkeypa
         pipe.prepare()
         fits = []
         monkeypatch.setattr(thresholds, "fit_gpd", lambda *a: fits.append(1) or (0.0, 1.0))
-        a, b = (pipe._entity(type("R", (), {"entity": e, "values": np.zeros((1, 8)), "names": None})(), 0)
-                for e in ("a", "b"))
+        a, b = new_entities(pipe, "a", "b")
         monkeypatch.undo()
         assert not fits, "an entity's first reading fitted a tail"
         alone = EntityState("c", 0, list(det.channels), det, settings, pipe._cohort(list(det.channels), det))
