@@ -17,6 +17,7 @@ state, so a replay of the same messages after a restart gives the same scores an
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import math
 import sys
@@ -46,7 +47,7 @@ from .codec import (
 from .conditioning import Level, LevelOut, Levels, Smoother, Smoothing
 from .fusion import fuse, top_channels
 from .incidents import IncidentTracker
-from .segments import Segments, grow
+from .segments import Segments, gather, grow
 from .settings import Settings
 from .thresholds import SpotColumns, SpotThreshold, floor_for, make_threshold, threshold_from_state, trim_far_out
 from .windows import EntityWindow, Windows
@@ -117,8 +118,9 @@ class Snapshot:
 
     order: list  # the entities changed before the instant, in record order
     meta: bytes  # the partition's offsets at the instant
-    pending: set  # those whose record is still to write: written before anything changes them
+    pending: set  # those not yet taken: taken (``taken``) or written before anything changes them
     records: dict = field(default_factory=dict)  # entity -> its record as of the instant (None: none)
+    taken: dict = field(default_factory=dict)  # entity -> a copy of it as of the instant, record to write
     next: int = 0  # position in ``order`` of the next slice
 
 
@@ -180,6 +182,14 @@ class Cohort:
     def release(self, slot: int) -> None:
         self.free.append(slot)
 
+    def gather(self, slots: np.ndarray) -> Cohort:
+        """A copy holding only the rows of ``slots`` (the copy's slots 0, 1, ...), as they are now."""
+        out = gather(self, slots)
+        out.windows, out.smoothing, out.levels = (gather(c, slots) for c in (self.windows, self.smoothing, self.levels))
+        out.spot = self.spot.gather(slots) if self.spot is not None else None
+        out.free, out.size = [], len(slots)
+        return out
+
 
 class CohortValue:
     """An entity's number that its cohort keeps in an array (``Cohort.<name>[slot]``), read and set as
@@ -220,6 +230,18 @@ class Start(NamedTuple):
     other: dict | None
     floor: float
     level: tuple[float, float, float] | None
+
+
+class _Taken:
+    """What an object's ``to_state`` gave when it was taken (``EntityState.taken``)."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def to_state(self) -> dict:
+        return self.state
 
 
 class EntityState:
@@ -302,7 +324,7 @@ class EntityState:
     @classmethod
     def many(cls, entities: list[str], partitions: list[int], names: list[str], detectors: list[Detector | None],
              starts: list[Start | None], settings: Settings, cohort: Cohort,
-             channels: ChannelMap | None = None) -> list["EntityState"]:
+             channels: ChannelMap | None = None) -> list[EntityState]:
         """New entities of one shape (``names``), each as ``EntityState(entity, partition, names, detector,
         settings, cohort, start, channels)`` would be, their slots set up together: one by one, a fleet's
         first contact cost more than its readings."""
@@ -342,6 +364,19 @@ class EntityState:
         """Tell the cohort whether its incidents need a visit whatever its scores (``Cohort.busy``)."""
         inc = self.incidents
         self.cohort.busy[self.slot] = inc.open is not None or bool(inc.candidates) or self.drift_start is not None
+
+    def taken(self, cohort: Cohort, slot: int) -> EntityState:
+        """This entity as it is now, for its checkpoint record to be written later whatever happens to it
+        meanwhile: its cohort rows are ``slot`` of ``cohort`` (``Cohort.gather``), its own parts taken."""
+        out = copy.copy(self)
+        out.cohort, out.slot = cohort, slot
+        incidents = self.incidents.to_state()
+        out.incidents = _Taken({**incidents, "candidates": list(incidents["candidates"])})
+        if self.other_threshold is not None:
+            out.other_threshold = _Taken(self.other_threshold.to_state())
+        out.calib = list(self.calib)
+        out._counts = Counter(self._counts) if self._counts else None
+        return out
 
     def release(self) -> None:
         """The entity leaves this worker's memory: its slot goes to the next entity."""
@@ -1121,7 +1156,7 @@ class Pipeline:
         while snap.next < len(snap.order):
             name = snap.order[snap.next]
             snap.next += 1
-            if name in snap.pending:
+            if name in snap.pending or name in snap.taken:
                 self._write(snap, name)
                 if time.perf_counter() >= deadline:
                     break
@@ -1133,16 +1168,31 @@ class Pipeline:
         return records
 
     def _keep(self, names) -> None:
-        """Entities about to change: a checkpoint under way that still owes their record writes it now."""
+        """Entities about to change: a checkpoint under way that still owes their record takes them as
+        they are (``EntityState.taken``: their cohorts' rows copied in one step each), to write the
+        record in a later slice. A paced fleet's micro-batch touches a good part of a partition's
+        entities: writing their records there and then put most of a checkpoint's cost on a few
+        micro-batches. A streaming detector's entity is written at once (its state is its own)."""
         for snap in self.snapshots.values():
-            if snap.pending:
-                for name in names:
-                    if name in snap.pending:
+            if not snap.pending:
+                continue
+            by_cohort: dict[int, tuple[Cohort, list]] = {}
+            for name in names:
+                if name in snap.pending:
+                    ent = self.entities.get(name)
+                    if ent is None or ent.streaming is not None:
                         self._write(snap, name)
+                    else:
+                        snap.pending.discard(name)
+                        by_cohort.setdefault(id(ent.cohort), (ent.cohort, []))[1].append(ent)
+            for cohort, ents in by_cohort.values():
+                copy_ = cohort.gather(np.array([e.slot for e in ents], np.int64))
+                for i, ent in enumerate(ents):
+                    snap.taken[ent.entity] = ent.taken(copy_, i)
 
     def _write(self, snap: Snapshot, name: str) -> None:
         snap.pending.discard(name)
-        ent = self.entities.get(name)
+        ent = snap.taken.pop(name, None) or self.entities.get(name)
         snap.records[name] = self._state_record(ent) if ent is not None else None
 
     def _state_record(self, ent: EntityState) -> bytes | None:
@@ -1174,7 +1224,7 @@ class Pipeline:
         ttl, cap = self.settings.entity_ttl, self.settings.max_live_entities
         if len(self.entities) <= cap and (ttl <= 0 or not any(now - e.touched > ttl for e in self.entities.values())):
             return 0
-        owed = set().union(*(snap.pending for snap in self.snapshots.values()))
+        owed = set().union(*(snap.pending | snap.taken.keys() for snap in self.snapshots.values()))
         clean = [e for e in self.entities.values() if e.stored_at is not None
                  and e.entity not in self.partitions[e.partition].dirty and e.entity not in owed]
         clean.sort(key=lambda e: e.touched)

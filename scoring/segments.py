@@ -12,6 +12,8 @@ entity after entity (each entity's rows contiguous, in arrival order) and every 
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 
@@ -67,4 +69,15 @@ def grow(a: np.ndarray, capacity: int, fill=0) -> np.ndarray:
         out = np.empty((capacity, *a.shape[1:]), dtype=a.dtype)
         out[len(a):] = fill
     out[:len(a)] = a
+    return out
+
+
+def gather(columns, slots: np.ndarray):
+    """A copy of ``columns`` (an object whose arrays have a row per slot) holding only the rows of
+    ``slots``, in that order, as they are now: whatever the original does next, the copy keeps them
+    (a checkpoint's instant, ``Pipeline._keep``)."""
+    out = copy.copy(columns)
+    for name, value in vars(columns).items():
+        if isinstance(value, np.ndarray):
+            setattr(out, name, value[slots])
     return out

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from river.stats import RollingQuantile
 
-from .segments import Segments, grow
+from .segments import Segments, gather, grow
 
 __all__ = ["FLOOR", "floor_for", "Threshold", "SpotThreshold", "DSpotThreshold", "PercentileThreshold",
            "make_threshold", "threshold_from_state", "fit_gpd", "KINDS", "DEFAULTS", "parameters", "trim_far_out"]
@@ -334,6 +334,12 @@ class SpotColumns:
     def take(self, slot: int) -> tuple:
         """``slot``'s whole state, for ``put`` into another slot (or another SpotColumns)."""
         return tuple(getattr(self, name)[slot] for name in self.SLOT_FIELDS) + (self.peaks[slot].copy(),)
+
+    def gather(self, slots: np.ndarray) -> SpotColumns:
+        """``segments.gather``, the peak rings copied too (a full ring is updated in place)."""
+        out = gather(self, slots)
+        out.peaks = [self.peaks[s].copy() for s in slots.tolist()]
+        return out
 
     def put(self, slot: int, state: tuple) -> None:
         """``slot`` becomes what ``take`` took, which the two then update apart (``put_many``)."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from scoring.conditioning import Levels, Smoothing
-from scoring.segments import Segments
+from scoring.segments import Segments, gather
 from scoring.windows import Windows
 
 from .. import oracle
@@ -142,3 +142,30 @@ def test_spot_of_many_entities_is_each_entitys_spot(seed):
         assert np.array_equal(np.concatenate([g[0] for g in got[e]]), want[0])
         assert np.array_equal(np.concatenate([g[1] for g in got[e]]), want[1])
         assert cols.to_state(e) == refs[e].to_state()
+
+
+def test_gathered_rows_keep_what_they_held_whatever_the_columns_do_next():
+    """``gather`` (a checkpoint's copy of the entities a micro-batch is about to change) holds the rows
+    as they were, full SPOT rings included (those are updated in place), while the columns go on."""
+    from scoring.thresholds import SpotColumns
+
+    rng = np.random.default_rng(0)
+    cols, wins = SpotColumns(capacity=3), Windows(8, 1, 2, capacity=3)
+    for e in range(3):
+        cols.reset(e, q=1e-2, level=0.9, max_excess=5)
+        cols.calibrate(e, rng.pareto(3.0, size=300))
+        for x in rng.pareto(3.0, size=200):  # the ring fills
+            cols.observe(e, float(x))
+    wins.reset(np.arange(3))
+    wins.push(Segments.of(np.arange(3), [4, 4, 4]), rng.normal(size=(12, 2)), np.ones(12, np.int64))
+    slots = np.array([2, 0])
+    before = [cols.to_state(int(s)) for s in slots]
+    history = wins.history[slots].copy()
+    spot_copy, win_copy = cols.gather(slots), gather(wins, slots)
+    for e in range(3):
+        for x in 10.0 + rng.pareto(3.0, size=50):  # peaks: every ring moves
+            cols.observe(e, float(x))
+    wins.push(Segments.of(np.arange(3), [3, 3, 3]), rng.normal(size=(9, 2)), np.ones(9, np.int64))
+    assert [cols.to_state(int(s)) for s in slots] != before
+    assert [spot_copy.to_state(i) for i in range(2)] == before
+    assert np.array_equal(win_copy.history, history) and not np.array_equal(wins.history[slots], history)
