@@ -17,7 +17,6 @@ state, so a replay of the same messages after a restart gives the same scores an
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import math
 import sys
@@ -161,8 +160,11 @@ class Cohort:
         slots = np.array(reused + list(range(self.size, self.size + fresh)), np.int64)
         self.size += fresh
         if self.size > len(self.last_ts):
-            # a quarter more: copies stay amortised O(1), slack small
-            capacity = max(16, len(self.last_ts) * 5 // 4, self.size)
+            # a quarter more at a time (copies stay amortised O(1), slack small), grown once: the capacity
+            # that as many slots allocated one at a time would reach, however the micro-batches come
+            capacity = len(self.last_ts)
+            while capacity < self.size:
+                capacity = max(16, capacity * 5 // 4)
             for part in (self.windows, self.smoothing, self.levels, self.spot):
                 if part is not None:
                     part.ensure(capacity)
@@ -368,7 +370,8 @@ class EntityState:
     def taken(self, cohort: Cohort, slot: int) -> EntityState:
         """This entity as it is now, for its checkpoint record to be written later whatever happens to it
         meanwhile: its cohort rows are ``slot`` of ``cohort`` (``Cohort.gather``), its own parts taken."""
-        out = copy.copy(self)
+        out = object.__new__(EntityState)
+        out.__dict__.update(self.__dict__)
         out.cohort, out.slot = cohort, slot
         incidents = self.incidents.to_state()
         out.incidents = _Taken({**incidents, "candidates": list(incidents["candidates"])})

@@ -343,3 +343,19 @@ def test_an_alert_says_when_its_reading_reached_kafka_where_the_timestamp_is_kno
         assert a["sent"] == sent + 0.5 * carried, a
     plain = collect(run(Pipeline(Settings(), {"*": det}), messages(live, batch=10), size=7))[1]
     assert [{k: v for k, v in a.items() if k != "sent"} for a in alerts] == plain
+
+
+def test_slots_allocated_together_are_those_allocated_one_at_a_time_in_the_same_arrays():
+    """A micro-batch's new entities take their slots in one step (``Cohort.alloc_many``): the slots, and
+    the capacity the cohort's arrays grow to (its memory), are those of allocating them one by one."""
+    from scoring.pipeline import Cohort
+
+    one, many = Cohort(8, 1, Settings()), Cohort(8, 1, Settings())
+    for n in (3, 1, 700, 5000, 20, 12_000):
+        alone = [one.alloc() for _ in range(n)]
+        assert many.alloc_many(n).tolist() == alone
+        assert len(many.last_ts) == len(one.last_ts) and many.windows.last.shape == one.windows.last.shape
+    for s in (5, 900, 17):
+        one.release(s)
+        many.release(s)
+    assert many.alloc_many(5).tolist() == [one.alloc() for _ in range(5)]
