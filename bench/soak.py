@@ -8,9 +8,18 @@
    worker's RSS is sampled every 10 s. Reported: RSS at the end of the warm-up (``--warmup`` minutes,
    5) and at the end, and the growth between them (goal < 10%), plus consumer lag at the end.
 
+With ``--burst X`` (issue 33) step 2 is a burst instead: the plant is produced at X times the maximum
+for ``--minutes``, then stops, and the worker drains what it fell behind. ``/metrics`` is polled every
+half second with a 1 s timeout throughout. Reported: the polls' response p50/p99/max and how many took
+over 1 s or failed; the partition assignments in the worker's log (one: no rebalance); the rate at
+which it drained after the burst against the rate at which it drained the unthrottled minute's
+backlog with the producer idle (the backlog rate, same run); and its readings scored against those
+sent (each counted once: none lost, none twice).
+
 Not part of the test suite (it takes half an hour).
 
     python bench/soak.py [--minutes 30] [--load 0.8] [--entities 20] [--channels 8] [--batch 10]
+    python bench/soak.py --burst 1.5 --minutes 10
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -54,6 +64,40 @@ def metrics(url: str) -> dict[str, float]:
     return out
 
 
+class Poller(threading.Thread):
+    """``/metrics`` every half second with a 1 s timeout: (time, seconds to answer or None if it did not,
+    readings scored, messages behind)."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.samples, self.stopped = url, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            a = time.perf_counter()
+            try:
+                with urllib.request.urlopen(self.url + "/metrics", timeout=1) as resp:
+                    text = resp.read().decode()
+                took = time.perf_counter() - a
+                m = {}
+                for line in text.splitlines():
+                    if line and not line.startswith("#"):
+                        name, value = line.rsplit(" ", 1)
+                        m[name.split("{")[0]] = m.get(name.split("{")[0], 0.0) + float(value)
+                self.samples.append((time.monotonic(), took, m.get("vigil_readings_total", 0.0),
+                                     m.get("vigil_consumer_lag", 0.0)))
+            except OSError:
+                self.samples.append((time.monotonic(), None, None, None))
+            self.stopped.wait(max(0.0, 0.5 - (time.perf_counter() - a)))
+
+
+def drain_rate(samples: list, since: float) -> float:
+    """Readings scored per second from ``since`` until the lag first reached 0 (or the last sample)."""
+    ok = [s for s in samples if s[0] >= since and s[2] is not None]
+    end = next((s for s in ok if s[3] == 0), ok[-1])
+    return (end[2] - ok[0][2]) / max(end[0] - ok[0][0], 1e-3)
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -78,8 +122,19 @@ class Plant:
         return [(s.entity.encode(), encode_readings(s.entity, ts, s.values[rows], s.channels)) for s in self.series]
 
 
-async def produce(broker: str, plant: Plant, rate: float | None, seconds: float, rounds: int | None = None) -> int:
-    """Produce rounds at ``rate`` readings/s (None: as fast as possible) for ``seconds`` or ``rounds``."""
+def memory_low(floor_gb: float = 3.0) -> bool:
+    """The machine has less than ``floor_gb`` available: the embedded broker keeps every message in
+    memory, so a long burst can exhaust the machine (issue 11's soak stalled that way)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) < floor_gb * 2**20
+    return False
+
+
+async def produce(broker: str, plant: Plant, rate: float | None, seconds: float, rounds: int | None = None,
+                  stop=None) -> int:
+    """Produce rounds at ``rate`` readings/s (None: as fast as possible) for ``seconds`` or ``rounds``, or
+    until ``stop()`` (asked every 1,000 rounds) says so."""
     p = producer(broker, linger_ms=5)
     await p.start()
     sent, t0 = 0, time.monotonic()
@@ -91,6 +146,8 @@ async def produce(broker: str, plant: Plant, rate: float | None, seconds: float,
                 await p.send("vigil.readings", value, key=key)
             sent += per_round
             n += 1
+            if stop is not None and n % 1000 == 0 and stop():
+                break
             if rate:
                 ahead = sent / rate - (time.monotonic() - t0)
                 if ahead > 0:
@@ -110,6 +167,7 @@ def main() -> int:
     ap.add_argument("--channels", type=int, default=8)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--overload", type=float, default=60.0, help="seconds of the unthrottled run")
+    ap.add_argument("--burst", type=float, default=0.0, help="a burst at this many times the maximum instead of the soak")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="vigil-soak-"))
@@ -141,11 +199,16 @@ def main() -> int:
                 samples_max.append((time.monotonic(), metrics(url).get("vigil_readings_total", 0.0)))
                 await asyncio.sleep(2)
             return await task
+        poller = Poller(url)
+        poller.start()
         backlog = asyncio.run(overload())
         (t0, first), (t1, last) = samples_max[0], samples_max[-1]
         max_rate = (last - first) / max(t1 - t0, 1e-3)
+        idle_from = time.monotonic()
         while metrics(url).get("vigil_consumer_lag", 0.0) > 0:  # let it catch up before the soak
             time.sleep(1)
+        if args.burst:
+            return burst(args, broker, plant, url, w, tmp, poller, max_rate, drain_rate(poller.samples, idle_from))
         rate = args.load * max_rate
         print(orjson.dumps({"overload_readings": backlog, "max_rate": round(max_rate), "soak_rate": round(rate)}).decode(),
               flush=True)
@@ -178,6 +241,47 @@ def main() -> int:
         if w.poll() is None:
             os.killpg(w.pid, signal.SIGKILL)
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def burst(args, broker: str, plant: Plant, url: str, w: subprocess.Popen, tmp: Path, poller: Poller,
+          max_rate: float, backlog_rate: float) -> int:
+    """``--burst``: X times the maximum for ``--minutes``, then the drain (see the module's docstring)."""
+    rate = args.burst * max_rate
+    print(orjson.dumps({"max_rate": round(max_rate), "backlog_rate": round(backlog_rate),
+                        "burst_rate": round(rate)}).decode(), flush=True)
+    t_burst = time.monotonic()
+    sent_before = int(metrics(url).get("vigil_readings_total", 0))
+    sent = asyncio.run(produce(broker, plant, rate, args.minutes * 60, stop=memory_low))
+    t_end = time.monotonic()
+    deadline = t_end + 4 * args.minutes * 60
+    while time.monotonic() < deadline and w.poll() is None:
+        m = metrics(url)
+        if m.get("vigil_consumer_lag", 1.0) == 0 and m.get("vigil_readings_total", 0) >= sent_before + sent:
+            break
+        time.sleep(1)
+    t_done = time.monotonic()
+    poller.stopped.set()
+    poller.join()
+    m = metrics(url)
+    polls = [s for s in poller.samples if s[0] >= t_burst]
+    took = np.array([s[1] for s in polls if s[1] is not None]) * 1000
+    log = (tmp / "worker.log").read_text(errors="replace")
+    scored = int(m.get("vigil_readings_total", 0)) - sent_before
+    result = {
+        "minutes": args.minutes, "burst_s": round(t_end - t_burst, 1), "max_rate": round(max_rate),
+        "burst_rate": round(rate), "sent": sent,
+        "achieved_send_rate": round(sent / (t_end - t_burst)), "lag_at_burst_end": next(
+            (int(s[3]) for s in reversed(polls) if s[0] <= t_end and s[3] is not None), None),
+        "drain_s": round(t_done - t_end, 1), "drain_rate": round(drain_rate(poller.samples, t_end)),
+        "backlog_rate": round(backlog_rate), "drain_over_backlog": round(drain_rate(poller.samples, t_end) / backlog_rate, 3),
+        "polls": len(polls), "p50_ms": round(float(np.percentile(took, 50)), 1),
+        "p99_ms": round(float(np.percentile(took, 99)), 1), "max_ms": round(float(took.max()), 1),
+        "over_1s_or_failed": int((took > 1000).sum()) + sum(1 for s in polls if s[1] is None),
+        "assignments": log.count("assigned partitions"), "keepalive_warnings": log.count("keepalive"),
+        "scored": scored, "scored_minus_sent": scored - sent, "dlq": int(m.get("vigil_dlq_total", 0)),
+        "rss_mb": round(rss_mb(w.pid), 1), "worker_alive": w.poll() is None}
+    print(orjson.dumps({"result": result}).decode(), flush=True)
+    return 0 if result["worker_alive"] and scored == sent else 1
 
 
 if __name__ == "__main__":

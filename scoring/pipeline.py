@@ -509,9 +509,11 @@ class Pipeline:
         # ``await loader(partition, offsets) -> [state bytes | None]`` reads evicted entities' state
         # records back (the runner reads them from vigil.state); None: nothing is ever evicted.
         self.loader = None
+        self._told: list[tuple] = []  # the board's calls of the micro-batch under way (``_tell``)
 
     def known_entities(self) -> int:
-        return len(self.entities) + sum(len(p.evicted) for p in self.partitions.values())
+        # a copy of the partitions first: the board asks from the loop while a micro-batch runs (``process``)
+        return len(self.entities) + sum(len(p.evicted) for p in list(self.partitions.values()))
 
     # ---- entity stage -------------------------------------------------------------------------
     def _model_for(self, entity: str, names: list[str] | None, width: int) -> Detector | None:
@@ -641,8 +643,30 @@ class Pipeline:
 
     # ---- the batch ------------------------------------------------------------------------------
     async def process(self, messages: list[Message]) -> Outputs:
+        """One micro-batch: its outputs. Its work runs in the executor, off the event loop, so that the
+        loop answers heartbeats, fetches and ``/metrics`` meanwhile (it gets the GIL every few
+        milliseconds: ``sys.getswitchinterval``); only reading evicted entities back (I/O) and telling
+        the board (the loop's, as the dashboard reads it) happen on the loop."""
         out = Outputs()
-        by_entity: dict[str, list] = {}  # entity -> [(message, readings)] in arrival order
+        by_entity = await self._off_loop(self._decode, messages, out)
+        await self._load_evicted(by_entity)
+        await self._off_loop(self._score_batch, by_entity, out)
+        told, self._told = self._told, []
+        for call, args in told:
+            call(*args)
+        return out
+
+    async def _off_loop(self, work, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, work, *args)
+
+    def _tell(self, call, *args) -> None:
+        """Call ``call`` (the board's) on the loop once the micro-batch's work is done (``process``)."""
+        self._told.append((call, args))
+
+    def _decode(self, messages: list[Message], out: Outputs) -> dict[str, list]:
+        """The micro-batch's readings by entity, [(message, readings)] in arrival order; the messages that
+        cannot be used dead-lettered. A checkpoint under way takes the entities first (``_keep``)."""
+        by_entity: dict[str, list] = {}
         for msg in messages:
             part = self.partitions[msg.partition]
             if msg.offset <= part.input_offset:
@@ -663,7 +687,10 @@ class Pipeline:
                 by_entity.setdefault(readings.entity, []).append((msg, readings))
         if self.snapshots:
             self._keep(by_entity)
-        await self._load_evicted(by_entity)
+        return by_entity
+
+    def _score_batch(self, by_entity: dict[str, list], out: Outputs) -> None:
+        """The micro-batch's entities (new ones made), their rows scored, thresholds, incidents, outputs."""
         made = self._new_entities([(items[0][1], items[0][0].partition) for entity, items in by_entity.items()
                                    if entity not in self.entities])
         by_cohort: dict[Cohort, list] = {}
@@ -677,10 +704,9 @@ class Pipeline:
             ent.partition = items[0][0].partition
             by_cohort.setdefault(ent.cohort, []).append((ent, items, entity in made))
         batches = [b for b in (self._rows(c, members, out) for c, members in by_cohort.items()) if b is not None]
-        await self._score(batches)
+        self._score(batches)
         for rows in batches:
             self._finish(rows, out)
-        return out
 
     def _rows(self, cohort: Cohort, members: list, out: Outputs) -> Rows | None:
         """A cohort's rows of this micro-batch: aligned, validated (every entity's in one step; an entity
@@ -809,10 +835,9 @@ class Pipeline:
                              rows=(rows - first_row[j]).tolist() if len(rows) < lengths[j] else None)
         return ~(bad_order | future) if future is not None else ~bad_order
 
-    async def _score(self, batches: list[Rows]) -> None:
+    def _score(self, batches: list[Rows]) -> None:
         """Every cohort's rows scored: a streaming detector's row by row (its own), the others over their
-        windows, one detector call per model, or per stack of models of one kind (``Stack``): all of a
-        micro-batch's calls in one trip off the event loop (a trip per call cost more than small calls)."""
+        windows, one detector call per model, or per stack of models of one kind (``Stack``)."""
         jobs, places = [], []  # (detector or stack, windows, rows or None); (rows batch, window -> row mask)
         streams = []  # (rows batch, its rows of one entity, the entity) of streaming detectors
         for rows in batches:
@@ -856,10 +881,7 @@ class Pipeline:
                 places.append((rows, mrows[np.flatnonzero(np.repeat(take, counts))], mask))
         if not jobs and not streams:
             return
-        # off the event loop: a streaming detector learns row by row in Python (a backlog's micro-batch
-        # of cold-start entities is seconds of it), and heartbeats and /metrics must still be answered
-        results, learnt = await asyncio.get_running_loop().run_in_executor(
-            self.executor, _score_all, jobs, [(ent.streaming, rows.values[sl]) for rows, sl, ent in streams])
+        results, learnt = _score_all(jobs, [(ent.streaming, rows.values[sl]) for rows, sl, ent in streams])
         for (rows, sl, ent), sc in zip(streams, learnt):
             sc = judge_scores(sc, ent.cold_judged)
             rows.reconstruction[sl], rows.channel[sl] = sc.reconstruction, sc.channel
@@ -867,7 +889,7 @@ class Pipeline:
                 self._divergence(rows)[sl] = sc.divergence
         for (rows, at, mask), (_, windows, _), (scores, seconds) in zip(places, jobs, results):
             if self.board is not None:
-                self.board.inference(seconds)
+                self._tell(self.board.inference, seconds)
             self.metrics["windows"] += len(windows)
             self.metrics["batches"] += 1
             rows.reconstruction[at] = scores.reconstruction[mask]
@@ -967,7 +989,8 @@ class Pipeline:
         if self.board is not None:
             passable = ~cohort.watched[seg.slot]
             passable[list(alerts_of)] = False
-            self.board.observe_many(rows.entities, bounds, ts, score, thr, channel, rows.values, alerts_of, passable)
+            self._tell(self.board.observe_many, rows.entities, bounds, ts, score, thr, channel, rows.values, alerts_of,
+                       passable)
         self._publish(rows, bounds, score, thr, channel, alerts_of, out)
 
     def _publish(self, rows: Rows, bounds: list, score: np.ndarray, thr: np.ndarray, channel: np.ndarray,

@@ -212,7 +212,8 @@ class Board:
 
     def dlq_by_reason(self) -> dict[str, int]:
         m = self.pipeline.metrics if self.pipeline is not None else {}
-        return {k[4:]: int(v) for k, v in m.items() if k.startswith("dlq_")}
+        # a copy first: the pipeline counts in its executor thread (``Pipeline.process``) meanwhile
+        return {k[4:]: int(v) for k, v in list(m.items()) if k.startswith("dlq_")}
 
     def health(self) -> dict:
         return {"readings_per_second": round(self.readings_per_second(), 1), "readings": self._count("points"),
