@@ -648,6 +648,7 @@ class Pipeline:
         milliseconds: ``sys.getswitchinterval``); only reading evicted entities back (I/O) and telling
         the board (the loop's, as the dashboard reads it) happen on the loop."""
         out = Outputs()
+        self._told = []  # not those of a micro-batch that raised
         by_entity = await self._off_loop(self._decode, messages, out)
         await self._load_evicted(by_entity)
         await self._off_loop(self._score_batch, by_entity, out)
