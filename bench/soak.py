@@ -52,8 +52,8 @@ TOPICS = Topics().all()
 STEP = 0.001  # seconds between a simulated entity's points: 30 minutes of load stay in the past
 
 
-def metrics(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+def metrics(url: str, timeout: float = 5) -> dict[str, float]:
+    with urllib.request.urlopen(url + "/metrics", timeout=timeout) as resp:
         text = resp.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -76,15 +76,8 @@ class Poller(threading.Thread):
         while not self.stopped.is_set():
             a = time.perf_counter()
             try:
-                with urllib.request.urlopen(self.url + "/metrics", timeout=1) as resp:
-                    text = resp.read().decode()
-                took = time.perf_counter() - a
-                m = {}
-                for line in text.splitlines():
-                    if line and not line.startswith("#"):
-                        name, value = line.rsplit(" ", 1)
-                        m[name.split("{")[0]] = m.get(name.split("{")[0], 0.0) + float(value)
-                self.samples.append((time.monotonic(), took, m.get("vigil_readings_total", 0.0),
+                m = metrics(self.url, timeout=1)
+                self.samples.append((time.monotonic(), time.perf_counter() - a, m.get("vigil_readings_total", 0.0),
                                      m.get("vigil_consumer_lag", 0.0)))
             except OSError:
                 self.samples.append((time.monotonic(), None, None, None))

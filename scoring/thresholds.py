@@ -332,7 +332,7 @@ class SpotColumns:
         self.peaks += [_NO_PEAKS] * (capacity - len(self.peaks))
 
     def take(self, slot: int) -> tuple:
-        """``slot``'s whole state, for ``put`` into another slot (or another SpotColumns)."""
+        """``slot``'s whole state, for ``put_many`` into other slots (or another SpotColumns)."""
         return tuple(getattr(self, name)[slot] for name in self.SLOT_FIELDS) + (self.peaks[slot].copy(),)
 
     def gather(self, slots: np.ndarray) -> SpotColumns:
@@ -340,10 +340,6 @@ class SpotColumns:
         out = gather(self, slots)
         out.peaks = [self.peaks[s].copy() for s in slots.tolist()]
         return out
-
-    def put(self, slot: int, state: tuple) -> None:
-        """``slot`` becomes what ``take`` took, which the two then update apart (``put_many``)."""
-        self.put_many(np.array([slot]), [state])
 
     def put_many(self, slots: np.ndarray, states: list[tuple]) -> None:
         """Each of ``slots`` becomes what ``take`` took (its own of ``states``), which they then update
