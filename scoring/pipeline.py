@@ -35,9 +35,10 @@ from detectors.base import Detector, Scores, Stack, StreamingDetector, judge_sco
 
 from .codec import (
     OUTPUT_LIMIT,
+    Reading,
     Readings,
     Rejection,
-    decode,
+    decode_many,
     drift_alert,
     encode_alert,
     encode_dead_letter,
@@ -668,20 +669,23 @@ class Pipeline:
         """The micro-batch's readings by entity, [(message, readings)] in arrival order; the messages that
         cannot be used dead-lettered. A checkpoint under way takes the entities first (``_keep``)."""
         by_entity: dict[str, list] = {}
+        todo = []  # the messages not seen before, in offset order
         for msg in messages:
             part = self.partitions[msg.partition]
             if msg.offset <= part.input_offset:
                 self.metrics["replayed_skipped"] += 1
                 continue
+            part.input_offset = msg.offset if msg.undecodable is None else msg.undecodable[0]
+            todo.append(msg)
+        decoded = iter(decode_many([m.value for m in todo if m.undecodable is None], self.settings.max_message_bytes))
+        for msg in todo:
             if msg.undecodable is not None:  # a range of offsets: one dead letter for all of them
                 last, reason = msg.undecodable
-                part.input_offset = last
                 self.metrics["messages"] += last - msg.offset + 1
                 self._reject(out, msg, reason, last_offset=last)
                 continue
-            part.input_offset = msg.offset
             self.metrics["messages"] += 1
-            readings = decode(msg.value, self.settings.max_message_bytes)
+            readings = next(decoded)
             if isinstance(readings, Rejection):
                 self._reject(out, msg, readings.reason)
             else:
@@ -712,18 +716,23 @@ class Pipeline:
     def _rows(self, cohort: Cohort, members: list, out: Outputs) -> Rows | None:
         """A cohort's rows of this micro-batch: aligned, validated (every entity's in one step; an entity
         with a row out of order or from the future on its own), imputed."""
-        ents, ts, values, msgs, lengths, counts = [], [], [], [], [], []
+        ents, parts, msgs, lengths, counts = [], [], [], [], []
         for ent, items, new in members:
             n = 0
+            width = len(ent.names)
             for msg, readings in items:
-                aligned = self._align(ent, readings)
-                if isinstance(aligned, str):
-                    self._reject(out, msg, aligned, ent)
-                    continue
-                ts.append(readings.ts)
-                values.append(aligned)
+                if type(readings) is Reading and (readings.stack.values.shape[1] == width if readings.names is None
+                                                  else readings.names == ent.names):
+                    parts.append(readings)  # in the entity's order already: a row of the stack
+                    lengths.append(1)
+                else:
+                    aligned = self._align(ent, readings)
+                    if isinstance(aligned, str):
+                        self._reject(out, msg, aligned, ent)
+                        continue
+                    parts.append((readings.ts, aligned))
+                    lengths.append(len(readings.ts))
                 msgs.append(msg)
-                lengths.append(len(readings.ts))
                 n += 1
             if n:
                 ents.append(ent)
@@ -732,7 +741,7 @@ class Pipeline:
                 self._forget_new(ent)
         if not ents:
             return None
-        ts, values = np.concatenate(ts).astype(np.float64), np.concatenate(values)
+        ts, values = _stack(parts)
         lengths = np.array(lengths, np.int64)
         written = np.array([np.nan if m.timestamp is None else m.timestamp for m in msgs])
         msg_seg = np.repeat(np.arange(len(ents)), counts)
@@ -1357,6 +1366,19 @@ class Pipeline:
         for name in (part.evicted if part is not None else ()):
             self._suppress.pop(name, None)
 
+
+
+def _stack(parts: list) -> tuple[np.ndarray, np.ndarray]:
+    """The timestamps and values of a cohort's messages, in order: each part a ``Reading`` (a row of
+    its micro-batch's stack) or a (ts, values) pair. Readings of one stack, the common case, are
+    taken in one indexing step."""
+    first = parts[0]
+    if type(first) is Reading and all(type(p) is Reading and p.stack is first.stack for p in parts):
+        rows = np.fromiter((p.row for p in parts), np.int64, len(parts))
+        return first.stack.ts[rows], first.stack.values[rows]
+    pairs = [(p.ts, p.values) if type(p) is Reading else p for p in parts]
+    return (np.concatenate([t for t, _ in pairs]).astype(np.float64),
+            np.concatenate([v for _, v in pairs]).astype(np.float64, copy=False))
 
 def _score_all(jobs: list, streams: list) -> tuple[list, list]:
     """Each job scored in turn, with its duration (runs in the executor): (detector, windows, None), or

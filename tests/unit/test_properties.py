@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from detectors.pca import PCADetector
 from producers.simulate import normal_history
-from scoring.codec import OUTPUT_LIMIT, Readings, Rejection, decode
+from scoring import codec
+from scoring.codec import OUTPUT_LIMIT, Readings, Rejection, decode, decode_many
 from scoring.pipeline import META_KEY, Message, Pipeline
 from scoring.settings import Settings
 
@@ -79,6 +80,29 @@ def test_decode_never_raises_and_answers_readings_or_a_known_reason(raw):
     else:
         assert out.values.ndim == 2 and len(out.ts) == len(out.values) > 0
         assert np.isfinite(out.ts).all() and not np.isinf(out.values).any()
+
+
+@given(st.lists(st.one_of(st.binary(max_size=200), messages()), max_size=30), st.integers(1, 8))
+@settings(max_examples=300, deadline=None)
+def test_decode_many_answers_as_decode_does_message_by_message(raws, chunk):
+    """The micro-batch decoder (single readings stacked into one array per width, converted every
+    ``chunk`` messages) gives each message decode's answer: the same readings or the same reason."""
+    codec.DECODE_CHUNK, before = chunk, codec.DECODE_CHUNK
+    try:
+        many = decode_many(raws)
+    finally:
+        codec.DECODE_CHUNK = before
+    assert len(many) == len(raws)
+    for raw, got in zip(raws, many):
+        want = decode(raw)
+        if isinstance(want, Rejection):
+            assert isinstance(got, Rejection) and got.reason == want.reason
+        else:
+            assert not isinstance(got, Rejection)
+            assert (got.entity, got.names, got.missing) == (want.entity, want.names, want.missing)
+            np.testing.assert_array_equal(got.ts, want.ts)
+            np.testing.assert_array_equal(got.values, want.values)
+            assert got.values.dtype == want.values.dtype == np.float64
 
 
 def _model():
