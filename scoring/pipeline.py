@@ -263,6 +263,7 @@ class EntityState:
         by ``setup_slots`` (``many``); else one is allocated and set up here."""
         channels = channels if channels is not None and channels.names == names else ChannelMap(names)
         self.entity, self.partition, self.names = entity, partition, channels.names
+        self.key = entity.encode()  # its records' Kafka key
         self.index, self.layouts = channels.index, channels.layouts
         self.detector = detector
         self.streaming: StreamingDetector | None = (
@@ -686,10 +687,14 @@ class Pipeline:
                 continue
             self.metrics["messages"] += 1
             readings = next(decoded)
-            if isinstance(readings, Rejection):
+            if type(readings) is Rejection:
                 self._reject(out, msg, readings.reason)
+                continue
+            mine = by_entity.get(readings.entity)
+            if mine is None:
+                by_entity[readings.entity] = [(msg, readings)]
             else:
-                by_entity.setdefault(readings.entity, []).append((msg, readings))
+                mine.append((msg, readings))
         if self.snapshots:
             self._keep(by_entity)
         return by_entity
@@ -719,10 +724,10 @@ class Pipeline:
         ents, parts, msgs, lengths, counts = [], [], [], [], []
         for ent, items, new in members:
             n = 0
-            width = len(ent.names)
+            names = ent.names
             for msg, readings in items:
-                if type(readings) is Reading and (readings.stack.values.shape[1] == width if readings.names is None
-                                                  else readings.names == ent.names):
+                if type(readings) is Reading and (readings.names == names if readings.names is not None
+                                                  else readings.stack.values.shape[1] == len(names)):
                     parts.append(readings)  # in the entity's order already: a row of the stack
                     lengths.append(1)
                 else:
@@ -1012,7 +1017,7 @@ class Pipeline:
         channels = channel if self.settings.score_channels else None
         names = [e.entity for e in ents]
         records = encode_score_records(names, [e.model for e in ents], bounds, ts, score, thr, channels, fresh)
-        out.scores += [Record(ents[s].partition, names[s].encode(), v) for s, values in records for v in values]
+        out.scores += [Record(ents[s].partition, ents[s].key, v) for s, values in records for v in values]
         if alerts_of:
             ends = np.cumsum(rows.lengths)
         for s, alerts in alerts_of.items():

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 
 import orjson
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -74,6 +74,9 @@ class Runner:
     # entities score no faster in batches of 20,000 than of 5,000, and a batch form's 5,000 messages
     # are already 500,000 rows).
     READINGS_PER_ENTITY, ENOUGH = 2, 5000
+    # Output records handed to the producer and not yet acknowledged, at most (about): what a
+    # checkpoint waits for. A fleet's micro-batch holds a score record per entity.
+    UNACKED_RECORDS = 10_000
     # Seconds of checkpoint records written at a time: a micro-batch fetched meanwhile waits at most
     # this long (a tenth of the fetch wait), and ~250 entities' records amortise the lock's round trip.
     CHECKPOINT_SLICE = 0.01
@@ -96,7 +99,7 @@ class Runner:
         # More than this without a confirmation and the group may have moved on without us.
         self.fence_after = min(settings.session_timeout, settings.rebalance_timeout) / 2
         self.timings = defaultdict(float)
-        self.unacked: list = []  # (output kind, partition, records, delivery future) of record batches handed over
+        self.unacked: deque = deque()  # (output kind, partition, records, delivery future) of record batches handed over
         self.unacked_records = 0
         self.checkpointed_at = time.monotonic()  # when the last checkpoint ended (or the worker started)
         self.entity_seconds = self.FIRST_ENTITY_SECONDS  # what an entity's record cost in the last checkpoint
@@ -253,8 +256,8 @@ class Runner:
                 for keys, fut in await self._send_batches(name, partition, ((r.key, r.value) for r in records)):
                     self.unacked.append((kind, partition, len(keys), fut))
                     self.unacked_records += len(keys)
-        if self.unacked_records > 10_000:  # bound what a checkpoint has to wait for
-            await self.settle()
+        if self.unacked_records > self.UNACKED_RECORDS:  # bound what a checkpoint has to wait for
+            await self.settle(keep=self.UNACKED_RECORDS // 2)
 
     async def _send_batches(self, topic: str, partition: int, records) -> list[tuple[list[bytes], asyncio.Future]]:
         """(key, value) records of one partition handed over as record batches, a new one whenever one is
@@ -270,11 +273,15 @@ class Runner:
             sent.append((keys, await self.producer.send_batch(batch, topic, partition=partition)))
         return sent
 
-    async def settle(self) -> None:
-        """Wait until the broker has acknowledged every output handed over so far; record their offsets
-        (a checkpoint stores them, so that a restart does not publish them again)."""
-        pending, self.unacked, self.unacked_records = self.unacked, [], 0
-        for kind, partition, n, fut in pending:
+    async def settle(self, keep: int = 0) -> None:
+        """Wait until the broker has acknowledged the outputs handed over so far, all but the newest
+        ``keep`` records; record their offsets (a checkpoint stores them, so that a restart does not
+        publish them again). Oldest first: bounding what is outstanding (``publish``) waits on batches
+        the broker has usually acknowledged already, not on a round trip for the one just sent, which
+        held a fleet's worker up for a tenth of a second every few micro-batches."""
+        while self.unacked and self.unacked_records > keep:
+            kind, partition, n, fut = self.unacked.popleft()
+            self.unacked_records -= n
             meta = await fut  # the batch's first offset
             if partition in self.recovered:  # a partition lost meanwhile: its new owner dedupes
                 offs = self.pipeline.partitions[partition].out_offsets
