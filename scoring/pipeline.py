@@ -263,7 +263,6 @@ class EntityState:
         by ``setup_slots`` (``many``); else one is allocated and set up here."""
         channels = channels if channels is not None and channels.names == names else ChannelMap(names)
         self.entity, self.partition, self.names = entity, partition, channels.names
-        self.key = entity.encode()  # its records' Kafka key
         self.index, self.layouts = channels.index, channels.layouts
         self.detector = detector
         self.streaming: StreamingDetector | None = (
@@ -1017,7 +1016,7 @@ class Pipeline:
         channels = channel if self.settings.score_channels else None
         names = [e.entity for e in ents]
         records = encode_score_records(names, [e.model for e in ents], bounds, ts, score, thr, channels, fresh)
-        out.scores += [Record(ents[s].partition, ents[s].key, v) for s, values in records for v in values]
+        out.scores += [Record(ents[s].partition, names[s].encode(), v) for s, values in records for v in values]
         if alerts_of:
             ends = np.cumsum(rows.lengths)
         for s, alerts in alerts_of.items():
