@@ -126,10 +126,9 @@ def decode(raw: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Readings | 
 
 def _parsed(msg, raw: bytes) -> Readings | Rejection:
     """``decode`` of a message orjson has parsed."""
-    if type(msg) is dict and len(msg) == 3:
-        fast = _fast_single(msg)
-        if fast is not None:
-            return fast
+    fast = _fast_single(msg)
+    if fast is not None:
+        return fast
     if not isinstance(msg, dict):
         return Rejection("malformed: message is not a JSON object")
     for field in ("entity", "ts", "values"):
@@ -237,26 +236,38 @@ def _simd_batch(raw: bytes) -> Readings | None:
     return _limits(Readings(entity=entity, ts=t, values=arr, names=names, missing=0))
 
 
-def _fast_single(msg: dict) -> Readings | None:
-    """The single form's fast path: a reading of plain numbers, checked without leaving Python's
-    builtins (this path is most of the per-message cost at gateway rates). Anything else -> None,
-    and the general path below accepts it with imputation or gives the precise reason."""
+def _plain_single(msg, last_names: list | None = None) -> tuple | None:
+    """A single reading of plain numbers, checked without leaving Python's builtins (this is most of
+    the per-message cost at gateway rates): (entity, ts, row, names), or None for anything else, which
+    the general path accepts with imputation or refuses with the precise reason. Channel names equal
+    to ``last_names`` (already checked) come back as that very list. Magnitudes are the caller's."""
+    if type(msg) is not dict or len(msg) != 3:
+        return None
     entity, ts, values = msg.get("entity"), msg.get("ts"), msg.get("values")
     if (type(entity) is not str or not 0 < len(entity) <= MAX_NAME or type(ts) not in _NUMERIC
             or not math.isfinite(ts)):
         return None
     if type(values) is dict:
         row, names = list(values.values()), list(values)
-        if not names or len(names) > MAX_CHANNELS or max(map(len, names)) > MAX_NAME:
+        if names == last_names:
+            names = last_names
+        elif not names or len(names) > MAX_CHANNELS or max(map(len, names)) > MAX_NAME:
             return None
-    elif type(values) is list:
+    elif type(values) is list and 0 < len(values) <= MAX_CHANNELS:
         row, names = values, None
-        if not 0 < len(row) <= MAX_CHANNELS:
-            return None
     else:
         return None
-    if not set(map(type, row)) <= _NUMERIC or max(map(abs, row)) > FLOAT32_MAX:
+    if not set(map(type, row)) <= _NUMERIC:
         return None
+    return entity, ts, row, names
+
+
+def _fast_single(msg) -> Readings | None:
+    """The single form's fast path (``_plain_single``), its magnitudes checked on Python numbers."""
+    plain = _plain_single(msg)
+    if plain is None or max(map(abs, plain[2])) > FLOAT32_MAX:
+        return None
+    entity, ts, row, names = plain
     return Readings(entity, np.array([ts], np.float64), np.array([row], np.float64), names, 0)
 
 
@@ -311,31 +322,13 @@ def decode_many(raws: list, max_bytes: int = MAX_MESSAGE_BYTES) -> list[Readings
         except orjson.JSONDecodeError:
             out[i] = decode(raw, max_bytes)
             continue
-        if type(msg) is not dict or len(msg) != 3:
+        plain = _plain_single(msg, last_names)
+        if plain is None:
             out[i] = _parsed(msg, raw)
             continue
-        entity, ts, values = msg.get("entity"), msg.get("ts"), msg.get("values")
-        if (type(entity) is not str or not 0 < len(entity) <= MAX_NAME or type(ts) not in _NUMERIC
-                or not math.isfinite(ts)):
-            out[i] = _parsed(msg, raw)
-            continue
-        if type(values) is dict:
-            row, names = list(values.values()), list(values)
-            if names == last_names:
-                names = last_names  # one list for a run of messages in the same layout, checked once
-            elif not names or len(names) > MAX_CHANNELS or max(map(len, names)) > MAX_NAME:
-                out[i] = _parsed(msg, raw)
-                continue
-            else:
-                last_names = names
-        elif type(values) is list and 0 < len(values) <= MAX_CHANNELS:
-            row, names = values, None
-        else:
-            out[i] = _parsed(msg, raw)
-            continue
-        if not set(map(type, row)) <= _NUMERIC:
-            out[i] = _parsed(msg, raw)
-            continue
+        entity, ts, row, names = plain
+        if names is not None:
+            last_names = names  # one list for a run of messages in the same layout, checked once
         group = stacks.get(len(row))
         if group is None:
             group = stacks[len(row)] = (Stacked(), [], [], [], [], [])

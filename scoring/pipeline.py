@@ -1371,7 +1371,6 @@ class Pipeline:
             self._suppress.pop(name, None)
 
 
-
 def _stack(parts: list) -> tuple[np.ndarray, np.ndarray]:
     """The timestamps and values of a cohort's messages, in order: each part a ``Reading`` (a row of
     its micro-batch's stack) or a (ts, values) pair. Readings of one stack, the common case, are
@@ -1383,6 +1382,7 @@ def _stack(parts: list) -> tuple[np.ndarray, np.ndarray]:
     pairs = [(p.ts, p.values) if type(p) is Reading else p for p in parts]
     return (np.concatenate([t for t, _ in pairs]).astype(np.float64),
             np.concatenate([v for _, v in pairs]).astype(np.float64, copy=False))
+
 
 def _score_all(jobs: list, streams: list) -> tuple[list, list]:
     """Each job scored in turn, with its duration (runs in the executor): (detector, windows, None), or
